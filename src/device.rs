@@ -1,0 +1,105 @@
+//! Choosing the compute device and dtype from user strings (`cpu`, `cuda:1`, `metal`, `auto`).
+
+use candle_core::{DType, Device};
+
+use crate::{Error, Result};
+
+/// Parses `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N` or `auto` (the best one compiled in and present).
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let (kind, index) = match spec.split_once(':') {
+        Some((k, i)) => {
+            let index = i.parse::<usize>().map_err(|_| {
+                Error::invalid(
+                    "--device",
+                    spec.as_str(),
+                    "expected an index after `:` (cuda:0)",
+                )
+            })?;
+            (k.to_string(), index)
+        }
+        None => (spec.clone(), 0),
+    };
+    match kind.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::invalid(
+                    "--device",
+                    spec.as_str(),
+                    "this build has no CUDA support; rebuild with `--features cuda`",
+                ));
+            }
+            Ok(Device::new_cuda(index)?)
+        }
+        "metal" => {
+            if !candle_core::utils::metal_is_available() {
+                return Err(Error::invalid(
+                    "--device",
+                    spec.as_str(),
+                    "this build has no Metal support; rebuild with `--features metal` on macOS",
+                ));
+            }
+            Ok(Device::new_metal(index)?)
+        }
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok(d);
+                }
+            }
+            if candle_core::utils::metal_is_available() {
+                if let Ok(d) = Device::new_metal(0) {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+        _ => Err(Error::invalid(
+            "--device",
+            spec.as_str(),
+            "expected cpu, cuda[:N], metal[:N] or auto",
+        )),
+    }
+}
+
+/// Parses `f32`, `f16` or `bf16`.
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::invalid(
+            "--dtype",
+            other,
+            "expected f32, f16 or bf16",
+        )),
+    }
+}
+
+pub fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_dtypes() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device("auto").is_ok());
+        let err = parse_device("tpu").unwrap_err().to_string();
+        assert!(err.contains("tpu") && err.contains("cuda[:N]"), "{err}");
+        if !candle_core::utils::cuda_is_available() {
+            let err = parse_device("cuda:0").unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+        assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
+        assert!(parse_dtype("int8").is_err());
+    }
+}

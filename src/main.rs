@@ -1,0 +1,7 @@
+//! The `candle-distill` command line: parses arguments and delegates to the library.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

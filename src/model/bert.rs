@@ -1,0 +1,555 @@
+//! BERT, written for distillation: every hidden state, every layer's pre-softmax
+//! attention scores, the pooler and the task heads, with gradients through all of it.
+//!
+//! Tensor names follow Hugging Face's `BertForSequenceClassification` /
+//! `BertForMaskedLM`, so checkpoints load and exported models load back in transformers.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use super::config::{Activation, BertConfig};
+use super::ops;
+use crate::rng::Rng;
+
+/// Additive mask on padded keys. The TinyBERT reference uses -10000: finite in
+/// f16/bf16 (unlike `f32::MIN`), and the attention loss zeroes entries below -100.
+pub const MASK_VALUE: f64 = -10000.0;
+
+const INIT_STD: f64 = 0.02;
+
+/// One batch of token ids. All tensors are (batch, seq) and `u32`.
+#[derive(Debug, Clone)]
+pub struct BertInput {
+    pub input_ids: Tensor,
+    pub token_type_ids: Tensor,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor,
+}
+
+/// What a forward pass should keep besides the last hidden state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// Embedding output and each layer's output.
+    pub hidden_states: bool,
+    /// Each layer's QK^T/sqrt(d) + mask, shape (batch, heads, seq, seq).
+    pub attention_scores: bool,
+}
+
+impl Outputs {
+    pub const ALL: Outputs = Outputs {
+        hidden_states: true,
+        attention_scores: true,
+    };
+}
+
+/// Dropout is active only when a generator is given (training mode).
+pub type Train<'a> = Option<&'a mut Rng>;
+
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    pub last_hidden_state: Tensor,
+    /// num_layers + 1 tensors when requested; index 0 is the embedding output.
+    pub hidden_states: Vec<Tensor>,
+    /// num_layers tensors when requested.
+    pub attention_scores: Vec<Tensor>,
+}
+
+fn dropout(x: &Tensor, p: f32, train: &mut Train) -> Result<Tensor> {
+    match train {
+        Some(rng) => ops::dropout(x, p, rng),
+        None => Ok(x.clone()),
+    }
+}
+
+/// A dense layer `x W^T + b` whose weights come from (or are created in) a VarBuilder.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (out_dim, in_dim),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
+        )?;
+        let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
+        Ok(Linear {
+            weight,
+            bias: Some(bias),
+        })
+    }
+
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.t()?;
+        let y = match x.rank() {
+            2 => x.matmul(&w)?,
+            _ => {
+                // Fold leading dims into one matmul: faster than a broadcast batch matmul.
+                let dims = x.dims();
+                let last = dims[dims.len() - 1];
+                let rows = x.elem_count() / last;
+                let mut out_dims = dims.to_vec();
+                *out_dims.last_mut().expect("rank >= 1") = w.dim(1)?;
+                x.reshape((rows, last))?.matmul(&w)?.reshape(out_dims)?
+            }
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Gelu => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Relu => x.relu(),
+    }
+}
+
+fn embedding(vb: VarBuilder, rows: usize, dim: usize) -> Result<Tensor> {
+    vb.get_with_hints(
+        (rows, dim),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        },
+    )
+}
+
+#[derive(Debug, Clone)]
+pub struct BertEmbeddings {
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Tensor,
+    layer_norm: LayerNorm,
+    dropout: f32,
+}
+
+impl BertEmbeddings {
+    fn new(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        Ok(BertEmbeddings {
+            word_embeddings: embedding(vb.pp("word_embeddings"), c.vocab_size, c.hidden_size)?,
+            position_embeddings: embedding(
+                vb.pp("position_embeddings"),
+                c.max_position_embeddings,
+                c.hidden_size,
+            )?,
+            token_type_embeddings: embedding(
+                vb.pp("token_type_embeddings"),
+                c.type_vocab_size,
+                c.hidden_size,
+            )?,
+            layer_norm: LayerNorm::new(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word_embeddings
+    }
+
+    fn forward(&self, input: &BertInput, train: &mut Train) -> Result<Tensor> {
+        let (batch, seq) = input.input_ids.dims2()?;
+        let max_pos = self.position_embeddings.dim(0)?;
+        if seq > max_pos {
+            candle_core::bail!(
+                "sequence length {seq} exceeds max_position_embeddings {max_pos}; truncate inputs"
+            );
+        }
+        let hidden = self.word_embeddings.dim(1)?;
+        let words = self
+            .word_embeddings
+            .index_select(&input.input_ids.flatten_all()?, 0)?
+            .reshape((batch, seq, hidden))?;
+        let types = self
+            .token_type_embeddings
+            .index_select(&input.token_type_ids.flatten_all()?, 0)?
+            .reshape((batch, seq, hidden))?;
+        let positions = self.position_embeddings.narrow(0, 0, seq)?.unsqueeze(0)?;
+        let x = (words + types)?.broadcast_add(&positions)?;
+        let x = self.layer_norm.forward(&x)?;
+        dropout(&x, self.dropout, train)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    layer_norm: LayerNorm,
+    heads: usize,
+    head_dim: usize,
+    attention_dropout: f32,
+    hidden_dropout: f32,
+}
+
+impl SelfAttention {
+    fn new(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        let sa = vb.pp("self");
+        let out = vb.pp("output");
+        Ok(SelfAttention {
+            query: Linear::new(sa.pp("query"), h, h)?,
+            key: Linear::new(sa.pp("key"), h, h)?,
+            value: Linear::new(sa.pp("value"), h, h)?,
+            output: Linear::new(out.pp("dense"), h, h)?,
+            layer_norm: LayerNorm::new(out.pp("LayerNorm"), h, c.layer_norm_eps)?,
+            heads: c.num_attention_heads,
+            head_dim: c.head_dim(),
+            attention_dropout: c.attention_probs_dropout_prob,
+            hidden_dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Returns the attention block's output and its pre-softmax scores.
+    fn forward(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
+        let (b, s, h) = x.dims3()?;
+        let q = self.split_heads(&self.query.forward(x)?)?;
+        let k = self.split_heads(&self.key.forward(x)?)?;
+        let v = self.split_heads(&self.value.forward(x)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = ops::softmax_last_dim(&scores)?;
+        let probs = dropout(&probs, self.attention_dropout, train)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, s, h))?;
+        let out = dropout(&self.output.forward(&context)?, self.hidden_dropout, train)?;
+        let out = self.layer_norm.forward(&(out + x)?)?;
+        Ok((out, scores))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct BertLayer {
+    attention: SelfAttention,
+    intermediate: Linear,
+    output: Linear,
+    layer_norm: LayerNorm,
+    act: Activation,
+    dropout: f32,
+}
+
+impl BertLayer {
+    fn new(vb: VarBuilder, c: &BertConfig, act: Activation) -> Result<Self> {
+        Ok(BertLayer {
+            attention: SelfAttention::new(vb.pp("attention"), c)?,
+            intermediate: Linear::new(
+                vb.pp("intermediate").pp("dense"),
+                c.hidden_size,
+                c.intermediate_size,
+            )?,
+            output: Linear::new(
+                vb.pp("output").pp("dense"),
+                c.intermediate_size,
+                c.hidden_size,
+            )?,
+            layer_norm: LayerNorm::new(
+                vb.pp("output").pp("LayerNorm"),
+                c.hidden_size,
+                c.layer_norm_eps,
+            )?,
+            act,
+            dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
+        let (attended, scores) = self.attention.forward(x, mask, train)?;
+        let inner = activation(&self.intermediate.forward(&attended)?, self.act)?;
+        let out = dropout(&self.output.forward(&inner)?, self.dropout, train)?;
+        let out = self.layer_norm.forward(&(out + attended)?)?;
+        Ok((out, scores))
+    }
+}
+
+/// The encoder: embeddings, layers and (optionally) the pooler.
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: Option<Linear>,
+    config: BertConfig,
+}
+
+impl BertModel {
+    /// `vb` points at the encoder (`bert.` in a full checkpoint).
+    pub fn new(vb: VarBuilder, config: &BertConfig, with_pooler: bool) -> Result<Self> {
+        let act = config
+            .activation("config.json")
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| BertLayer::new(vb.pp("encoder").pp("layer").pp(i), config, act))
+            .collect::<Result<Vec<_>>>()?;
+        let pooler = if with_pooler {
+            Some(Linear::new(
+                vb.pp("pooler").pp("dense"),
+                config.hidden_size,
+                config.hidden_size,
+            )?)
+        } else {
+            None
+        };
+        Ok(BertModel {
+            embeddings: BertEmbeddings::new(vb.pp("embeddings"), config)?,
+            layers,
+            pooler,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn embeddings(&self) -> &BertEmbeddings {
+        &self.embeddings
+    }
+
+    /// (batch, seq) 0/1 mask -> (batch, 1, 1, seq) additive mask in `dtype`.
+    pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+        let (b, s) = attention_mask.dims2()?;
+        let keep = attention_mask.to_dtype(DType::F32)?;
+        ((1.0 - keep)? * MASK_VALUE)?
+            .to_dtype(dtype)?
+            .reshape((b, 1, 1, s))
+    }
+
+    pub fn forward(
+        &self,
+        input: &BertInput,
+        want: Outputs,
+        mut train: Train,
+    ) -> Result<BertOutput> {
+        let mut x = self.embeddings.forward(input, &mut train)?;
+        let mask = Self::additive_mask(&input.attention_mask, x.dtype())?;
+        let mut hidden_states = Vec::new();
+        let mut attention_scores = Vec::new();
+        if want.hidden_states {
+            hidden_states.push(x.clone());
+        }
+        for layer in &self.layers {
+            let (out, scores) = layer.forward(&x, &mask, &mut train)?;
+            x = out;
+            if want.hidden_states {
+                hidden_states.push(x.clone());
+            }
+            if want.attention_scores {
+                attention_scores.push(scores);
+            }
+        }
+        Ok(BertOutput {
+            last_hidden_state: x,
+            hidden_states,
+            attention_scores,
+        })
+    }
+
+    /// tanh(W h_[CLS] + b). Errors when the model was built without a pooler.
+    pub fn pool(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
+        let pooler = self
+            .pooler
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("this model has no pooler".into()))?;
+        let cls = last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
+        pooler.forward(&cls)?.tanh()
+    }
+}
+
+/// Output of a classification forward pass.
+#[derive(Debug, Clone)]
+pub struct ClassifierOutput {
+    pub logits: Tensor,
+    pub pooled: Tensor,
+    pub encoder: BertOutput,
+}
+
+/// `BertForSequenceClassification`: pooler, dropout, linear head. One output = regression.
+#[derive(Debug, Clone)]
+pub struct BertForSequenceClassification {
+    pub bert: BertModel,
+    classifier: Linear,
+    dropout: f32,
+}
+
+impl BertForSequenceClassification {
+    /// `vb` is the checkpoint root (holding `bert.*` and `classifier.*`).
+    pub fn new(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let bert = BertModel::new(vb.pp("bert"), config, true)?;
+        let classifier = Linear::new(vb.pp("classifier"), config.hidden_size, config.num_labels())?;
+        let dropout = config
+            .extra
+            .get("classifier_dropout")
+            .and_then(|v| v.as_f64())
+            .map(|p| p as f32)
+            .unwrap_or(config.hidden_dropout_prob);
+        Ok(BertForSequenceClassification {
+            bert,
+            classifier,
+            dropout,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+
+    pub fn forward(
+        &self,
+        input: &BertInput,
+        want: Outputs,
+        mut train: Train,
+    ) -> Result<ClassifierOutput> {
+        let encoder = self.bert.forward(input, want, train.as_deref_mut())?;
+        let pooled = self.bert.pool(&encoder.last_hidden_state)?;
+        let logits = self
+            .classifier
+            .forward(&dropout(&pooled, self.dropout, &mut train)?)?;
+        Ok(ClassifierOutput {
+            logits,
+            pooled,
+            encoder,
+        })
+    }
+
+    /// Logits only, no intermediate outputs kept, no dropout.
+    pub fn logits(&self, input: &BertInput) -> Result<Tensor> {
+        Ok(self.forward(input, Outputs::default(), None)?.logits)
+    }
+}
+
+/// `BertForMaskedLM`: transform (dense, activation, LayerNorm) and a decoder tied to the
+/// word embeddings when the checkpoint has no `cls.predictions.decoder.weight`.
+#[derive(Debug, Clone)]
+pub struct BertForMaskedLM {
+    pub bert: BertModel,
+    transform: Linear,
+    transform_norm: LayerNorm,
+    decoder: Linear,
+    act: Activation,
+}
+
+impl BertForMaskedLM {
+    pub fn new(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let bert = BertModel::new(vb.pp("bert"), config, false)?;
+        let act = config
+            .activation("config.json")
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let head = vb.pp("cls").pp("predictions");
+        let transform = Linear::new(
+            head.pp("transform").pp("dense"),
+            config.hidden_size,
+            config.hidden_size,
+        )?;
+        let transform_norm = LayerNorm::new(
+            head.pp("transform").pp("LayerNorm"),
+            config.hidden_size,
+            config.layer_norm_eps,
+        )?;
+        let bias = head.get_with_hints(config.vocab_size, "bias", Init::Const(0.0))?;
+        let decoder_weight = if head.contains_tensor("decoder.weight") {
+            head.pp("decoder")
+                .get((config.vocab_size, config.hidden_size), "weight")?
+        } else {
+            bert.embeddings().word_embeddings().clone()
+        };
+        Ok(BertForMaskedLM {
+            bert,
+            transform,
+            transform_norm,
+            decoder: Linear::from_weights(decoder_weight, Some(bias)),
+            act,
+        })
+    }
+
+    /// Vocabulary logits for every position: (batch, seq, vocab).
+    pub fn forward(&self, input: &BertInput, train: Train) -> Result<Tensor> {
+        let out = self.bert.forward(input, Outputs::default(), train)?;
+        self.predict(&out.last_hidden_state)
+    }
+
+    /// Vocabulary logits for the given hidden states (any leading shape).
+    pub fn predict(&self, hidden: &Tensor) -> Result<Tensor> {
+        let x = activation(&self.transform.forward(hidden)?, self.act)?;
+        let x = self.transform_norm.forward(&x)?;
+        self.decoder.forward(&x)
+    }
+
+    /// Logits only at the given (batch, position) pairs: the augmenter asks for a few
+    /// masked positions, so the vocabulary projection runs on those rows alone.
+    pub fn predict_at(&self, input: &BertInput, positions: &[(usize, usize)]) -> Result<Tensor> {
+        let out = self.bert.forward(input, Outputs::default(), None)?;
+        let (_, seq, hidden) = out.last_hidden_state.dims3()?;
+        let flat = out.last_hidden_state.reshape(((), hidden))?;
+        let rows: Vec<u32> = positions
+            .iter()
+            .map(|&(b, p)| (b * seq + p) as u32)
+            .collect();
+        let idx = Tensor::new(rows.as_slice(), flat.device())?;
+        self.predict(&flat.index_select(&idx, 0)?)
+    }
+}
+
+/// Mean of the last dimension's softmax cross-entropy against integer targets.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
+    picked.neg()?.mean_all()
+}

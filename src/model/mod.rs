@@ -1,0 +1,20 @@
+//! The BERT model, its config, and loading checkpoints from folders or the hub.
+
+pub mod bert;
+pub mod config;
+pub mod load;
+pub mod ops;
+pub mod params;
+pub mod weights;
+
+pub use bert::{
+    BertForMaskedLM, BertForSequenceClassification, BertInput, BertModel, BertOutput,
+    ClassifierOutput, Outputs, Train,
+};
+pub use config::BertConfig;
+pub use load::{
+    build_classifier, build_masked_lm, load_classifier, BuildOptions, Built, LoadedClassifier,
+    ModelFiles,
+};
+pub use params::{LoadReport, ParamSource};
+pub use weights::WeightFiles;

@@ -1,0 +1,125 @@
+//! Tensor ops used by the model, each picking a fused kernel when no gradient is needed
+//! and a differentiable composition when one is.
+//!
+//! candle's fused `layer_norm` and `softmax_last_dim` silently drop gradients
+//! (../shared/notes/candle.md): using them on a trainable path trains nothing.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::rng::Rng;
+
+fn needs_grad(tensors: &[&Tensor]) -> bool {
+    tensors.iter().any(|t| t.track_op())
+}
+
+/// LayerNorm over the last dimension.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if needs_grad(&[x, weight, bias]) {
+        candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
+    } else {
+        candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32)
+    }
+}
+
+/// Softmax over the last dimension, computed in f32 for half-precision inputs.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x32 = if dtype == DType::F32 {
+        x.clone()
+    } else {
+        x.to_dtype(DType::F32)?
+    };
+    let y = if needs_grad(&[x]) {
+        candle_nn::ops::softmax(&x32, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&x32.contiguous()?)?
+    };
+    y.to_dtype(dtype)
+}
+
+/// Inverted dropout whose mask comes from the caller's seeded generator,
+/// so a resumed run draws the same masks as an uninterrupted one.
+pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let scale = 1.0 / keep;
+    let n = x.elem_count();
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    x.mul(&mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn layer_norm_paths_agree_and_grad_path_has_gradients() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 8, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 8, &dev).unwrap();
+        let fused = layer_norm(&x, &w, &b, 1e-12).unwrap();
+        let wv = Var::from_tensor(&w).unwrap();
+        let slow = layer_norm(&x, wv.as_tensor(), &b, 1e-12).unwrap();
+        let diff = (fused - &slow).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        let grads = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads
+            .get(wv.as_tensor())
+            .expect("gradient for LayerNorm weight");
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+    }
+
+    #[test]
+    fn softmax_paths_agree_and_grad_path_has_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 2.0, (2, 4, 5), &dev).unwrap();
+        let a = softmax_last_dim(&x.as_tensor().detach()).unwrap();
+        let b = softmax_last_dim(x.as_tensor()).unwrap();
+        let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+        let weights = Tensor::arange(0f32, 5.0, &dev).unwrap();
+        let loss = b.broadcast_mul(&weights).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient for softmax input");
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+    }
+
+    #[test]
+    fn dropout_keeps_expected_fraction_and_scales() {
+        let x = Tensor::ones((100, 100), DType::F32, &Device::Cpu).unwrap();
+        let y = dropout(&x, 0.25, &mut Rng::new(3)).unwrap();
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let kept = v.iter().filter(|&&e| e > 0.0).count() as f32 / v.len() as f32;
+        assert!((kept - 0.75).abs() < 0.02, "{kept}");
+        assert!(v.iter().all(|&e| e == 0.0 || (e - 1.0 / 0.75).abs() < 1e-6));
+        let again = dropout(&x, 0.25, &mut Rng::new(3)).unwrap();
+        assert_eq!(v, again.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+}

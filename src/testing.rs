@@ -1,0 +1,109 @@
+//! Tiny random models written to disk in the Hugging Face layout, for tests, benches
+//! and trying the tool without downloads. Nothing here is used by a real run.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+
+use crate::model::{build_classifier, build_masked_lm, BertConfig, BuildOptions};
+use crate::{Error, Result};
+
+/// Words of the tiny vocabulary (besides special tokens, letters and `##` letters).
+pub const TINY_WORDS: &[&str] = &[
+    "the", "a", "an", "is", "was", "it", "this", "that", "movie", "film", "story", "good", "bad",
+    "great", "awful", "fun", "dull", "love", "hate", "best", "worst", "very", "not", "and", "but",
+    "of", "to", "in", "with", "for", "on", "at", "by", "cat", "dog", "man", "woman", "house",
+    "car", "red", "blue", "green", "big", "small", "happy", "sad", "run", "walk", "eat", "see",
+    "play", "book", "day", "night", "time", "city", "river", "music", "song", "actor", "plot",
+    "scene", "funny", "boring", "nice", "poor", "bright", "dark", "old", "new", "he", "she",
+    "they", "we", "you", "i", ".", ",", "!", "?", "'", "s",
+];
+
+/// The tiny vocabulary in id order.
+pub fn tiny_vocab() -> Vec<String> {
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    vocab.extend(TINY_WORDS.iter().map(|s| s.to_string()));
+    for c in 'a'..='z' {
+        let s = c.to_string();
+        if !vocab.contains(&s) {
+            vocab.push(s);
+        }
+        vocab.push(format!("##{c}"));
+    }
+    vocab
+}
+
+/// A config of the given shape over the tiny vocabulary.
+pub fn tiny_config(hidden: usize, layers: usize, heads: usize, intermediate: usize) -> BertConfig {
+    let mut config =
+        BertConfig::with_shape(tiny_vocab().len(), hidden, layers, heads, intermediate);
+    config.max_position_embeddings = 128;
+    config.architectures = Some(vec!["BertForSequenceClassification".into()]);
+    config
+}
+
+/// Writes `vocab.txt`, `tokenizer_config.json` and `tokenizer.json` for the tiny vocabulary.
+pub fn write_tiny_tokenizer(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let vocab_path = dir.join("vocab.txt");
+    crate::io::write_atomic(&vocab_path, (tiny_vocab().join("\n") + "\n").as_bytes())?;
+    crate::io::write_atomic(
+        &dir.join("tokenizer_config.json"),
+        br#"{"do_lower_case": true, "tokenizer_class": "BertTokenizer", "model_max_length": 128}"#,
+    )?;
+    let tok = crate::tokenizer::TextTokenizer::from_files(&crate::tokenizer::TokenizerFiles {
+        vocab_txt: Some(vocab_path),
+        tokenizer_config: Some(dir.join("tokenizer_config.json")),
+        ..Default::default()
+    })?;
+    let json_path = dir.join("tokenizer.json");
+    tok.inner()
+        .save(&json_path, true)
+        .map_err(|e| Error::Tokenizer {
+            path: json_path.display().to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// Writes a random `BertForSequenceClassification` (config, safetensors, tokenizer) to `dir`.
+pub fn write_random_classifier(dir: &Path, config: &BertConfig, seed: u64) -> Result<()> {
+    let built = build_classifier(
+        "random",
+        config,
+        Default::default(),
+        &BuildOptions::training(&Device::Cpu, seed),
+    )?;
+    let varmap = built.varmap.expect("trainable build has a varmap");
+    write_varmap_model(dir, config, &varmap)
+}
+
+/// Writes a random `BertForMaskedLM` to `dir` (decoder tied to the word embeddings).
+pub fn write_random_masked_lm(dir: &Path, config: &BertConfig, seed: u64) -> Result<()> {
+    let mut config = config.clone();
+    config.architectures = Some(vec!["BertForMaskedLM".into()]);
+    let built = build_masked_lm(
+        "random",
+        &config,
+        Default::default(),
+        &BuildOptions::training(&Device::Cpu, seed),
+    )?;
+    let varmap = built.varmap.expect("trainable build has a varmap");
+    write_varmap_model(dir, &config, &varmap)
+}
+
+fn write_varmap_model(dir: &Path, config: &BertConfig, varmap: &candle_nn::VarMap) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tensors = varmap
+        .data()
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(DType::F32)?)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    crate::model::weights::save_safetensors(&tensors, &dir.join("model.safetensors"))?;
+    crate::io::write_json(&dir.join("config.json"), config)?;
+    write_tiny_tokenizer(dir)
+}

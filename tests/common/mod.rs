@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: where the real-weight assets and the GLUE
+//! files are, and skipping with a printed reason when they are absent.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Set in CI: a missing asset is then a failure, not a skip.
+fn assets_required() -> bool {
+    std::env::var("CANDLE_DISTILL_REQUIRE_ASSETS").is_ok_and(|v| v == "1")
+}
+
+fn skip_or_fail(what: &str, hint: &str) -> Option<PathBuf> {
+    if assets_required() {
+        panic!("{what} is missing and CANDLE_DISTILL_REQUIRE_ASSETS=1: {hint}");
+    }
+    eprintln!("SKIPPED: {what} is missing ({hint})");
+    None
+}
+
+/// all-MiniLM-L6-v2 unpacked by `.ci/fetch-test-assets.sh`.
+pub fn minilm_dir() -> Option<PathBuf> {
+    let dir = std::env::var("CANDLE_DISTILL_MINILM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/test-assets/all-MiniLM-L6-v2"));
+    if dir.join("model.safetensors").is_file() {
+        Some(dir)
+    } else {
+        skip_or_fail(
+            &format!("the MiniLM test model at {}", dir.display()),
+            "run .ci/fetch-test-assets.sh",
+        )
+    }
+}
+
+/// The GLUE TSV folder in ../shared/data/glue.
+pub fn glue_dir() -> Option<PathBuf> {
+    let dir = std::env::var("CANDLE_DISTILL_GLUE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("../shared/data/glue"));
+    if dir.join("SST-2/dev.tsv").is_file() {
+        Some(dir)
+    } else {
+        skip_or_fail(
+            &format!("the GLUE data at {}", dir.display()),
+            "it comes with the shared folder beside the checkout",
+        )
+    }
+}
+
+/// Norm-relative error ||a - b|| / ||b||.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num.sqrt() / den.sqrt().max(1e-30)) as f32
+}

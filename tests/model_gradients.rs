@@ -1,0 +1,150 @@
+//! The silent no-gradient trap (../shared/notes/candle.md): after one optimizer step,
+//! every trainable tensor must have received a non-zero gradient and changed.
+
+use candle_core::{DType, Device, Tensor};
+use candle_distill::model::bert::cross_entropy;
+use candle_distill::model::{build_classifier, build_masked_lm, BertInput, BuildOptions, Outputs};
+use candle_distill::rng::Rng;
+use candle_distill::testing::tiny_config;
+use candle_nn::{Optimizer, VarMap};
+
+fn batch(dev: &Device) -> BertInput {
+    let ids = Tensor::new(&[[2u32, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]], dev).unwrap();
+    BertInput {
+        input_ids: ids,
+        token_type_ids: Tensor::new(&[[0u32, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dev).unwrap(),
+        attention_mask: Tensor::new(&[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dev).unwrap(),
+    }
+}
+
+fn snapshot(varmap: &VarMap) -> Vec<(String, Tensor)> {
+    let mut all: Vec<_> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// Steps once with SGD and checks every variable got a gradient and moved.
+fn assert_all_trained(varmap: &VarMap, loss: &Tensor, expected_tensors: usize) {
+    let before = snapshot(varmap);
+    assert_eq!(
+        before.len(),
+        expected_tensors,
+        "unexpected number of tensors"
+    );
+    let grads = loss.backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    let mut without = Vec::new();
+    for (name, var) in data.iter() {
+        match grads.get(var.as_tensor()) {
+            Some(g) => {
+                let norm = g
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                if norm <= 0.0 {
+                    without.push(format!("{name} (zero)"));
+                }
+            }
+            None => without.push(format!("{name} (none)")),
+        }
+    }
+    drop(data);
+    assert!(without.is_empty(), "tensors without gradient: {without:?}");
+    let mut sgd = candle_nn::SGD::new(varmap.all_vars(), 0.1).unwrap();
+    sgd.step(&grads).unwrap();
+    let after = snapshot(varmap);
+    let unchanged: Vec<_> = before
+        .iter()
+        .zip(&after)
+        .filter(|((_, a), (_, b))| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap() == 0.0
+        })
+        .map(|((n, _), _)| n.clone())
+        .collect();
+    assert!(
+        unchanged.is_empty(),
+        "tensors that did not change: {unchanged:?}"
+    );
+}
+
+#[test]
+fn classification_loss_reaches_every_tensor() {
+    let dev = Device::Cpu;
+    let config = tiny_config(32, 2, 4, 64);
+    let built = build_classifier(
+        "tiny",
+        &config,
+        Default::default(),
+        &BuildOptions::training(&dev, 1),
+    )
+    .unwrap();
+    let input = batch(&dev);
+    let mut rng = Rng::new(5);
+    let out = built
+        .model
+        .forward(&input, Outputs::default(), Some(&mut rng))
+        .unwrap();
+    let loss = cross_entropy(&out.logits, &Tensor::new(&[1u32, 0], &dev).unwrap()).unwrap();
+    // 5 embedding tensors + 16 per layer + pooler 2 + classifier 2.
+    assert_all_trained(built.varmap.as_ref().unwrap(), &loss, 5 + 16 * 2 + 4);
+}
+
+#[test]
+fn masked_lm_loss_reaches_every_tensor() {
+    let dev = Device::Cpu;
+    let config = tiny_config(32, 2, 4, 64);
+    let built = build_masked_lm(
+        "tiny",
+        &config,
+        Default::default(),
+        &BuildOptions::training(&dev, 2),
+    )
+    .unwrap();
+    let input = batch(&dev);
+    let logits = built.model.forward(&input, None).unwrap();
+    let (b, s, v) = logits.dims3().unwrap();
+    let targets = Tensor::arange(0u32, (b * s) as u32, &dev).unwrap();
+    let loss = cross_entropy(&logits.reshape((b * s, v)).unwrap(), &targets).unwrap();
+    // No pooler; the MLM head adds transform (4) and the decoder bias (tied decoder weight).
+    assert_all_trained(built.varmap.as_ref().unwrap(), &loss, 5 + 16 * 2 + 5);
+}
+
+#[test]
+fn intermediate_outputs_reach_every_encoder_tensor() {
+    // Distillation trains on hidden states and attention scores, not logits.
+    let dev = Device::Cpu;
+    let config = tiny_config(32, 2, 4, 64);
+    let built = build_classifier(
+        "tiny",
+        &config,
+        Default::default(),
+        &BuildOptions::training(&dev, 3),
+    )
+    .unwrap();
+    let out = built
+        .model
+        .forward(&batch(&dev), Outputs::ALL, None)
+        .unwrap();
+    let mut loss = out.logits.sqr().unwrap().sum_all().unwrap();
+    for h in &out.encoder.hidden_states {
+        loss = (loss + h.sqr().unwrap().mean_all().unwrap()).unwrap();
+    }
+    for a in &out.encoder.attention_scores {
+        let finite = a.clamp(-100f32, 100f32).unwrap();
+        loss = (loss + finite.sqr().unwrap().mean_all().unwrap()).unwrap();
+    }
+    assert_eq!(out.encoder.hidden_states.len(), 3);
+    assert_eq!(out.encoder.attention_scores[0].dims(), &[2, 4, 6, 6]);
+    assert_all_trained(built.varmap.as_ref().unwrap(), &loss, 5 + 16 * 2 + 4);
+    let _ = DType::F32;
+}
