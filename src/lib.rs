@@ -9,5 +9,6 @@ pub mod model;
 pub mod rng;
 pub mod testing;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,7 @@
+//! Training machinery shared by fine-tuning and distillation.
+
+pub mod optim;
+pub mod schedule;
+
+pub use optim::{AdamW, AdamWConfig};
+pub use schedule::{lr_at, Schedule};
