@@ -1,6 +1,7 @@
 //! candle-distill: TinyBERT-style distillation of BERT teachers on candle.
 
 pub mod device;
+pub mod distill;
 pub mod error;
 pub mod hub;
 pub mod inspect;
