@@ -2,6 +2,7 @@
 
 pub mod losses;
 pub mod mapping;
+pub mod student;
 
 pub use losses::LossWeights;
 pub use mapping::{LayerMap, MapStrategy};

@@ -15,7 +15,7 @@ use crate::rng::Rng;
 
 pub struct ParamSource {
     origin: String,
-    pretrained: HashMap<String, Tensor>,
+    pretrained: Mutex<HashMap<String, Tensor>>,
     varmap: Option<VarMap>,
     /// `None`: every tensor must come from the checkpoint.
     rng: Option<Mutex<Rng>>,
@@ -43,7 +43,7 @@ impl ParamSource {
     ) -> Self {
         ParamSource {
             origin: origin.into(),
-            pretrained,
+            pretrained: Mutex::new(pretrained),
             varmap: trainable.then(VarMap::new),
             rng: init_seed.map(|s| Mutex::new(Rng::new(s))),
             created: Default::default(),
@@ -61,6 +61,8 @@ impl ParamSource {
             created: self.created.lock().expect("lock").iter().cloned().collect(),
             unused: self
                 .pretrained
+                .lock()
+                .expect("lock")
                 .keys()
                 .filter(|k| !used.contains(*k))
                 .cloned()
@@ -68,6 +70,32 @@ impl ParamSource {
                 .into_iter()
                 .collect(),
         }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.pretrained.lock().expect("lock").contains_key(name)
+    }
+
+    /// A checkpoint tensor by name, or an error naming it.
+    pub fn get_pretrained(&self, name: &str) -> crate::Result<Tensor> {
+        self.pretrained
+            .lock()
+            .expect("lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| crate::Error::Weights {
+                path: self.origin.clone(),
+                name: name.to_string(),
+                message: "missing".into(),
+            })
+    }
+
+    /// Adds a tensor as if the checkpoint had it (aliases such as a shared projection).
+    pub fn insert_pretrained(&self, name: &str, tensor: Tensor) {
+        self.pretrained
+            .lock()
+            .expect("lock")
+            .insert(name.to_string(), tensor);
     }
 
     fn fresh(&self, shape: &Shape, init: Init, name: &str) -> candle_core::Result<Tensor> {
@@ -115,7 +143,8 @@ impl candle_nn::var_builder::SimpleBackend for Shared {
         {
             return Ok(var.as_tensor().clone());
         }
-        let tensor = match this.pretrained.get(name) {
+        let pretrained = this.pretrained.lock().expect("lock").get(name).cloned();
+        let tensor = match pretrained {
             Some(t) => {
                 if t.shape() != &shape {
                     candle_core::bail!(
@@ -126,7 +155,7 @@ impl candle_nn::var_builder::SimpleBackend for Shared {
                     )
                 }
                 this.used.lock().expect("lock").insert(name.to_string());
-                t.clone()
+                t
             }
             None => this.fresh(&shape, init, name)?,
         };
@@ -146,7 +175,8 @@ impl candle_nn::var_builder::SimpleBackend for Shared {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let this = &self.0;
-        match this.pretrained.get(name) {
+        let pretrained = this.pretrained.lock().expect("lock").get(name).cloned();
+        match pretrained {
             Some(t) => {
                 this.used.lock().expect("lock").insert(name.to_string());
                 t.to_device(dev)?.to_dtype(dtype)
@@ -156,7 +186,7 @@ impl candle_nn::var_builder::SimpleBackend for Shared {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.pretrained.contains_key(name)
+        self.0.contains(name)
     }
 }
 

@@ -1,0 +1,222 @@
+//! Building the student: from a checkpoint (General TinyBERT), from a subset of the
+//! teacher's layers (DistilBERT-style), or at random with a given shape; plus the
+//! learned projections that map its hidden states to the teacher's width.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::model::bert::Linear;
+use crate::model::params::{var_builder, ParamSource};
+use crate::model::{BertConfig, BertForSequenceClassification, ModelFiles};
+use crate::tokenizer::TextTokenizer;
+use crate::{Error, Result};
+
+/// Where the student's weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StudentInit {
+    /// A pre-trained small BERT, e.g. `huawei-noah/TinyBERT_General_4L_312D`.
+    Checkpoint { model: String },
+    /// Copies of these teacher layers (1-based), with the teacher's embeddings,
+    /// pooler and head.
+    TeacherLayers { layers: Vec<usize> },
+    /// Fresh weights of the given shape.
+    Random {
+        layers: usize,
+        hidden: usize,
+        heads: usize,
+        intermediate: usize,
+    },
+}
+
+/// A student ready to train: the model, its variables, and one projection per
+/// hidden state (index 0 = embeddings) when its width differs from the teacher's.
+pub struct Student {
+    pub model: BertForSequenceClassification,
+    pub config: BertConfig,
+    pub varmap: VarMap,
+    pub projections: Vec<Linear>,
+    pub tokenizer: TextTokenizer,
+    /// How it was built, for plans and reports.
+    pub description: String,
+}
+
+impl Student {
+    /// The student's hidden state `j` mapped to the teacher's width.
+    pub fn project(&self, j: usize, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        match self.projections.get(j) {
+            Some(p) => p.forward(hidden),
+            None => Ok(hidden.clone()),
+        }
+    }
+
+    /// Student parameters without the training-only projections.
+    pub fn model_parameters(&self) -> usize {
+        self.varmap
+            .data()
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(k, _)| !k.starts_with("fit_dense"))
+            .map(|(_, v)| v.elem_count())
+            .sum()
+    }
+}
+
+/// The teacher pieces a student may be built from.
+pub struct TeacherParts<'a> {
+    pub config: &'a BertConfig,
+    pub tensors: &'a HashMap<String, Tensor>,
+    pub tokenizer: &'a TextTokenizer,
+}
+
+pub fn build_student(
+    init: &StudentInit,
+    teacher: &TeacherParts,
+    labels: &[String],
+    seed: u64,
+    device: &Device,
+) -> Result<Student> {
+    let (mut config, tensors, tokenizer, description) = match init {
+        StudentInit::Checkpoint { model } => {
+            let files = ModelFiles::resolve(model)?;
+            let config = files.read_config()?;
+            let tokenizer = files.read_tokenizer()?;
+            if tokenizer.vocab_hash() != teacher.tokenizer.vocab_hash() {
+                return Err(Error::msg(format!(
+                    "the student checkpoint `{model}` has a different vocabulary from the teacher \
+                     ({} vs {} tokens, sha256 {} vs {}); student and teacher must share one tokenizer",
+                    tokenizer.vocab_size(),
+                    teacher.tokenizer.vocab_size(),
+                    &tokenizer.vocab_hash()[..12],
+                    &teacher.tokenizer.vocab_hash()[..12]
+                )));
+            }
+            let mut tensors = files.read_weights()?;
+            // A general checkpoint's head (MLM, NSP) or another task's classifier is not ours.
+            tensors.retain(|k, _| !k.starts_with("classifier.") && !k.starts_with("cls."));
+            (config, tensors, tokenizer, format!("checkpoint {model}"))
+        }
+        StudentInit::TeacherLayers { layers } => {
+            let n = teacher.config.num_hidden_layers;
+            if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > n) {
+                return Err(Error::invalid(
+                    "student.layers",
+                    format!("{layers:?}"),
+                    format!("expected teacher layers between 1 and {n}"),
+                ));
+            }
+            let mut config = teacher.config.clone();
+            config.num_hidden_layers = layers.len();
+            let tensors = subset_layers(teacher.tensors, layers);
+            let description = format!("teacher layers {layers:?}");
+            (config, tensors, teacher.tokenizer.clone(), description)
+        }
+        StudentInit::Random {
+            layers,
+            hidden,
+            heads,
+            intermediate,
+        } => {
+            let mut config = BertConfig::with_shape(
+                teacher.config.vocab_size,
+                *hidden,
+                *layers,
+                *heads,
+                *intermediate,
+            );
+            config.max_position_embeddings = teacher.config.max_position_embeddings;
+            config.type_vocab_size = teacher.config.type_vocab_size;
+            config.validate("student")?;
+            let description = format!(
+                "random {layers} layers, hidden {hidden}, {heads} heads, FFN {intermediate}"
+            );
+            (
+                config,
+                HashMap::new(),
+                teacher.tokenizer.clone(),
+                description,
+            )
+        }
+    };
+    config.set_labels(labels);
+    config.architectures = Some(vec!["BertForSequenceClassification".into()]);
+    let teacher_width = teacher.config.hidden_size;
+    let source = Arc::new(ParamSource::new("student", tensors, true, Some(seed)));
+    let vb = var_builder(&source, DType::F32, device);
+    let model = BertForSequenceClassification::new(vb.clone(), &config)?;
+    let projections = if config.hidden_size != teacher_width {
+        (0..=config.num_hidden_layers)
+            .map(|j| projection(&source, &vb, j, config.hidden_size, teacher_width))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let report = source.report();
+    if !report.created.is_empty() {
+        tracing::info!(
+            "student: freshly initialised {} tensors",
+            report.created.len()
+        );
+    }
+    let varmap = source
+        .varmap()
+        .cloned()
+        .expect("trainable source has a varmap");
+    Ok(Student {
+        model,
+        config,
+        varmap,
+        projections,
+        tokenizer,
+        description,
+    })
+}
+
+/// `fit_denses.j` (TinyBERT v2 checkpoints), else the shared `fit_dense` (v1), else new.
+fn projection(
+    source: &Arc<ParamSource>,
+    vb: &candle_nn::VarBuilder,
+    j: usize,
+    from: usize,
+    to: usize,
+) -> Result<Linear> {
+    let name = format!("fit_denses.{j}");
+    if !source.contains(&format!("{name}.weight")) && source.contains("fit_dense.weight") {
+        // Share the v1 projection's values, but as separate variables per layer.
+        let w = source.get_pretrained("fit_dense.weight")?;
+        let b = source.get_pretrained("fit_dense.bias")?;
+        source.insert_pretrained(&format!("{name}.weight"), w);
+        source.insert_pretrained(&format!("{name}.bias"), b);
+    }
+    Ok(Linear::new(vb.pp(&name), from, to)?)
+}
+
+/// The teacher's tensors with only `layers` (1-based) kept, renumbered from 0.
+pub fn subset_layers(
+    tensors: &HashMap<String, Tensor>,
+    layers: &[usize],
+) -> HashMap<String, Tensor> {
+    let prefix = "bert.encoder.layer.";
+    let mut out = HashMap::new();
+    for (name, t) in tensors {
+        match name.strip_prefix(prefix) {
+            Some(rest) => {
+                let (index, tail) = rest.split_once('.').unwrap_or((rest, ""));
+                if let Ok(i) = index.parse::<usize>() {
+                    if let Some(pos) = layers.iter().position(|&l| l == i + 1) {
+                        out.insert(format!("{prefix}{pos}.{tail}"), t.clone());
+                    }
+                }
+            }
+            None => {
+                out.insert(name.clone(), t.clone());
+            }
+        }
+    }
+    out
+}
