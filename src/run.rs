@@ -1,0 +1,201 @@
+//! The run folder: everything one run writes, and what a killed run resumes from.
+//!
+//! ```text
+//! <run>/recipe.toml          the resolved recipe (overrides applied)
+//! <run>/manifest.json        versions, seed, device, inputs and their hashes
+//! <run>/metrics.jsonl        one JSON object per logged step or evaluation
+//! <run>/loss.png             loss and dev-metric curves
+//! <run>/checkpoints/last/    student, optimizer moments, progress (for resume)
+//! <run>/checkpoints/best/    best dev student of the final stage (HF layout)
+//! <run>/cache/               teacher outputs reused across epochs and runs
+//! <run>/student/             the exported student
+//! <run>/report.json, report.md
+//! ```
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::io::{read_json, write_atomic, write_json};
+use crate::{Error, Result};
+
+pub const RECIPE_FILE: &str = "recipe.toml";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+pub struct RunDir {
+    root: PathBuf,
+}
+
+/// What opening a run folder found.
+pub enum Opened {
+    Fresh(RunDir),
+    /// Same recipe, with a checkpoint to continue from (or none yet).
+    Resume(RunDir),
+}
+
+impl RunDir {
+    /// Creates `root` for `recipe_text`, or reopens it when it holds the same recipe.
+    /// A folder holding another recipe, or other files, is refused unless `force`.
+    pub fn open(root: &Path, recipe_text: &str, force: bool) -> Result<Opened> {
+        let recipe_path = root.join(RECIPE_FILE);
+        if force && root.exists() {
+            std::fs::remove_dir_all(root).map_err(|e| Error::io(root, e))?;
+        }
+        if recipe_path.is_file() {
+            let existing = std::fs::read_to_string(&recipe_path).map_err(|e| Error::io(&recipe_path, e))?;
+            if existing != recipe_text {
+                return Err(Error::msg(format!(
+                    "{} holds a run of a different recipe; resume it with that recipe, \
+                     choose another output folder, or pass --force to start over",
+                    root.display()
+                )));
+            }
+            return Ok(Opened::Resume(RunDir { root: root.to_path_buf() }));
+        }
+        crate::io::ensure_fresh_dir(root, false)?;
+        write_atomic(&recipe_path, recipe_text.as_bytes())?;
+        Ok(Opened::Fresh(RunDir { root: root.to_path_buf() }))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Appends one JSON line to metrics.jsonl.
+    pub fn log(&self, value: &serde_json::Value) -> Result<()> {
+        let path = self.path(METRICS_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        writeln!(file, "{value}").map_err(|e| Error::io(&path, e))
+    }
+
+    pub fn metrics_len(&self) -> u64 {
+        std::fs::metadata(self.path(METRICS_FILE)).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Drops metric lines written after the checkpoint being resumed.
+    pub fn truncate_metrics(&self, len: u64) -> Result<()> {
+        let path = self.path(METRICS_FILE);
+        if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) {
+            file.set_len(len).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint folder atomically: build it beside, then swap it in.
+    pub fn write_checkpoint(&self, name: &str, files: &[(&str, CheckpointFile)]) -> Result<()> {
+        let dir = self.root.join("checkpoints");
+        let target = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let old = dir.join(format!(".{name}.old"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        for (file, content) in files {
+            let path = tmp.join(file);
+            match content {
+                CheckpointFile::Tensors(t) => candle_core::safetensors::save(t, &path)?,
+                CheckpointFile::Json(v) => write_json(&path, v)?,
+                CheckpointFile::Bytes(b) => write_atomic(&path, b)?,
+            }
+        }
+        if target.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            }
+            std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;
+        }
+        std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint folder `name`, or its previous version when a swap was interrupted.
+    pub fn checkpoint_dir(&self, name: &str) -> Option<PathBuf> {
+        let dir = self.root.join("checkpoints");
+        [dir.join(name), dir.join(format!(".{name}.old"))]
+            .into_iter()
+            .find(|p| p.is_dir())
+    }
+
+    pub fn read_checkpoint_json<T: serde::de::DeserializeOwned>(&self, name: &str, file: &str) -> Result<Option<T>> {
+        match self.checkpoint_dir(name) {
+            Some(dir) if dir.join(file).is_file() => Ok(Some(read_json(&dir.join(file))?)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn read_checkpoint_tensors(&self, name: &str, file: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
+        let dir = self
+            .checkpoint_dir(name)
+            .ok_or_else(|| Error::msg(format!("{}: no checkpoint `{name}`", self.root.display())))?;
+        let path = dir.join(file);
+        candle_core::safetensors::load(&path, device).map_err(|e| Error::Weights {
+            path: path.display().to_string(),
+            name: "*".into(),
+            message: e.to_string(),
+        })
+    }
+}
+
+pub enum CheckpointFile {
+    Tensors(HashMap<String, Tensor>),
+    Json(serde_json::Value),
+    Bytes(Vec<u8>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_with_the_same_recipe_resumes_and_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        assert!(matches!(RunDir::open(&root, "a = 1\n", false).unwrap(), Opened::Fresh(_)));
+        assert!(matches!(RunDir::open(&root, "a = 1\n", false).unwrap(), Opened::Resume(_)));
+        let err = RunDir::open(&root, "a = 2\n", false).err().unwrap().to_string();
+        assert!(err.contains("different recipe") && err.contains("--force"), "{err}");
+        assert!(matches!(RunDir::open(&root, "a = 2\n", true).unwrap(), Opened::Fresh(_)));
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("x"), "1").unwrap();
+        assert!(RunDir::open(&other, "a = 1\n", false).is_err());
+    }
+
+    #[test]
+    fn checkpoints_swap_atomically_and_metrics_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let Opened::Fresh(run) = RunDir::open(&dir.path().join("r"), "x", false).unwrap() else { panic!() };
+        for step in [1, 2] {
+            run.write_checkpoint("last", &[("progress.json", CheckpointFile::Json(serde_json::json!({"step": step})))])
+                .unwrap();
+        }
+        let v: serde_json::Value = run.read_checkpoint_json("last", "progress.json").unwrap().unwrap();
+        assert_eq!(v["step"], 2);
+        // An interrupted swap leaves only the old copy: it is still found.
+        let ck = dir.path().join("r/checkpoints");
+        std::fs::rename(ck.join("last"), ck.join(".last.old")).unwrap();
+        let v: serde_json::Value = run.read_checkpoint_json("last", "progress.json").unwrap().unwrap();
+        assert_eq!(v["step"], 2);
+
+        run.log(&serde_json::json!({"step": 1})).unwrap();
+        let len = run.metrics_len();
+        run.log(&serde_json::json!({"step": 2})).unwrap();
+        run.truncate_metrics(len).unwrap();
+        let text = std::fs::read_to_string(run.path(METRICS_FILE)).unwrap();
+        assert_eq!(text, "{\"step\":1}\n");
+    }
+}
