@@ -7,6 +7,7 @@ pub mod hub;
 pub mod inspect;
 pub mod io;
 pub mod model;
+pub mod progress;
 pub mod rng;
 pub mod run;
 pub mod testing;

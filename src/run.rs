@@ -44,7 +44,8 @@ impl RunDir {
             std::fs::remove_dir_all(root).map_err(|e| Error::io(root, e))?;
         }
         if recipe_path.is_file() {
-            let existing = std::fs::read_to_string(&recipe_path).map_err(|e| Error::io(&recipe_path, e))?;
+            let existing =
+                std::fs::read_to_string(&recipe_path).map_err(|e| Error::io(&recipe_path, e))?;
             if existing != recipe_text {
                 return Err(Error::msg(format!(
                     "{} holds a run of a different recipe; resume it with that recipe, \
@@ -52,11 +53,15 @@ impl RunDir {
                     root.display()
                 )));
             }
-            return Ok(Opened::Resume(RunDir { root: root.to_path_buf() }));
+            return Ok(Opened::Resume(RunDir {
+                root: root.to_path_buf(),
+            }));
         }
         crate::io::ensure_fresh_dir(root, false)?;
         write_atomic(&recipe_path, recipe_text.as_bytes())?;
-        Ok(Opened::Fresh(RunDir { root: root.to_path_buf() }))
+        Ok(Opened::Fresh(RunDir {
+            root: root.to_path_buf(),
+        }))
     }
 
     pub fn root(&self) -> &Path {
@@ -79,7 +84,9 @@ impl RunDir {
     }
 
     pub fn metrics_len(&self) -> u64 {
-        std::fs::metadata(self.path(METRICS_FILE)).map(|m| m.len()).unwrap_or(0)
+        std::fs::metadata(self.path(METRICS_FILE))
+            .map(|m| m.len())
+            .unwrap_or(0)
     }
 
     /// Drops metric lines written after the checkpoint being resumed.
@@ -130,17 +137,26 @@ impl RunDir {
             .find(|p| p.is_dir())
     }
 
-    pub fn read_checkpoint_json<T: serde::de::DeserializeOwned>(&self, name: &str, file: &str) -> Result<Option<T>> {
+    pub fn read_checkpoint_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        file: &str,
+    ) -> Result<Option<T>> {
         match self.checkpoint_dir(name) {
             Some(dir) if dir.join(file).is_file() => Ok(Some(read_json(&dir.join(file))?)),
             _ => Ok(None),
         }
     }
 
-    pub fn read_checkpoint_tensors(&self, name: &str, file: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
-        let dir = self
-            .checkpoint_dir(name)
-            .ok_or_else(|| Error::msg(format!("{}: no checkpoint `{name}`", self.root.display())))?;
+    pub fn read_checkpoint_tensors(
+        &self,
+        name: &str,
+        file: &str,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>> {
+        let dir = self.checkpoint_dir(name).ok_or_else(|| {
+            Error::msg(format!("{}: no checkpoint `{name}`", self.root.display()))
+        })?;
         let path = dir.join(file);
         candle_core::safetensors::load(&path, device).map_err(|e| Error::Weights {
             path: path.display().to_string(),
@@ -164,11 +180,26 @@ mod tests {
     fn reopening_with_the_same_recipe_resumes_and_another_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("run");
-        assert!(matches!(RunDir::open(&root, "a = 1\n", false).unwrap(), Opened::Fresh(_)));
-        assert!(matches!(RunDir::open(&root, "a = 1\n", false).unwrap(), Opened::Resume(_)));
-        let err = RunDir::open(&root, "a = 2\n", false).err().unwrap().to_string();
-        assert!(err.contains("different recipe") && err.contains("--force"), "{err}");
-        assert!(matches!(RunDir::open(&root, "a = 2\n", true).unwrap(), Opened::Fresh(_)));
+        assert!(matches!(
+            RunDir::open(&root, "a = 1\n", false).unwrap(),
+            Opened::Fresh(_)
+        ));
+        assert!(matches!(
+            RunDir::open(&root, "a = 1\n", false).unwrap(),
+            Opened::Resume(_)
+        ));
+        let err = RunDir::open(&root, "a = 2\n", false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("different recipe") && err.contains("--force"),
+            "{err}"
+        );
+        assert!(matches!(
+            RunDir::open(&root, "a = 2\n", true).unwrap(),
+            Opened::Fresh(_)
+        ));
         let other = dir.path().join("other");
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(other.join("x"), "1").unwrap();
@@ -178,17 +209,31 @@ mod tests {
     #[test]
     fn checkpoints_swap_atomically_and_metrics_truncate() {
         let dir = tempfile::tempdir().unwrap();
-        let Opened::Fresh(run) = RunDir::open(&dir.path().join("r"), "x", false).unwrap() else { panic!() };
+        let Opened::Fresh(run) = RunDir::open(&dir.path().join("r"), "x", false).unwrap() else {
+            panic!()
+        };
         for step in [1, 2] {
-            run.write_checkpoint("last", &[("progress.json", CheckpointFile::Json(serde_json::json!({"step": step})))])
-                .unwrap();
+            run.write_checkpoint(
+                "last",
+                &[(
+                    "progress.json",
+                    CheckpointFile::Json(serde_json::json!({"step": step})),
+                )],
+            )
+            .unwrap();
         }
-        let v: serde_json::Value = run.read_checkpoint_json("last", "progress.json").unwrap().unwrap();
+        let v: serde_json::Value = run
+            .read_checkpoint_json("last", "progress.json")
+            .unwrap()
+            .unwrap();
         assert_eq!(v["step"], 2);
         // An interrupted swap leaves only the old copy: it is still found.
         let ck = dir.path().join("r/checkpoints");
         std::fs::rename(ck.join("last"), ck.join(".last.old")).unwrap();
-        let v: serde_json::Value = run.read_checkpoint_json("last", "progress.json").unwrap().unwrap();
+        let v: serde_json::Value = run
+            .read_checkpoint_json("last", "progress.json")
+            .unwrap()
+            .unwrap();
         assert_eq!(v["step"], 2);
 
         run.log(&serde_json::json!({"step": 1})).unwrap();

@@ -1,8 +1,15 @@
 //! Knowledge distillation: layer mapping, losses, students, and the staged trainer.
 
+pub mod cache;
 pub mod losses;
 pub mod mapping;
 pub mod student;
+pub mod trainer;
 
 pub use losses::LossWeights;
 pub use mapping::{LayerMap, MapStrategy};
+pub use student::{build_student, Student, StudentInit, TeacherParts};
+pub use trainer::{
+    Evaluator, Progress, Scores, Stage, StageKind, StageSummary, Target, TrainExample,
+    TrainSettings, Trainer,
+};

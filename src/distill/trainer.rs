@@ -1,0 +1,678 @@
+//! One training stage: intermediate (attention + hidden), prediction (soft logits),
+//! general distillation, or plain fine-tuning. Checkpoints to the run folder and
+//! resumes bit-for-bit from it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::losses::{self, LossWeights};
+use super::mapping::{self, LayerMap};
+use super::student::Student;
+use crate::model::{BertForSequenceClassification, ClassifierOutput, Outputs};
+use crate::rng::Rng;
+use crate::run::{CheckpointFile, RunDir};
+use crate::tokenizer::{pad_batch, Encoded};
+use crate::train::{lr_at, AdamW, AdamWConfig, Schedule};
+use crate::{Error, Result};
+
+/// The gold target of one example.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    Class(u32),
+    Score(f32),
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainExample {
+    pub encoded: Encoded,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// Attention + hidden losses on unlabeled text, from a pre-trained teacher.
+    General,
+    /// Attention + hidden + embedding losses on task data, from a fine-tuned teacher.
+    Intermediate,
+    /// Soft-logit losses on task data.
+    Prediction,
+    /// Gold labels only; no teacher.
+    Finetune,
+}
+
+impl StageKind {
+    pub fn default_losses(self) -> LossWeights {
+        match self {
+            StageKind::General | StageKind::Intermediate => LossWeights::intermediate(),
+            StageKind::Prediction => LossWeights::prediction(),
+            StageKind::Finetune => LossWeights::hard_labels(),
+        }
+    }
+}
+
+/// Everything that shapes one stage's optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub epochs: usize,
+    /// Stop after this many steps (over all epochs), if set.
+    pub max_steps: Option<usize>,
+    pub learning_rate: f64,
+    pub batch_size: usize,
+    pub warmup_ratio: f64,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub max_grad_norm: Option<f64>,
+    /// Evaluate every N steps (and at the end of each epoch); 0 = only at epoch ends.
+    pub eval_every: usize,
+    /// Stop after this many evaluations without improvement.
+    pub patience: Option<usize>,
+    pub group_by_length: bool,
+    /// Write the resume checkpoint every N steps (and at each epoch end).
+    pub checkpoint_every: usize,
+    pub log_every: usize,
+}
+
+/// Scores of one evaluation; `main` selects the best checkpoint (higher is better).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub main: f64,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Evaluates the student on held-out data (GLUE dev, say).
+pub trait Evaluator {
+    fn evaluate(&self, model: &BertForSequenceClassification) -> Result<Scores>;
+}
+
+/// Where a stage stands, saved with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub stage: usize,
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+    pub step: usize,
+    /// The order generator as it was at the start of `epoch`.
+    pub order_rng: Rng,
+    pub dropout_rng: Rng,
+    pub best: Option<Scores>,
+    pub best_step: Option<usize>,
+    pub evals_since_best: usize,
+    pub metrics_len: u64,
+    pub finished: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageSummary {
+    pub name: String,
+    pub steps: usize,
+    pub seconds: f64,
+    pub final_loss: f64,
+    pub best: Option<Scores>,
+    pub best_step: Option<usize>,
+    pub stopped_early: bool,
+}
+
+/// The stage about to run.
+pub struct Stage<'a> {
+    pub index: usize,
+    pub name: &'a str,
+    pub kind: StageKind,
+    pub losses: LossWeights,
+    pub layer_map: &'a LayerMap,
+    pub settings: &'a TrainSettings,
+    pub data: &'a [TrainExample],
+    /// Teacher logits per example (cached), for prediction losses.
+    pub teacher_logits: Option<&'a Tensor>,
+    /// Save the best dev checkpoint (the final stage).
+    pub keep_best: bool,
+    pub seed: u64,
+}
+
+pub struct Trainer<'a> {
+    pub teacher: Option<&'a BertForSequenceClassification>,
+    pub student: &'a Student,
+    pub evaluator: Option<&'a dyn Evaluator>,
+    pub run: &'a RunDir,
+    pub device: Device,
+    pub pad_id: u32,
+    /// Testing aid: fail as a killed process would, right after this many steps of a
+    /// stage (before any checkpoint of that step is written).
+    pub interrupt_after: Option<usize>,
+}
+
+/// The batches of one epoch: shuffled, optionally grouped by length (sorted inside
+/// chunks of 50 batches, then chunks shuffled), the last incomplete batch kept.
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    group_by_length: bool,
+    rng: &mut Rng,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    rng.shuffle(&mut order);
+    if group_by_length {
+        for chunk in order.chunks_mut(batch_size * 50) {
+            chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        }
+    }
+    let mut batches: Vec<Vec<usize>> = order.chunks(batch_size).map(|c| c.to_vec()).collect();
+    if group_by_length {
+        rng.shuffle(&mut batches);
+    }
+    batches
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64)
+}
+
+impl Trainer<'_> {
+    fn targets(&self, batch: &[&TrainExample]) -> Result<Option<Tensor>> {
+        match batch.first().map(|e| e.target) {
+            Some(Target::Class(_)) => {
+                let v = batch
+                    .iter()
+                    .map(|e| match e.target {
+                        Target::Class(c) => Ok(c),
+                        _ => Err(Error::msg("mixed label kinds in one batch")),
+                    })
+                    .collect::<Result<Vec<u32>>>()?;
+                Ok(Some(Tensor::new(v.as_slice(), &self.device)?))
+            }
+            Some(Target::Score(_)) => {
+                let v = batch
+                    .iter()
+                    .map(|e| match e.target {
+                        Target::Score(s) => Ok(s),
+                        _ => Err(Error::msg("mixed label kinds in one batch")),
+                    })
+                    .collect::<Result<Vec<f32>>>()?;
+                Ok(Some(Tensor::new(v.as_slice(), &self.device)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The weighted loss of one batch and its parts, for logging.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_loss(
+        &self,
+        stage: &Stage,
+        pairs: &[(usize, usize)],
+        input: &crate::model::BertInput,
+        student_out: &ClassifierOutput,
+        teacher_out: Option<&ClassifierOutput>,
+        teacher_logits: Option<&Tensor>,
+        targets: Option<&Tensor>,
+    ) -> Result<(Tensor, BTreeMap<String, f64>)> {
+        let w = &stage.losses;
+        let mut total: Option<Tensor> = None;
+        let mut parts = BTreeMap::new();
+        let mut add = |name: &str, weight: f64, loss: Tensor| -> Result<()> {
+            parts.insert(name.to_string(), scalar(&loss)?);
+            let weighted = (loss * weight)?;
+            total = Some(match total.take() {
+                Some(t) => (t + weighted)?,
+                None => weighted,
+            });
+            Ok(())
+        };
+        let s_enc = &student_out.encoder;
+        if let Some(t) = teacher_out {
+            let t_enc = &t.encoder;
+            if w.attention > 0.0 {
+                let mut sum: Option<Tensor> = None;
+                for &(s, tl) in pairs {
+                    let l = losses::attention_mse(
+                        &s_enc.attention_scores[s - 1],
+                        &t_enc.attention_scores[tl - 1],
+                    )?;
+                    sum = Some(match sum {
+                        Some(x) => (x + l)?,
+                        None => l,
+                    });
+                }
+                if let Some(sum) = sum {
+                    add("attention", w.attention, sum)?;
+                }
+            }
+            if w.hidden > 0.0 || w.cosine > 0.0 {
+                let mut mse: Option<Tensor> = None;
+                let mut cos: Option<Tensor> = None;
+                for &(s, tl) in pairs {
+                    let projected = self.student.project(s, &s_enc.hidden_states[s])?;
+                    let target = &t_enc.hidden_states[tl];
+                    if w.hidden > 0.0 {
+                        let l = losses::hidden_mse(&projected, target)?;
+                        mse = Some(match mse {
+                            Some(x) => (x + l)?,
+                            None => l,
+                        });
+                    }
+                    if w.cosine > 0.0 {
+                        let l = losses::hidden_cosine(&projected, target, &input.attention_mask)?;
+                        cos = Some(match cos {
+                            Some(x) => (x + l)?,
+                            None => l,
+                        });
+                    }
+                }
+                if let Some(l) = mse {
+                    add("hidden", w.hidden, l)?;
+                }
+                if let Some(l) = cos {
+                    add("cosine", w.cosine, l)?;
+                }
+            }
+            if w.embedding > 0.0 {
+                let projected = self.student.project(0, &s_enc.hidden_states[0])?;
+                add(
+                    "embedding",
+                    w.embedding,
+                    losses::hidden_mse(&projected, &t_enc.hidden_states[0])?,
+                )?;
+            }
+        }
+        let logits = &student_out.logits;
+        let regression = logits.dim(D::Minus1)? == 1;
+        let teacher_logits = match (teacher_logits, teacher_out) {
+            (Some(l), _) => Some(l.clone()),
+            (None, Some(t)) => Some(t.logits.clone()),
+            _ => None,
+        };
+        if let Some(t) = &teacher_logits {
+            let t2 = if w.t2_scale {
+                w.temperature * w.temperature
+            } else {
+                1.0
+            };
+            if regression {
+                // Regression distils the teacher's score (TinyBERT's reference used gold, #128).
+                let weight = w.soft_ce + w.kl + w.logits_mse;
+                if weight > 0.0 {
+                    add("logits_mse", weight, losses::logits_mse(logits, t)?)?;
+                }
+            } else {
+                if w.soft_ce > 0.0 {
+                    add(
+                        "soft_ce",
+                        w.soft_ce * t2,
+                        losses::soft_cross_entropy(logits, t, w.temperature)?,
+                    )?;
+                }
+                if w.kl > 0.0 {
+                    add(
+                        "kl",
+                        w.kl * t2,
+                        losses::kl_divergence(logits, t, w.temperature)?,
+                    )?;
+                }
+                if w.logits_mse > 0.0 {
+                    add("logits_mse", w.logits_mse, losses::logits_mse(logits, t)?)?;
+                }
+            }
+        }
+        if w.hard > 0.0 {
+            let targets = targets.ok_or_else(|| {
+                Error::msg(format!(
+                    "stage `{}` uses the hard-label loss but its data has no labels",
+                    stage.name
+                ))
+            })?;
+            let l = if regression {
+                losses::logits_mse(&logits.squeeze(D::Minus1)?, targets)?
+            } else {
+                losses::hard_cross_entropy(logits, targets)?
+            };
+            add("hard", w.hard, l)?;
+        }
+        let total = total
+            .ok_or_else(|| Error::msg(format!("stage `{}` has no applicable loss", stage.name)))?;
+        Ok((total, parts))
+    }
+
+    fn save_resume(&self, optimizer: &AdamW, progress: &Progress) -> Result<()> {
+        let tensors: HashMap<String, Tensor> = self
+            .student
+            .varmap
+            .data()
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        self.run.write_checkpoint(
+            "last",
+            &[
+                ("student.safetensors", CheckpointFile::Tensors(tensors)),
+                (
+                    "optimizer.safetensors",
+                    CheckpointFile::Tensors(optimizer.state_tensors()),
+                ),
+                (
+                    "progress.json",
+                    CheckpointFile::Json(
+                        serde_json::to_value(progress).map_err(|e| Error::msg(e.to_string()))?,
+                    ),
+                ),
+            ],
+        )
+    }
+
+    /// Restores student variables from the resume checkpoint.
+    pub fn restore_student(&self) -> Result<()> {
+        let tensors =
+            self.run
+                .read_checkpoint_tensors("last", "student.safetensors", &self.device)?;
+        let data = self.student.varmap.data().lock().expect("lock");
+        for (name, var) in data.iter() {
+            let t = tensors.get(name).ok_or_else(|| {
+                Error::msg(format!(
+                    "resume checkpoint has no `{name}`: was the recipe changed?"
+                ))
+            })?;
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// Runs (or continues) one stage. `resume` is the saved progress when it belongs
+    /// to this stage.
+    pub fn run_stage(&self, stage: &Stage, resume: Option<Progress>) -> Result<StageSummary> {
+        let settings = stage.settings;
+        stage.losses.validate(stage.name)?;
+        if stage.data.is_empty() {
+            return Err(Error::msg(format!(
+                "stage `{}` has no training data",
+                stage.name
+            )));
+        }
+        if settings.batch_size == 0 {
+            return Err(Error::invalid(
+                stage.name,
+                "batch_size",
+                "must be at least 1",
+            ));
+        }
+        let needs_teacher_forward = stage.losses.needs_hidden_states()
+            || stage.losses.needs_attention()
+            || (stage.losses.needs_teacher_logits() && stage.teacher_logits.is_none());
+        let teacher = match (needs_teacher_forward, self.teacher) {
+            (true, Some(t)) => Some(t),
+            (true, None) => {
+                return Err(Error::msg(format!(
+                    "stage `{}` needs a teacher and none was given",
+                    stage.name
+                )))
+            }
+            (false, _) => None,
+        };
+        let pairs = match teacher {
+            Some(t) => mapping::resolve(
+                stage.layer_map,
+                self.student.config.num_hidden_layers,
+                t.config().num_hidden_layers,
+            )?,
+            None => Vec::new(),
+        };
+        let want = Outputs {
+            hidden_states: stage.losses.needs_hidden_states(),
+            attention_scores: stage.losses.needs_attention(),
+        };
+
+        let lengths: Vec<usize> = stage.data.iter().map(|e| e.encoded.ids.len()).collect();
+        let batches_per_epoch = lengths.len().div_ceil(settings.batch_size);
+        let total_steps = settings
+            .max_steps
+            .unwrap_or(usize::MAX)
+            .min(batches_per_epoch * settings.epochs);
+        let warmup = (settings.warmup_ratio * total_steps as f64).round() as usize;
+
+        let vars: Vec<(String, candle_core::Var)> = self
+            .student
+            .varmap
+            .data()
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut optimizer = AdamW::new(
+            vars,
+            AdamWConfig {
+                lr: settings.learning_rate,
+                weight_decay: settings.weight_decay,
+                ..Default::default()
+            },
+        )?;
+
+        let mut base = Rng::new(stage.seed ^ (stage.index as u64).wrapping_mul(0x9E37_79B9));
+        let mut progress = match resume {
+            Some(p) => {
+                let opt_state = self.run.read_checkpoint_tensors(
+                    "last",
+                    "optimizer.safetensors",
+                    &self.device,
+                )?;
+                optimizer.load_state(&opt_state, p.step)?;
+                self.restore_student()?;
+                self.run.truncate_metrics(p.metrics_len)?;
+                tracing::info!(
+                    "stage {}: resuming at step {} of {total_steps}",
+                    stage.name,
+                    p.step
+                );
+                p
+            }
+            None => Progress {
+                stage: stage.index,
+                epoch: 0,
+                step_in_epoch: 0,
+                step: 0,
+                order_rng: base.fork(1),
+                dropout_rng: base.fork(2),
+                best: None,
+                best_step: None,
+                evals_since_best: 0,
+                metrics_len: self.run.metrics_len(),
+                finished: false,
+            },
+        };
+        let started = Instant::now();
+        let mut last_loss = f64::NAN;
+        let mut stopped_early = false;
+        let bar = crate::progress::bar(total_steps as u64, stage.name);
+        bar.set_position(progress.step as u64);
+
+        'epochs: while progress.epoch < settings.epochs
+            && progress.step < total_steps
+            && !progress.finished
+        {
+            let mut epoch_rng = progress.order_rng.clone();
+            let batches = epoch_batches(
+                &lengths,
+                settings.batch_size,
+                settings.group_by_length,
+                &mut epoch_rng,
+            );
+            for batch_idx in batches.iter().skip(progress.step_in_epoch) {
+                let batch: Vec<&TrainExample> = batch_idx.iter().map(|&i| &stage.data[i]).collect();
+                let encoded: Vec<&Encoded> = batch.iter().map(|e| &e.encoded).collect();
+                let input = pad_batch(&encoded, self.pad_id, &self.device)?;
+                let teacher_out = match teacher {
+                    Some(t) => Some(t.forward(&input, want, None)?),
+                    None => None,
+                };
+                let cached_logits = match stage.teacher_logits {
+                    Some(all) => {
+                        let idx: Vec<u32> = batch_idx.iter().map(|&i| i as u32).collect();
+                        Some(
+                            all.index_select(&Tensor::new(idx.as_slice(), all.device())?, 0)?
+                                .to_device(&self.device)?,
+                        )
+                    }
+                    None => None,
+                };
+                let student_out =
+                    self.student
+                        .model
+                        .forward(&input, want, Some(&mut progress.dropout_rng))?;
+                let targets = self.targets(&batch)?;
+                let (loss, parts) = self.batch_loss(
+                    stage,
+                    &pairs,
+                    &input,
+                    &student_out,
+                    teacher_out.as_ref(),
+                    cached_logits.as_ref(),
+                    targets.as_ref(),
+                )?;
+                let lr = lr_at(
+                    settings.schedule,
+                    settings.learning_rate,
+                    progress.step,
+                    total_steps,
+                    warmup,
+                );
+                optimizer.set_lr(lr);
+                let grads = loss.backward()?;
+                let grad_norm = optimizer.step(&grads, settings.max_grad_norm)?;
+                last_loss = scalar(&loss)?;
+                progress.step += 1;
+                if self.interrupt_after == Some(progress.step) {
+                    return Err(Error::msg(format!(
+                        "interrupted after step {}",
+                        progress.step
+                    )));
+                }
+                progress.step_in_epoch += 1;
+                bar.set_position(progress.step as u64);
+                bar.set_message(format!("loss {last_loss:.4}"));
+                if progress.step % settings.log_every.max(1) == 0 || progress.step == total_steps {
+                    self.run.log(&serde_json::json!({
+                        "stage": stage.name, "step": progress.step, "epoch": progress.epoch,
+                        "loss": last_loss, "losses": parts, "lr": lr, "grad_norm": grad_norm,
+                    }))?;
+                }
+                let epoch_end = progress.step_in_epoch == batches.len();
+                let last_step = progress.step >= total_steps;
+                let eval_now = (settings.eval_every > 0
+                    && progress.step % settings.eval_every == 0)
+                    || epoch_end
+                    || last_step;
+                if eval_now {
+                    if let Some(evaluator) = self.evaluator {
+                        if self.evaluate(stage, evaluator, &mut progress)? {
+                            stopped_early = true;
+                            progress.finished = true;
+                        }
+                    }
+                }
+                if epoch_end {
+                    progress.epoch += 1;
+                    progress.step_in_epoch = 0;
+                    progress.order_rng = epoch_rng.clone();
+                }
+                if progress.finished || last_step {
+                    progress.finished = true;
+                }
+                if progress.finished
+                    || epoch_end
+                    || progress.step % settings.checkpoint_every.max(1) == 0
+                {
+                    progress.metrics_len = self.run.metrics_len();
+                    self.save_resume(&optimizer, &progress)?;
+                }
+                if progress.finished {
+                    break 'epochs;
+                }
+                if epoch_end {
+                    continue 'epochs;
+                }
+            }
+        }
+        bar.finish_and_clear();
+        Ok(StageSummary {
+            name: stage.name.to_string(),
+            steps: progress.step,
+            seconds: started.elapsed().as_secs_f64(),
+            final_loss: last_loss,
+            best: progress.best.clone(),
+            best_step: progress.best_step,
+            stopped_early,
+        })
+    }
+
+    /// Evaluates, logs, keeps the best checkpoint; returns true when patience ran out.
+    fn evaluate(
+        &self,
+        stage: &Stage,
+        evaluator: &dyn Evaluator,
+        progress: &mut Progress,
+    ) -> Result<bool> {
+        let scores = evaluator.evaluate(&self.student.model)?;
+        self.run.log(&serde_json::json!({
+            "stage": stage.name, "step": progress.step, "eval": scores.metrics, "main": scores.main,
+        }))?;
+        tracing::info!(
+            "{} step {}: dev {:.4}",
+            stage.name,
+            progress.step,
+            scores.main
+        );
+        let improved = progress.best.as_ref().is_none_or(|b| scores.main > b.main);
+        if improved {
+            progress.best = Some(scores);
+            progress.best_step = Some(progress.step);
+            progress.evals_since_best = 0;
+            if stage.keep_best {
+                self.save_best()?;
+            }
+            Ok(false)
+        } else {
+            progress.evals_since_best += 1;
+            Ok(stage
+                .settings
+                .patience
+                .is_some_and(|p| progress.evals_since_best >= p))
+        }
+    }
+
+    /// Writes the student as a Hugging Face folder to checkpoints/best.
+    fn save_best(&self) -> Result<()> {
+        let tensors: HashMap<String, Tensor> = self
+            .student
+            .varmap
+            .data()
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(k, _)| !k.starts_with("fit_dense"))
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let config =
+            serde_json::to_value(&self.student.config).map_err(|e| Error::msg(e.to_string()))?;
+        let tokenizer = self
+            .student
+            .tokenizer
+            .inner()
+            .to_string(true)
+            .map_err(|e| Error::msg(format!("serialising the tokenizer: {e}")))?;
+        self.run.write_checkpoint(
+            "best",
+            &[
+                ("model.safetensors", CheckpointFile::Tensors(tensors)),
+                ("config.json", CheckpointFile::Json(config)),
+                (
+                    "tokenizer.json",
+                    CheckpointFile::Bytes(tokenizer.into_bytes()),
+                ),
+            ],
+        )
+    }
+}

@@ -1,0 +1,203 @@
+//! A stage killed between checkpoints and restarted reaches exactly the weights of an
+//! uninterrupted run: model, optimizer moments, step, data order and dropout all resume.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use candle_distill::distill::cache::model_logits;
+use candle_distill::distill::{
+    build_student, LayerMap, Progress, Stage, StageKind, StudentInit, Target, TeacherParts,
+    TrainExample, TrainSettings, Trainer,
+};
+use candle_distill::model::{build_classifier, BuildOptions};
+use candle_distill::rng::Rng;
+use candle_distill::run::{Opened, RunDir};
+use candle_distill::testing::{tiny_config, write_tiny_tokenizer, TINY_WORDS};
+use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
+use candle_distill::train::Schedule;
+
+fn data(tok: &TextTokenizer) -> Vec<TrainExample> {
+    let mut rng = Rng::new(9);
+    (0..90)
+        .map(|i| {
+            let n = 2 + rng.below(10);
+            let text: Vec<&str> = (0..n)
+                .map(|_| TINY_WORDS[rng.below(TINY_WORDS.len())])
+                .collect();
+            TrainExample {
+                encoded: tok.encode(&text.join(" "), None, 24).unwrap(),
+                target: Target::Class(i % 2),
+            }
+        })
+        .collect()
+}
+
+/// Runs intermediate then prediction stages; `kill_at` interrupts the given stage once.
+fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String, Tensor> {
+    let dev = Device::Cpu;
+    let tok = TextTokenizer::from_files(&TokenizerFiles {
+        tokenizer_json: Some(dir.parent().unwrap().join("tok/tokenizer.json")),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut config = tiny_config(32, 4, 4, 64);
+    config.set_labels(&["a".into(), "b".into()]);
+    let teacher = build_classifier(
+        "t",
+        &config,
+        Default::default(),
+        &BuildOptions {
+            init_seed: Some(5),
+            ..BuildOptions::inference(&dev)
+        },
+    )
+    .unwrap();
+    let tensors = HashMap::new();
+    let parts = TeacherParts {
+        config: &config,
+        tensors: &tensors,
+        tokenizer: &tok,
+    };
+    let init = StudentInit::Random {
+        layers: 2,
+        hidden: 16,
+        heads: 4,
+        intermediate: 32,
+    };
+    let labels = vec!["a".to_string(), "b".to_string()];
+    let examples = data(&tok);
+    let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
+    let logits = model_logits(&teacher.model, &enc, 16, tok.pad_id(), &dev).unwrap();
+    let settings = TrainSettings {
+        epochs: 3,
+        max_steps: None,
+        learning_rate: 1e-3,
+        batch_size: 8,
+        warmup_ratio: 0.1,
+        schedule: Schedule::Linear,
+        weight_decay: 0.01,
+        max_grad_norm: Some(1.0),
+        eval_every: 0,
+        patience: None,
+        group_by_length: true,
+        checkpoint_every: 4,
+        log_every: 1,
+    };
+    let stages = [
+        (StageKind::Intermediate, None),
+        (StageKind::Prediction, Some(&logits)),
+    ];
+    let mut attempt = 0;
+    loop {
+        // Each attempt is a fresh process: rebuild everything from the recipe.
+        let student = build_student(&init, &parts, &labels, 3, &dev).unwrap();
+        let run = match RunDir::open(dir, "recipe", false).unwrap() {
+            Opened::Fresh(r) | Opened::Resume(r) => r,
+        };
+        let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json").unwrap();
+        let kill = kill_at.filter(|_| attempt == 0);
+        let mut failed = false;
+        for (index, (kind, teacher_logits)) in stages.iter().enumerate() {
+            let resume = saved.clone().filter(|p| p.stage == index);
+            if saved
+                .as_ref()
+                .is_some_and(|p| p.stage > index || (p.stage == index && p.finished))
+            {
+                continue; // done before the crash; its weights come back with the checkpoint
+            }
+            if saved
+                .as_ref()
+                .is_some_and(|p| p.stage + 1 == index && p.finished)
+                && attempt > 0
+            {
+                // The previous stage finished: start from its final weights.
+                let trainer = Trainer {
+                    teacher: Some(&teacher.model),
+                    student: &student,
+                    evaluator: None,
+                    run: &run,
+                    device: dev.clone(),
+                    pad_id: tok.pad_id(),
+                    interrupt_after: None,
+                };
+                trainer.restore_student().unwrap();
+            }
+            let trainer = Trainer {
+                teacher: Some(&teacher.model),
+                student: &student,
+                evaluator: None,
+                run: &run,
+                device: dev.clone(),
+                pad_id: tok.pad_id(),
+                interrupt_after: kill.filter(|(s, _)| *s == index).map(|(_, step)| step),
+            };
+            let stage = Stage {
+                index,
+                name: if index == 0 {
+                    "intermediate"
+                } else {
+                    "prediction"
+                },
+                kind: *kind,
+                losses: kind.default_losses(),
+                layer_map: &LayerMap::default(),
+                settings: &settings,
+                data: &examples,
+                teacher_logits: *teacher_logits,
+                keep_best: false,
+                seed: 17,
+            };
+            if trainer.run_stage(&stage, resume).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if !failed {
+            return student
+                .varmap
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+                .collect();
+        }
+        attempt += 1;
+        assert!(attempt < 3);
+    }
+}
+
+#[test]
+fn interrupted_runs_resume_to_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_tokenizer(&dir.path().join("tok")).unwrap();
+    let straight = run(&dir.path().join("a"), None);
+    // Killed mid-epoch in the first stage (step 14: after the checkpoint at step 12).
+    let resumed = run(&dir.path().join("b"), Some((0, 14)));
+    // Killed in the second stage.
+    let resumed2 = run(&dir.path().join("c"), Some((1, 19)));
+    for (name, t) in &straight {
+        for (label, other) in [("stage 1", &resumed), ("stage 2", &resumed2)] {
+            let diff = (t - &other[name])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(
+                diff, 0.0,
+                "{name} differs after resuming from a kill in {label}"
+            );
+        }
+    }
+    let metrics_a = std::fs::read_to_string(dir.path().join("a/metrics.jsonl")).unwrap();
+    let metrics_b = std::fs::read_to_string(dir.path().join("b/metrics.jsonl")).unwrap();
+    let strip = |s: &str| s.lines().count();
+    assert_eq!(
+        strip(&metrics_a),
+        strip(&metrics_b),
+        "metrics log has duplicated or missing lines"
+    );
+}
