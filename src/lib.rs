@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod io;
 pub mod model;
 pub mod progress;
+pub mod recipe;
 pub mod rng;
 pub mod run;
 pub mod testing;

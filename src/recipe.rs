@@ -1,0 +1,568 @@
+//! Recipes: one TOML file per job, a versioned schema, `--set key=value` overrides.
+//!
+//! Unknown keys and wrong types are errors that name the key and the file, so a typo
+//! never silently falls back to a default (TinyBERT reference issue #77).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::distill::{LayerMap, LossWeights, StageKind, StudentInit, TrainSettings};
+use crate::train::Schedule;
+use crate::{Error, Result};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Schema version; this build reads version 1.
+    pub version: u32,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// `cpu`, `cuda[:N]`, `metal` or `auto`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Run folder; defaults to `runs/<name>`.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    pub teacher: TeacherSpec,
+    pub task: TaskSpec,
+    pub student: StudentInit,
+    #[serde(default)]
+    pub eval: EvalSpec,
+    pub stages: Vec<StageSpec>,
+    #[serde(default)]
+    pub export: ExportSpec,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSpec {
+    /// Hub id (`org/name[@revision]`) or folder.
+    pub model: String,
+    /// Fine-tune the teacher on the task first: `auto` does it when the checkpoint has
+    /// no head for the task's labels.
+    #[serde(default)]
+    pub finetune: FinetuneWhen,
+    /// Settings of that fine-tuning.
+    #[serde(default)]
+    pub finetune_settings: Option<StageSpec>,
+    /// Refuse to distil from a teacher whose dev score is at most chance + this margin.
+    #[serde(default = "default_margin")]
+    pub min_margin_over_chance: f64,
+    /// Distil even from a teacher near chance level.
+    #[serde(default)]
+    pub allow_weak_teacher: bool,
+    /// Teacher inference dtype (`f32`, `f16`, `bf16`).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+fn default_margin() -> f64 {
+    0.05
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FinetuneWhen {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli.
+    pub name: String,
+    /// `hub` (nyu-mll/glue parquet) or a folder in the GLUE TSV layout.
+    #[serde(default = "default_data")]
+    pub data: String,
+    #[serde(default)]
+    pub max_seq_len: Option<usize>,
+    /// Use only the first N training rows.
+    #[serde(default)]
+    pub train_limit: Option<usize>,
+    #[serde(default)]
+    pub dev_limit: Option<usize>,
+    /// Skip malformed rows (reported) instead of stopping.
+    #[serde(default)]
+    pub skip_malformed: bool,
+}
+
+fn default_data() -> String {
+    "hub".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Evaluate on dev every N steps (0: at the end of each epoch only).
+    #[serde(default)]
+    pub every: usize,
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+    /// Stop the final stage after this many evaluations without improvement.
+    #[serde(default)]
+    pub patience: Option<usize>,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        EvalSpec {
+            every: 0,
+            batch_size: default_eval_batch(),
+            patience: None,
+        }
+    }
+}
+
+fn default_eval_batch() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    /// Export dtype: `f32`, `f16` or `bf16`.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+impl Default for ExportSpec {
+    fn default() -> Self {
+        ExportSpec {
+            dtype: default_dtype(),
+        }
+    }
+}
+
+/// Training data of a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "source", deny_unknown_fields)]
+pub enum StageData {
+    /// The task's labeled training split.
+    #[default]
+    Train,
+    /// A file of text (one sentence, or a tab-separated pair, per line) that the
+    /// teacher labels: a transfer set.
+    Unlabeled { path: PathBuf },
+    /// An augmented TSV/JSONL written by `candle-distill augment`.
+    Augmented { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub kind: StageKind,
+    #[serde(default)]
+    pub data: StageData,
+    /// Loss weights; defaults depend on the kind (TinyBERT's choices).
+    #[serde(default)]
+    pub losses: Option<LossWeights>,
+    #[serde(default)]
+    pub layer_map: LayerMap,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub warmup_ratio: Option<f64>,
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: Option<f64>,
+    /// Sort batches by length (less padding, same results up to batch order).
+    #[serde(default = "default_true")]
+    pub group_by_length: bool,
+    #[serde(default = "default_ckpt")]
+    pub checkpoint_every: usize,
+}
+
+fn default_epochs() -> usize {
+    3
+}
+fn default_lr() -> f64 {
+    5e-5
+}
+fn default_batch() -> usize {
+    32
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_clip() -> Option<f64> {
+    Some(1.0)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ckpt() -> usize {
+    200
+}
+
+impl StageSpec {
+    pub fn display_name(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                index + 1,
+                serde_json::to_value(self.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )
+        })
+    }
+
+    pub fn losses(&self) -> LossWeights {
+        self.losses.unwrap_or_else(|| self.kind.default_losses())
+    }
+
+    /// Optimisation settings, with the kind's defaults for schedule and warm-up:
+    /// constant LR for intermediate stages (TinyBERT), 10% warm-up + linear decay otherwise.
+    pub fn settings(&self, eval: &EvalSpec, is_final: bool) -> TrainSettings {
+        let intermediate = matches!(self.kind, StageKind::Intermediate | StageKind::General);
+        TrainSettings {
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            learning_rate: self.learning_rate,
+            batch_size: self.batch_size,
+            warmup_ratio: self
+                .warmup_ratio
+                .unwrap_or(if intermediate { 0.0 } else { 0.1 }),
+            schedule: self.schedule.unwrap_or(if intermediate {
+                Schedule::Constant
+            } else {
+                Schedule::Linear
+            }),
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            eval_every: eval.every,
+            patience: if is_final { eval.patience } else { None },
+            group_by_length: self.group_by_length,
+            checkpoint_every: self.checkpoint_every,
+            log_every: 10,
+        }
+    }
+}
+
+impl Recipe {
+    /// Reads a recipe file and applies `key=value` overrides (dotted keys; values are
+    /// TOML literals, or plain strings when they do not parse as one).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Recipe> {
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| Error::invalid(origin, "TOML", e.to_string().trim_end()))?;
+        for o in overrides {
+            apply_override(&mut value, o, origin)?;
+        }
+        let version = value.get("version").and_then(|v| v.as_integer());
+        match version {
+            Some(v) if v == SCHEMA_VERSION as i64 => {}
+            Some(v) => {
+                return Err(Error::invalid(
+                    origin,
+                    "version",
+                    format!("recipe schema version {v} is not supported; this build reads version {SCHEMA_VERSION}"),
+                ))
+            }
+            None => return Err(Error::invalid(origin, "version", format!("missing; add `version = {SCHEMA_VERSION}`"))),
+        }
+        let recipe: Recipe = value.try_into().map_err(|e: toml::de::Error| {
+            Error::invalid(origin, "recipe", e.to_string().trim_end())
+        })?;
+        recipe.validate(origin)?;
+        Ok(recipe)
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        if self.stages.is_empty() {
+            return Err(Error::invalid(
+                origin,
+                "stages",
+                "a recipe needs at least one [[stages]] entry",
+            ));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            let field = |f: &str| format!("stages[{i}].{f}");
+            if stage.epochs == 0 && stage.max_steps.is_none() {
+                return Err(Error::invalid(
+                    origin,
+                    field("epochs"),
+                    "must be at least 1",
+                ));
+            }
+            if stage.batch_size == 0 {
+                return Err(Error::invalid(
+                    origin,
+                    field("batch_size"),
+                    "must be at least 1",
+                ));
+            }
+            if !(stage.learning_rate > 0.0 && stage.learning_rate < 1.0) {
+                return Err(Error::invalid(
+                    origin,
+                    field("learning_rate"),
+                    format!("{} is not in (0, 1)", stage.learning_rate),
+                ));
+            }
+            if let Some(w) = stage.warmup_ratio {
+                if !(0.0..1.0).contains(&w) {
+                    return Err(Error::invalid(
+                        origin,
+                        field("warmup_ratio"),
+                        format!("{w} is not in [0, 1)"),
+                    ));
+                }
+            }
+            stage.losses().validate(&format!("{origin}: stages[{i}]"))?;
+            if stage.kind == StageKind::Finetune && stage.losses().needs_teacher() {
+                return Err(Error::invalid(
+                    origin,
+                    field("losses"),
+                    "a finetune stage has no teacher; use kind = \"prediction\" for teacher losses",
+                ));
+            }
+        }
+        crate::device::parse_dtype(&self.teacher.dtype).map_err(|_| {
+            Error::invalid(
+                origin,
+                "teacher.dtype",
+                format!("`{}`: expected f32, f16 or bf16", self.teacher.dtype),
+            )
+        })?;
+        crate::device::parse_dtype(&self.export.dtype).map_err(|_| {
+            Error::invalid(
+                origin,
+                "export.dtype",
+                format!("`{}`: expected f32, f16 or bf16", self.export.dtype),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The recipe with every default written out, as stored in the run folder.
+    pub fn resolved_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| Error::msg(format!("cannot serialise the recipe: {e}")))
+    }
+
+    pub fn output_dir(&self, recipe_path: Option<&Path>) -> PathBuf {
+        if let Some(o) = &self.output {
+            return o.clone();
+        }
+        let name = self.name.clone().or_else(|| {
+            recipe_path
+                .and_then(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+        });
+        PathBuf::from("runs").join(name.unwrap_or_else(|| "run".into()))
+    }
+}
+
+fn apply_override(root: &mut toml::Value, spec: &str, origin: &str) -> Result<()> {
+    let (key, raw) = spec.split_once('=').ok_or_else(|| {
+        Error::invalid(
+            "--set",
+            spec,
+            "expected key=value, e.g. task.data=../shared/data/glue",
+        )
+    })?;
+    let key = key.trim();
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i == parts.len() - 1;
+        // `stages.1.epochs` indexes into arrays.
+        if let Ok(index) = part.parse::<usize>() {
+            let arr = node.as_array_mut().ok_or_else(|| {
+                Error::invalid(
+                    "--set",
+                    key,
+                    format!("`{}` is not a list in {origin}", parts[..i].join(".")),
+                )
+            })?;
+            let len = arr.len();
+            let slot = arr.get_mut(index).ok_or_else(|| {
+                Error::invalid(
+                    "--set",
+                    key,
+                    format!("index {index} is out of range ({len} entries) in {origin}"),
+                )
+            })?;
+            if last {
+                *slot = value;
+                return Ok(());
+            }
+            node = slot;
+            continue;
+        }
+        let table = node.as_table_mut().ok_or_else(|| {
+            Error::invalid(
+                "--set",
+                key,
+                format!("`{}` is not a table in {origin}", parts[..i].join(".")),
+            )
+        })?;
+        if last {
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        node = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+version = 1
+[teacher]
+model = "bert-base-uncased"
+[task]
+name = "sst2"
+[student]
+from = "teacher_layers"
+layers = [2, 4, 6]
+[[stages]]
+kind = "intermediate"
+[[stages]]
+kind = "prediction"
+epochs = 2
+"#;
+
+    #[test]
+    fn parses_with_defaults_and_round_trips() {
+        let r = Recipe::parse(MINIMAL, "r.toml", &[]).unwrap();
+        assert_eq!(r.stages[0].losses(), LossWeights::intermediate());
+        assert_eq!(
+            r.stages[1].settings(&r.eval, true).schedule,
+            Schedule::Linear
+        );
+        assert_eq!(
+            r.stages[0].settings(&r.eval, false).schedule,
+            Schedule::Constant
+        );
+        let again = Recipe::parse(&r.resolved_toml().unwrap(), "resolved", &[]).unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key_and_file() {
+        let typo = MINIMAL.replace("epochs = 2", "epoch = 2");
+        let err = Recipe::parse(&typo, "recipes/x.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("recipes/x.toml") && err.contains("epoch"),
+            "{err}"
+        );
+        let wrong = MINIMAL.replace("epochs = 2", "epochs = \"two\"");
+        let err = Recipe::parse(&wrong, "recipes/x.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("recipes/x.toml") && err.contains("epochs"),
+            "{err}"
+        );
+        let err = Recipe::parse(&MINIMAL.replace("version = 1", "version = 7"), "x", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("version 7"), "{err}");
+        let err = Recipe::parse(&MINIMAL.replace("version = 1", ""), "x", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("version") && err.contains("missing"), "{err}");
+        let bad_student = MINIMAL.replace("from = \"teacher_layers\"", "from = \"teachers\"");
+        assert!(Recipe::parse(&bad_student, "x", &[]).is_err());
+    }
+
+    #[test]
+    fn overrides_set_nested_values_and_array_entries() {
+        let r = Recipe::parse(
+            MINIMAL,
+            "r.toml",
+            &[
+                "task.data=../shared/data/glue".into(),
+                "stages.1.learning_rate=3e-5".into(),
+                "seed=7".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.task.data, "../shared/data/glue");
+        assert_eq!(r.stages[1].learning_rate, 3e-5);
+        assert_eq!(r.seed, 7);
+        let err = Recipe::parse(MINIMAL, "r.toml", &["stages.5.epochs=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of range"), "{err}");
+        let err = Recipe::parse(MINIMAL, "r.toml", &["nonsense".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key=value"), "{err}");
+        let err = Recipe::parse(MINIMAL, "r.toml", &["task.nmae=sst2".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nmae"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        let err = Recipe::parse(
+            &MINIMAL.replace("epochs = 2", "epochs = 2\nlearning_rate = 5.0"),
+            "r.toml",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("stages[1].learning_rate"), "{err}");
+        let err = Recipe::parse(
+            &MINIMAL.replace(
+                "kind = \"prediction\"",
+                "kind = \"finetune\"\nlosses = { soft_ce = 1.0 }",
+            ),
+            "r.toml",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no teacher"), "{err}");
+    }
+}
