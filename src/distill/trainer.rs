@@ -167,6 +167,32 @@ pub fn epoch_batches(
     batches
 }
 
+/// Refuses loss choices the two architectures cannot support.
+pub fn check_compatible(
+    losses: &LossWeights,
+    student: &crate::model::BertConfig,
+    teacher: &crate::model::BertConfig,
+) -> Result<()> {
+    if losses.needs_attention() && student.num_attention_heads != teacher.num_attention_heads {
+        return Err(Error::msg(format!(
+            "the attention loss compares attention maps head by head, but the student has {} heads and the \
+             teacher {}. Give the student {} heads (its width {} must then be divisible by it), or set the \
+             attention loss weight to 0.",
+            student.num_attention_heads,
+            teacher.num_attention_heads,
+            teacher.num_attention_heads,
+            student.hidden_size
+        )));
+    }
+    if student.vocab_size != teacher.vocab_size {
+        return Err(Error::msg(format!(
+            "student vocabulary ({}) differs from the teacher's ({}): they must share one tokenizer",
+            student.vocab_size, teacher.vocab_size
+        )));
+    }
+    Ok(())
+}
+
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64)
 }
@@ -412,6 +438,9 @@ impl Trainer<'_> {
             }
             (false, _) => None,
         };
+        if let Some(t) = teacher {
+            check_compatible(&stage.losses, &self.student.config, t.config())?;
+        }
         let pairs = match teacher {
             Some(t) => mapping::resolve(
                 stage.layer_map,
