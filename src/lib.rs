@@ -1,11 +1,14 @@
 //! candle-distill: TinyBERT-style distillation of BERT teachers on candle.
 
+pub mod data;
 pub mod device;
 pub mod distill;
 pub mod error;
+pub mod eval;
 pub mod hub;
 pub mod inspect;
 pub mod io;
+pub mod metrics;
 pub mod model;
 pub mod progress;
 pub mod recipe;
