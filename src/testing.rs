@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+pub mod pth;
+
 use candle_core::{DType, Device};
 
 use crate::model::{build_classifier, build_masked_lm, BertConfig, BuildOptions};

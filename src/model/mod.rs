@@ -5,6 +5,7 @@ pub mod config;
 pub mod load;
 pub mod ops;
 pub mod params;
+pub mod torch_legacy;
 pub mod weights;
 
 pub use bert::{

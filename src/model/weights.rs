@@ -15,7 +15,7 @@ use crate::{Error, Result};
 pub enum WeightFiles {
     /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
     Safetensors(Vec<PathBuf>),
-    /// `pytorch_model.bin` (PyTorch zip format).
+    /// `pytorch_model.bin`: PyTorch's zip format (torch >= 1.6) or its legacy format.
     PytorchBin(PathBuf),
 }
 
@@ -81,14 +81,39 @@ pub fn read_weights(files: &WeightFiles) -> Result<HashMap<String, Tensor>> {
             }
         }
         WeightFiles::PytorchBin(path) => {
-            let tensors =
-                candle_core::pickle::read_all(path).map_err(|e| weights_error(path, e))?;
+            let tensors = if super::torch_legacy::is_legacy(path)? {
+                super::torch_legacy::read_legacy(path)?
+            } else if starts_with(path, b"PK\x03\x04")? {
+                candle_core::pickle::read_all(path).map_err(|e| weights_error(path, e))?
+            } else if starts_with(path, b"version https://git-lfs")? {
+                return Err(Error::Weights {
+                    path: path.display().to_string(),
+                    name: "*".into(),
+                    message: "a Git LFS pointer, not the weights: fetch them with `git lfs pull`"
+                        .into(),
+                });
+            } else {
+                return Err(Error::Weights {
+                    path: path.display().to_string(),
+                    name: "*".into(),
+                    message: "not a PyTorch checkpoint (neither the zip format of torch >= 1.6 \
+                              nor the legacy format)"
+                        .into(),
+                });
+            };
             for (name, t) in tensors {
                 insert(path, name, t)?;
             }
         }
     }
     Ok(out)
+}
+
+fn starts_with(path: &Path, prefix: &[u8]) -> Result<bool> {
+    use std::io::Read;
+    let mut head = vec![0u8; prefix.len()];
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(file.read_exact(&mut head).is_ok() && head == prefix)
 }
 
 fn weights_error(path: &Path, e: candle_core::Error) -> Error {

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+pub mod reference;
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
