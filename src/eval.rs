@@ -122,3 +122,110 @@ fn argmax(values: &[f32]) -> usize {
         })
         .0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Example, Label, Split, Task};
+    use crate::model::{build_classifier, BuildOptions};
+    use crate::testing::{tiny_config, write_tiny_tokenizer};
+    use crate::tokenizer::pad_batch;
+
+    fn sst2(texts: &[(&str, usize)]) -> Dataset {
+        Dataset {
+            task: Some(Task::Sst2),
+            split: Split::Dev,
+            label_names: vec!["negative".into(), "positive".into()],
+            regression: false,
+            examples: texts
+                .iter()
+                .enumerate()
+                .map(|(i, (t, l))| Example {
+                    idx: i,
+                    text_a: t.to_string(),
+                    text_b: None,
+                    label: Label::Class(*l),
+                })
+                .collect(),
+            origin: "test".into(),
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn batched_padded_predictions_equal_one_by_one_and_score_them() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_tokenizer(dir.path()).unwrap();
+        let tokenizer =
+            crate::tokenizer::TextTokenizer::from_files(&crate::tokenizer::TokenizerFiles {
+                tokenizer_json: Some(dir.path().join("tokenizer.json")),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut config = tiny_config(16, 2, 2, 32);
+        config.set_labels(&["negative".into(), "positive".into()]);
+        let built = build_classifier(
+            "random",
+            &config,
+            Default::default(),
+            &BuildOptions::training(&Device::Cpu, 11),
+        )
+        .unwrap();
+        let data = sst2(&[
+            ("a good film", 1),
+            (
+                "the plot was very dull and the actor was awful , not fun",
+                0,
+            ),
+            ("great", 1),
+            ("bad movie", 0),
+            ("i love this song and the music is nice", 1),
+        ]);
+        let options = EvalOptions {
+            batch_size: 2,
+            max_seq_len: 64,
+            device: Device::Cpu,
+        };
+        let result = evaluate(&built.model, &tokenizer, &data, &options).unwrap();
+        assert_eq!(result.label_match, LabelMatch::Same);
+        let Predictions::Classes(classes) = &result.predictions else {
+            panic!("classes expected")
+        };
+        for (i, e) in data.examples.iter().enumerate() {
+            // Alone, unpadded: the same logits as inside a padded, length-sorted batch.
+            let enc = tokenizer.encode(&e.text_a, None, 64).unwrap();
+            let input = pad_batch(&[&enc], tokenizer.pad_id(), &Device::Cpu).unwrap();
+            let alone = built
+                .model
+                .logits(&input)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (a, b) in alone[0].iter().zip(&result.logits[i]) {
+                assert!((a - b).abs() < 1e-4, "example {i}: {a} vs {b}");
+            }
+            assert_eq!(classes[i], argmax(&alone[0]));
+        }
+        let gold: Vec<usize> = vec![1, 0, 1, 0, 1];
+        let metrics = result.metrics.unwrap();
+        assert_eq!(metrics.n, 5);
+        assert_eq!(
+            metrics.get("accuracy").unwrap(),
+            crate::metrics::accuracy(classes, &gold)
+        );
+
+        let mut permuted = config.clone();
+        permuted.set_labels(&["positive".into(), "negative".into()]);
+        let built = build_classifier(
+            "random",
+            &permuted,
+            Default::default(),
+            &BuildOptions::training(&Device::Cpu, 11),
+        )
+        .unwrap();
+        let err = evaluate(&built.model, &tokenizer, &data, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another order"), "{err}");
+    }
+}

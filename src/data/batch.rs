@@ -174,6 +174,83 @@ mod tests {
         }
     }
 
+    fn tiny_tokenizer() -> (tempfile::TempDir, TextTokenizer) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testing::write_tiny_tokenizer(dir.path()).unwrap();
+        let tok = TextTokenizer::from_files(&crate::tokenizer::TokenizerFiles {
+            tokenizer_json: Some(dir.path().join("tokenizer.json")),
+            ..Default::default()
+        })
+        .unwrap();
+        (dir, tok)
+    }
+
+    fn dataset(labels: &[Label], regression: bool) -> Dataset {
+        let texts = [
+            "a good film",
+            "the very long and very dull plot of the film",
+            "fun",
+        ];
+        Dataset {
+            task: None,
+            split: crate::data::Split::Train,
+            label_names: if regression {
+                vec![]
+            } else {
+                vec!["no".into(), "yes".into()]
+            },
+            regression,
+            examples: labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| crate::data::Example {
+                    idx: i,
+                    text_a: texts[i % 3].into(),
+                    text_b: (i == 1).then(|| "a cat and a dog and a man and a woman".into()),
+                    label: *l,
+                })
+                .collect(),
+            origin: "test".into(),
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn batches_pad_dynamically_and_carry_typed_labels() {
+        let (_dir, tok) = tiny_tokenizer();
+        let ds = dataset(&[Label::Class(1), Label::Class(0), Label::Class(1)], false);
+        let enc = EncodedDataset::new(&ds, &tok, 12).unwrap();
+        let lens = enc.lengths();
+        assert_eq!(lens[1], 12, "the pair is truncated to max_seq_len");
+        assert_eq!(lens[0], 5, "[CLS] a good film [SEP]");
+        let pair_types = &enc.encodings[1].type_ids;
+        assert!(
+            pair_types.contains(&1),
+            "second segment kept after longest-first"
+        );
+        let batch = enc.batch(&[2, 0], &Device::Cpu).unwrap();
+        assert_eq!(
+            batch.input.input_ids.dims(),
+            &[2, 5],
+            "padded to the longest in the batch"
+        );
+        let mask = batch.input.attention_mask.to_vec2::<u32>().unwrap();
+        assert_eq!(mask[0], vec![1, 1, 1, 0, 0]);
+        let labels = batch.labels.unwrap();
+        assert_eq!(labels.dtype(), candle_core::DType::U32);
+        assert_eq!(labels.to_vec1::<u32>().unwrap(), vec![1, 1]);
+
+        let ds = dataset(&[Label::Score(4.5), Label::Score(0.25)], true);
+        let enc = EncodedDataset::new(&ds, &tok, 64).unwrap();
+        let labels = enc.batch(&[1, 0], &Device::Cpu).unwrap().labels.unwrap();
+        assert_eq!(labels.to_vec1::<f32>().unwrap(), vec![0.25, 4.5]);
+
+        let ds = dataset(&[Label::Unlabeled, Label::Unlabeled], false);
+        let enc = EncodedDataset::new(&ds, &tok, 64).unwrap();
+        assert!(enc.batch(&[0, 1], &Device::Cpu).unwrap().labels.is_none());
+        assert!(EncodedDataset::new(&ds, &tok, 2).is_err());
+    }
+
     #[test]
     fn grouping_by_length_reduces_padding() {
         let lens = lengths(3200);

@@ -189,3 +189,171 @@ fn parse_row(
         label,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, task: Task, file: &str, text: &str) {
+        let sub = dir.join(task.glue_dir_name());
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(file), text).unwrap();
+    }
+
+    fn skip() -> LoadOptions {
+        LoadOptions {
+            skip_malformed: true,
+            limit: None,
+        }
+    }
+
+    #[test]
+    fn malformed_rows_stop_the_load_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "sentence\tlabel\ngood fun \t1\ntoo\tmany\tcolumns\n \t0\nbad\t7\ndull \t0\n";
+        write(dir.path(), Task::Sst2, "train.tsv", text);
+        let err = load(
+            dir.path(),
+            Task::Sst2,
+            Split::Train,
+            &LoadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("train.tsv:3"), "{err}");
+        assert!(
+            err.contains("expected 2 tab-separated columns, found 3"),
+            "{err}"
+        );
+        assert!(err.contains("--skip-malformed"), "{err}");
+
+        let ds = load(dir.path(), Task::Sst2, Split::Train, &skip()).unwrap();
+        assert_eq!(
+            ds.skipped, 3,
+            "wrong column count, empty text, unknown label"
+        );
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.examples[1].text_a, "dull");
+        assert_eq!(ds.examples[1].label, Label::Class(0));
+        assert_eq!(
+            ds.examples[1].idx, 4,
+            "row number in the file, not among kept rows"
+        );
+    }
+
+    #[test]
+    fn unknown_labels_and_bad_scores_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            Task::Rte,
+            "dev.tsv",
+            "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\tmaybe\n",
+        );
+        let err = load(dir.path(), Task::Rte, Split::Dev, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dev.tsv:3") && err.contains("`maybe`"),
+            "{err}"
+        );
+        let header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n";
+        write(
+            dir.path(),
+            Task::Stsb,
+            "dev.tsv",
+            &format!("{header}0\tg\tf\ty\t0\tn\tn\ta\tb\t3.2\n1\tg\tf\ty\t0\tn\tn\ta\tb\thigh\n"),
+        );
+        let ds = load(dir.path(), Task::Stsb, Split::Dev, &skip()).unwrap();
+        assert_eq!((ds.len(), ds.skipped), (1, 1));
+        assert_eq!(ds.examples[0].label, Label::Score(3.2));
+    }
+
+    #[test]
+    fn mnli_and_qqp_files_in_the_glue_format_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev_header = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n";
+        let row = |i: usize, gold: &str| {
+            format!("{i}\t1\t1n\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tThe cat sat.\tA cat sat.\t{gold}\t{gold}\t{gold}\t{gold}\t{gold}\t{gold}\n")
+        };
+        write(
+            dir.path(),
+            Task::Mnli,
+            "dev_matched.tsv",
+            &format!(
+                "{dev_header}{}{}",
+                row(0, "entailment"),
+                row(1, "contradiction")
+            ),
+        );
+        write(
+            dir.path(),
+            Task::Mnli,
+            "dev_mismatched.tsv",
+            &format!("{dev_header}{}", row(7, "neutral")),
+        );
+        let test_header = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\n";
+        write(
+            dir.path(),
+            Task::Mnli,
+            "test_mismatched.tsv",
+            &format!("{test_header}5\t1\t1n\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tThe cat sat.\tA cat sat.\n"),
+        );
+        let opts = LoadOptions::default();
+        let m = load(dir.path(), Task::Mnli, Split::Dev, &opts).unwrap();
+        assert_eq!(m.label_counts(), vec![1, 0, 1]);
+        assert_eq!(m.examples[0].text_b.as_deref(), Some("A cat sat."));
+        let mm = load(dir.path(), Task::Mnli, Split::DevMismatched, &opts).unwrap();
+        assert_eq!((mm.label_counts(), mm.examples[0].idx), (vec![0, 1, 0], 7));
+        let test = load(dir.path(), Task::Mnli, Split::TestMismatched, &opts).unwrap();
+        assert_eq!(test.examples[0].label, Label::Unlabeled);
+        assert_eq!(test.examples[0].idx, 5);
+
+        write(
+            dir.path(),
+            Task::Qqp,
+            "train.tsv",
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n10\t1\t2\tHow old?\tWhat age?\t1\n11\t3\t4\tWhy?\n12\t5\t6\tWho?\tWhere?\t0\n",
+        );
+        let err = load(dir.path(), Task::Qqp, Split::Train, &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train.tsv:3"), "{err}");
+        let qqp = load(dir.path(), Task::Qqp, Split::Train, &skip()).unwrap();
+        assert_eq!((qqp.len(), qqp.skipped), (2, 1));
+        assert_eq!(qqp.examples[1].idx, 12);
+        assert_eq!(qqp.label_counts(), vec![1, 1]);
+    }
+
+    #[test]
+    fn headerless_cola_and_missing_label_column_in_dev() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            Task::Cola,
+            "dev.tsv",
+            "gj04\t1\t\tThe cat sat.\ngj04\t0\t*\tCat the sat.",
+        );
+        let ds = load(dir.path(), Task::Cola, Split::Dev, &LoadOptions::default()).unwrap();
+        assert_eq!(ds.label_counts(), vec![1, 1]);
+        assert_eq!(ds.examples[1].text_a, "Cat the sat.");
+        write(
+            dir.path(),
+            Task::Cola,
+            "test.tsv",
+            "index\tsentence\n0\tThe cat sat.\n",
+        );
+        let ds = load(dir.path(), Task::Cola, Split::Test, &LoadOptions::default()).unwrap();
+        assert_eq!(ds.examples[0].label, Label::Unlabeled);
+        write(
+            dir.path(),
+            Task::Sst2,
+            "dev.tsv",
+            "index\tsentence\n0\tfun\n",
+        );
+        let err = load(dir.path(), Task::Sst2, Split::Dev, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no `label` column"), "{err}");
+    }
+}

@@ -285,3 +285,128 @@ pub fn load_unlabeled(path: &Path, options: &LoadOptions) -> Result<Dataset> {
         skipped: errors.skipped,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_file(path: &Path, text: &[&str], label: Option<&str>) -> UserFile {
+        UserFile {
+            path: path.to_path_buf(),
+            format: None,
+            text_columns: text.iter().map(|s| s.to_string()).collect(),
+            label_column: label.map(str::to_string),
+            labels: None,
+            regression: false,
+        }
+    }
+
+    #[test]
+    fn csv_with_quotes_and_inferred_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reviews.csv");
+        std::fs::write(
+            &path,
+            "id,text,stars\n1,\"Great, really\",5\n2,Bad,1\n3,\"Okay \"\"ish\"\"\",10\n",
+        )
+        .unwrap();
+        let file = user_file(&path, &["text"], Some("stars"));
+        let ds = load(&file, None, Split::Train, &LoadOptions::default()).unwrap();
+        assert_eq!(ds.label_names, vec!["1", "5", "10"], "numeric order");
+        assert_eq!(ds.examples[0].text_a, "Great, really");
+        assert_eq!(ds.examples[0].label, Label::Class(1));
+        assert_eq!(ds.examples[2].text_a, "Okay \"ish\"");
+        assert_eq!(ds.examples[2].label, Label::Class(2));
+    }
+
+    #[test]
+    fn tsv_pairs_with_given_labels_and_bad_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pairs.tsv");
+        std::fs::write(
+            &path,
+            "q\ta\tlab\n\"Why\tBecause\tyes\nWho\tNobody\tno\nWhat\t\tyes\nHow\tSo\tmaybe\nA\tB\n",
+        )
+        .unwrap();
+        let mut file = user_file(&path, &["q", "a"], Some("lab"));
+        file.labels = Some(vec!["no".into(), "yes".into()]);
+        let err = load(&file, None, Split::Train, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pairs.tsv:4") && err.contains("empty text"),
+            "{err}"
+        );
+        let options = LoadOptions {
+            skip_malformed: true,
+            limit: None,
+        };
+        let ds = load(&file, None, Split::Train, &options).unwrap();
+        assert_eq!(ds.skipped, 3, "empty text, unknown label, short row");
+        assert_eq!(
+            ds.examples[0].text_a, "\"Why",
+            "quotes are plain text in TSV"
+        );
+        assert_eq!(ds.examples[0].label, Label::Class(1));
+        assert_eq!(ds.examples[1].text_b.as_deref(), Some("Nobody"));
+    }
+
+    #[test]
+    fn json_lines_with_task_labels_and_regression() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.jsonl");
+        std::fs::write(
+            &path,
+            "{\"s\": \"fun\", \"y\": \"positive\"}\n\n{\"s\": \"dull\", \"y\": 0}\n[1]\n",
+        )
+        .unwrap();
+        let file = user_file(&path, &["s"], Some("y"));
+        let err = load(&file, Some(Task::Sst2), Split::Dev, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data.jsonl:4") && err.contains("not a JSON object"),
+            "{err}"
+        );
+        let options = LoadOptions {
+            skip_malformed: true,
+            limit: None,
+        };
+        let ds = load(&file, Some(Task::Sst2), Split::Dev, &options).unwrap();
+        assert_eq!(ds.label_counts(), vec![1, 1]);
+
+        std::fs::write(
+            &path,
+            "{\"s\": \"a\", \"y\": 4.5}\n{\"s\": \"b\", \"y\": \"1\"}\n",
+        )
+        .unwrap();
+        let mut file = user_file(&path, &["s"], Some("y"));
+        file.regression = true;
+        let ds = load(&file, None, Split::Train, &LoadOptions::default()).unwrap();
+        assert_eq!(ds.examples[0].label, Label::Score(4.5));
+        assert_eq!(ds.num_outputs(), 1);
+    }
+
+    #[test]
+    fn unlabeled_text_single_and_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("transfer.txt");
+        std::fs::write(&path, "a fine film\n\nthe plot is thin \n").unwrap();
+        let ds = load_unlabeled(&path, &LoadOptions::default()).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.examples[1].text_a, "the plot is thin");
+        assert!(!ds.is_labeled());
+        std::fs::write(&path, "q one\ta one\nq two\ta two\nlonely\n").unwrap();
+        let err = load_unlabeled(&path, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transfer.txt:3"), "{err}");
+        let skip = LoadOptions {
+            skip_malformed: true,
+            limit: None,
+        };
+        let ds = load_unlabeled(&path, &skip).unwrap();
+        assert_eq!((ds.len(), ds.skipped), (2, 1));
+        assert_eq!(ds.examples[1].text_b.as_deref(), Some("a two"));
+    }
+}

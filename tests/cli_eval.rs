@@ -1,0 +1,227 @@
+//! `candle-distill eval` on tiny random models and a small GLUE folder: metrics JSON,
+//! predictions, leaderboard submission files, MNLI's two dev sets, refused label maps.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_distill::testing::{tiny_config, write_random_classifier};
+
+fn write_model(dir: &Path, labels: &[&str]) {
+    let mut config = tiny_config(16, 1, 2, 32);
+    config.set_labels(&labels.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    write_random_classifier(dir, &config, 5).unwrap();
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn eval(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_candle-distill"))
+        .arg("eval")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const SST_DEV: &str = "sentence\tlabel\na good film \t1\nthe plot was dull \t0\ngreat fun \t1\nbad , awful movie \t0\nnot very nice \t0\ni love it \t1\n";
+const SST_TEST: &str = "index\tsentence\n0\ta great song\n1\ta sad , boring night\n2\tnice\n";
+
+#[test]
+fn sst2_dev_metrics_agree_with_the_predictions_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue, out) = (
+        tmp.path().join("m"),
+        tmp.path().join("glue"),
+        tmp.path().join("out"),
+    );
+    write_model(&model, &["negative", "positive"]);
+    write(&glue, "SST-2/dev.tsv", SST_DEV);
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "SST-2",
+        "--data",
+        glue.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let report = ok_json(&eval(&args));
+    let dev = &report["results"]["dev"];
+    assert_eq!(dev["examples"], 6);
+    let accuracy = dev["metrics"]["accuracy"].as_f64().unwrap();
+    assert_eq!(dev["metrics"]["score"].as_f64().unwrap(), accuracy);
+
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(written, report);
+    let predictions = std::fs::read_to_string(out.join("predictions-dev.tsv")).unwrap();
+    let mut lines = predictions.lines();
+    assert_eq!(lines.next(), Some("index\tprediction\tlabel"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 6);
+    assert!(rows
+        .iter()
+        .all(|r| ["negative", "positive"].contains(&r[1])));
+    let right = rows.iter().filter(|r| r[1] == r[2]).count();
+    assert_eq!(accuracy, right as f64 / 6.0);
+
+    // The output folder is not overwritten without --force.
+    let again = eval(&args);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+}
+
+#[test]
+fn test_split_writes_the_leaderboard_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue, out) = (
+        tmp.path().join("m"),
+        tmp.path().join("glue"),
+        tmp.path().join("out"),
+    );
+    write_model(&model, &["negative", "positive"]);
+    write(&glue, "SST-2/test.tsv", SST_TEST);
+    let report = ok_json(&eval(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--split",
+        "test",
+        "--data",
+        glue.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(report["results"]["test"]["metrics"].is_null());
+    let submission = std::fs::read_to_string(out.join("SST-2.tsv")).unwrap();
+    let lines: Vec<&str> = submission.lines().collect();
+    assert_eq!(lines[0], "index\tprediction");
+    assert_eq!(lines.len(), 4);
+    for (i, line) in lines[1..].iter().enumerate() {
+        let (index, value) = line.split_once('\t').unwrap();
+        assert_eq!(index, i.to_string());
+        assert!(value == "0" || value == "1", "{line}");
+    }
+}
+
+#[test]
+fn mnli_scores_matched_and_mismatched_apart_and_names_test_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue, out) = (
+        tmp.path().join("m"),
+        tmp.path().join("glue"),
+        tmp.path().join("out"),
+    );
+    write_model(&model, &["entailment", "neutral", "contradiction"]);
+    let header = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
+    let row = |i: usize, a: &str, b: &str, gold: Option<&str>| match gold {
+        Some(g) => {
+            format!("{i}\t1\t1n\tfiction\tx\tx\tx\tx\t{a}\t{b}\t{g}\t{g}\t{g}\t{g}\t{g}\t{g}\n")
+        }
+        None => format!("{i}\t1\t1n\tfiction\tx\tx\tx\tx\t{a}\t{b}\n"),
+    };
+    let dev_header = format!("{header}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n");
+    write(
+        &glue,
+        "MNLI/dev_matched.tsv",
+        &format!(
+            "{dev_header}{}{}",
+            row(0, "the cat is big", "a cat is big", Some("entailment")),
+            row(1, "the dog ran", "the dog sat", Some("contradiction"))
+        ),
+    );
+    write(
+        &glue,
+        "MNLI/dev_mismatched.tsv",
+        &format!(
+            "{dev_header}{}{}{}",
+            row(0, "she is happy", "she is sad", Some("contradiction")),
+            row(1, "we eat", "we eat at night", Some("neutral")),
+            row(2, "a man", "a woman", Some("neutral"))
+        ),
+    );
+    write(
+        &glue,
+        "MNLI/test_matched.tsv",
+        &format!("{header}\n{}", row(9, "a red car", "a car", None)),
+    );
+    write(
+        &glue,
+        "MNLI/test_mismatched.tsv",
+        &format!("{header}\n{}", row(4, "a book", "a song", None)),
+    );
+
+    let report = ok_json(&eval(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "mnli",
+        "--data",
+        glue.to_str().unwrap(),
+    ]));
+    let results = report["results"].as_object().unwrap();
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results["dev"]["metrics"]["n"], 2);
+    assert_eq!(results["dev-mismatched"]["metrics"]["n"], 3);
+
+    ok_json(&eval(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "mnli",
+        "--split",
+        "test",
+        "--data",
+        glue.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    for (file, index) in [("MNLI-m.tsv", "9"), ("MNLI-mm.tsv", "4")] {
+        let text = std::fs::read_to_string(out.join(file)).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        let (i, label) = row.split_once('\t').unwrap();
+        assert_eq!(i, index);
+        assert!(
+            ["entailment", "neutral", "contradiction"].contains(&label),
+            "{row}"
+        );
+    }
+}
+
+#[test]
+fn a_model_with_other_labels_is_refused_showing_both_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue) = (tmp.path().join("m"), tmp.path().join("glue"));
+    write_model(&model, &["positive", "negative"]);
+    write(&glue, "SST-2/dev.tsv", SST_DEV);
+    let out = eval(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--data",
+        glue.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("{0: positive, 1: negative}") && err.contains("{0: negative, 1: positive}"),
+        "{err}"
+    );
+}
