@@ -181,6 +181,7 @@ enum Cached {
 /// `<cache>/models--org--name/{refs/<revision>, snapshots/<commit>/<file>, blobs/, .no_exist/}`.
 pub struct HubRepo {
     repo: Repo,
+    repo_type: RepoType,
     id: String,
     revision: String,
     cache: Cache,
@@ -230,6 +231,7 @@ impl HubRepo {
             .map_err(|e| Error::msg(format!("cannot set up the hub client: {e}")))?;
         Ok(HubRepo {
             repo: Repo::with_revision(id.to_string(), repo_type, revision.to_string()),
+            repo_type,
             id: id.to_string(),
             revision: revision.to_string(),
             cache,
@@ -287,16 +289,8 @@ impl HubRepo {
     /// files fetched later come from the same snapshot as those already cached.
     fn remote(&self) -> Repo {
         match self.cached_commit() {
-            Some(commit) => Repo::with_revision(self.id.clone(), self.repo_type(), commit),
+            Some(commit) => Repo::with_revision(self.id.clone(), self.repo_type, commit),
             None => self.repo.clone(),
-        }
-    }
-
-    fn repo_type(&self) -> RepoType {
-        if self.repo.folder_name().starts_with("datasets--") {
-            RepoType::Dataset
-        } else {
-            RepoType::Model
         }
     }
 

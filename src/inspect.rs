@@ -63,6 +63,9 @@ pub fn inspect(files: &ModelFiles, seq_len: usize) -> Result<ModelReport> {
                 format!("safetensors ({} shards)", v.len())
             }
             WeightFiles::Safetensors(_) => "safetensors".into(),
+            WeightFiles::PytorchBin(path) if crate::model::torch_legacy::is_legacy(path)? => {
+                "pytorch_model.bin (legacy pre-1.6 format)".into()
+            }
             WeightFiles::PytorchBin(_) => "pytorch_model.bin".into(),
         },
         weight_dtypes,
