@@ -4,6 +4,10 @@
 //! Environment, as in Python's `huggingface_hub`: `HF_HOME` (cache at `$HF_HOME/hub`),
 //! `HF_ENDPOINT` (another hub), `HF_TOKEN` (private repos), `HF_HUB_OFFLINE=1`
 //! (never touch the network).
+//!
+//! The cache is shared with Python (same layout). A file already cached for the revision is
+//! used without any network access, so a branch like `main` stays at the commit first
+//! downloaded; pin `org/name@<commit>` for exact reproducibility.
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
@@ -135,6 +139,14 @@ impl FileSource {
             FileSource::Hub(repo) => repo.describe(),
         }
     }
+
+    /// The hub commit the files come from; `None` for a local folder.
+    pub fn commit(&self) -> Option<String> {
+        match self {
+            FileSource::Local(_) => None,
+            FileSource::Hub(repo) => repo.commit(),
+        }
+    }
 }
 
 fn offline_from_env() -> bool {
@@ -143,17 +155,53 @@ fn offline_from_env() -> bool {
         .unwrap_or(false)
 }
 
-/// A hub repository at one revision, read through the hf-hub cache.
+fn http_status(e: &ApiError) -> Option<u16> {
+    match e {
+        ApiError::RequestError(inner) => match inner.as_ref() {
+            ureq::Error::StatusCode(code) => Some(*code),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_commit_hash(revision: &str) -> bool {
+    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What the local cache knows about one file at one revision.
+enum Cached {
+    Present(PathBuf),
+    /// Recorded as absent from this commit (`.no_exist/<commit>/<file>`, as Python writes).
+    Absent,
+    Unknown,
+}
+
+/// A hub repository at one revision, read through the hub's cache layout:
+/// `<cache>/models--org--name/{refs/<revision>, snapshots/<commit>/<file>, blobs/, .no_exist/}`.
 pub struct HubRepo {
     repo: Repo,
+    repo_type: RepoType,
     id: String,
     revision: String,
     cache: Cache,
     api: Api,
     offline: bool,
     endpoint: String,
-    /// File names at this revision, fetched once when a file is not cached.
-    listing: OnceCell<Result<Vec<String>, String>>,
+    /// File names and commit at this revision, fetched once when a file is not cached.
+    listing: OnceCell<Result<Listing, ListingError>>,
+}
+
+struct ListingError {
+    message: String,
+    /// The hub could not be reached at all (as opposed to answering with an error).
+    unreachable: bool,
+    cause: String,
+}
+
+struct Listing {
+    files: Vec<String>,
+    commit: String,
 }
 
 impl HubRepo {
@@ -163,7 +211,14 @@ impl HubRepo {
             RepoKind::Dataset => RepoType::Dataset,
         };
         let cache = Cache::from_env();
+        // As Python's huggingface_hub: a trailing slash on HF_ENDPOINT is not part of URLs.
+        let endpoint = std::env::var("HF_ENDPOINT")
+            .ok()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .unwrap_or_else(|| "https://huggingface.co".into());
         let mut builder = ApiBuilder::from_env()
+            .with_endpoint(endpoint.clone())
             .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         // `from_env` reads the token file in HF_HOME; HF_TOKEN must be passed explicitly.
         if let Ok(token) = std::env::var("HF_TOKEN") {
@@ -176,13 +231,13 @@ impl HubRepo {
             .map_err(|e| Error::msg(format!("cannot set up the hub client: {e}")))?;
         Ok(HubRepo {
             repo: Repo::with_revision(id.to_string(), repo_type, revision.to_string()),
+            repo_type,
             id: id.to_string(),
             revision: revision.to_string(),
             cache,
             api,
             offline: offline_from_env(),
-            endpoint: std::env::var("HF_ENDPOINT")
-                .unwrap_or_else(|_| "https://huggingface.co".into()),
+            endpoint,
             listing: OnceCell::new(),
         })
     }
@@ -191,41 +246,110 @@ impl HubRepo {
         format!("hub repo `{}` (revision {})", self.id, self.revision)
     }
 
-    fn cached(&self, name: &str) -> Option<PathBuf> {
-        self.cache.repo(self.repo.clone()).get(name)
+    fn repo_dir(&self) -> PathBuf {
+        self.cache.path().join(self.repo.folder_name())
     }
 
-    fn listing(&self) -> Result<&Vec<String>> {
-        let listing = self.listing.get_or_init(|| {
+    /// The commit this revision points to in the cache: a commit hash names its snapshot
+    /// directly; a branch or tag is looked up in `refs/`.
+    fn cached_commit(&self) -> Option<String> {
+        let dir = self.repo_dir();
+        if is_commit_hash(&self.revision) && dir.join("snapshots").join(&self.revision).is_dir() {
+            return Some(self.revision.clone());
+        }
+        let commit = std::fs::read_to_string(dir.join("refs").join(&self.revision)).ok()?;
+        let commit = commit.trim();
+        (!commit.is_empty()).then(|| commit.to_string())
+    }
+
+    /// The commit of the files resolved so far: from the cache, or from the hub's listing.
+    pub fn commit(&self) -> Option<String> {
+        match self.listing.get() {
+            Some(Ok(listing)) => Some(listing.commit.clone()),
+            _ => self.cached_commit(),
+        }
+    }
+
+    fn cached(&self, name: &str) -> Cached {
+        let Some(commit) = self.cached_commit() else {
+            return Cached::Unknown;
+        };
+        let dir = self.repo_dir();
+        let path = dir.join("snapshots").join(&commit).join(name);
+        if path.is_file() {
+            Cached::Present(path)
+        } else if dir.join(".no_exist").join(&commit).join(name).exists() {
+            Cached::Absent
+        } else {
+            Cached::Unknown
+        }
+    }
+
+    /// The repo as asked of the hub: pinned to the cached commit when there is one, so that
+    /// files fetched later come from the same snapshot as those already cached.
+    fn remote(&self) -> Repo {
+        match self.cached_commit() {
+            Some(commit) => Repo::with_revision(self.id.clone(), self.repo_type, commit),
+            None => self.repo.clone(),
+        }
+    }
+
+    fn listing(&self) -> &Result<Listing, ListingError> {
+        self.listing.get_or_init(|| {
             self.api
-                .repo(self.repo.clone())
+                .repo(self.remote())
                 .info()
-                .map(|info| info.siblings.into_iter().map(|s| s.rfilename).collect())
-                .map_err(|e| self.explain(&e))
-        });
-        listing
-            .as_ref()
-            .map_err(|m| Error::ModelNotFound(m.clone()))
+                .map(|info| Listing {
+                    files: info.siblings.into_iter().map(|s| s.rfilename).collect(),
+                    commit: info.sha,
+                })
+                .map_err(|e| ListingError {
+                    message: self.explain(&e),
+                    unreachable: http_status(&e).is_none(),
+                    cause: e.to_string(),
+                })
+        })
+    }
+
+    /// Records that `name` is not in the repo at `commit`, so later offline runs know.
+    fn remember_absent(&self, commit: &str, name: &str) {
+        let marker = self.repo_dir().join(".no_exist").join(commit).join(name);
+        let written = marker
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|()| std::fs::write(&marker, b""));
+        if let Err(e) = written {
+            tracing::debug!("cannot record {} as absent: {e}", marker.display());
+        }
     }
 
     fn explain(&self, e: &ApiError) -> String {
-        let status = match e {
-            ApiError::RequestError(inner) => match inner.as_ref() {
-                ureq::Error::StatusCode(code) => Some(*code),
-                _ => None,
-            },
-            _ => None,
-        };
+        let status = http_status(e);
+        let token = std::env::var("HF_TOKEN").is_ok_and(|t| !t.is_empty());
         match status {
-            Some(401) | Some(403) | Some(404) => format!(
-                "{}: not found at {} (HTTP {}). Check the id and revision; for a private or gated repo set HF_TOKEN.",
+            Some(code @ (401 | 403 | 404)) if token => format!(
+                "{}: not found at {} (HTTP {code}), or the token in HF_TOKEN has no access to it. \
+                 Check the id and revision, and the token's permissions.",
                 self.describe(),
                 self.endpoint,
-                status.unwrap_or_default()
             ),
-            _ => format!(
+            Some(code @ (401 | 403 | 404)) => format!(
+                "{}: not found at {} (HTTP {code}). Check the id and revision; \
+                 for a private or gated repo set HF_TOKEN.",
+                self.describe(),
+                self.endpoint,
+            ),
+            Some(code) => format!(
+                "{}: {} answered HTTP {code}. Try again later, or work offline: \
+                 set HF_HUB_OFFLINE=1 to use the cache at {}, or pass a local folder.",
+                self.describe(),
+                self.endpoint,
+                self.cache.path().display()
+            ),
+            None => format!(
                 "{}: cannot reach {} ({e}). To work offline, download the files once with network access \
-                 (they are kept in the cache at {}), set HF_HUB_OFFLINE=1, or pass a local folder instead of a hub id.",
+                 (they are kept in the cache at {}), then set HF_HUB_OFFLINE=1; or pass a local folder instead of a hub id.",
                 self.describe(),
                 self.endpoint,
                 self.cache.path().display()
@@ -234,6 +358,21 @@ impl HubRepo {
     }
 
     fn missing(&self, list: &str) -> Error {
+        if let Some(Err(e)) = self
+            .listing
+            .get()
+            .filter(|l| l.as_ref().is_err_and(|e| e.unreachable))
+        {
+            return Error::ModelNotFound(format!(
+                "{}: [{list}] not in the cache at {}, and {} cannot be reached ({}). \
+                 To work offline, download the files once with network access, then set \
+                 HF_HUB_OFFLINE=1; or pass a local folder instead of a hub id.",
+                self.describe(),
+                self.cache.path().display(),
+                self.endpoint,
+                e.cause
+            ));
+        }
         if self.offline {
             Error::ModelNotFound(format!(
                 "{}: [{list}] not in the cache at {} and HF_HUB_OFFLINE is set. \
@@ -249,25 +388,40 @@ impl HubRepo {
         }
     }
 
+    /// The first candidate in the cache; otherwise (unless offline, or every candidate is
+    /// known to be absent) the first one the hub lists, downloaded into the cache.
     fn first_of(&self, candidates: &[&str]) -> Result<Option<(String, PathBuf)>> {
+        let mut unknown = false;
         for name in candidates {
-            if let Some(path) = self.cached(name) {
-                return Ok(Some((name.to_string(), path)));
+            match self.cached(name) {
+                Cached::Present(path) => return Ok(Some((name.to_string(), path))),
+                Cached::Absent => {}
+                Cached::Unknown => unknown = true,
             }
         }
-        if self.offline {
+        if self.offline || !unknown {
             return Ok(None);
         }
-        let listing = self.listing()?;
+        let listing = match self.listing() {
+            Ok(listing) => listing,
+            // Unreachable: files not cached are treated as absent; a required one reports
+            // the connection error through `missing`.
+            Err(e) if e.unreachable => {
+                tracing::debug!("{}", e.message);
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::ModelNotFound(e.message.clone())),
+        };
         for name in candidates {
-            if listing.iter().any(|f| f == name) {
+            if listing.files.iter().any(|f| f == name) {
                 tracing::info!("downloading {name} from {}", self.describe());
                 let path =
-                    self.api.repo(self.repo.clone()).get(name).map_err(|e| {
+                    self.api.repo(self.remote()).get(name).map_err(|e| {
                         Error::ModelNotFound(format!("{name}: {}", self.explain(&e)))
                     })?;
                 return Ok(Some((name.to_string(), path)));
             }
+            self.remember_absent(&listing.commit, name);
         }
         Ok(None)
     }

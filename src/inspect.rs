@@ -1,5 +1,7 @@
 //! Facts about a checkpoint: architecture, size, cost, labels and tokenizer.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::model::{ModelFiles, WeightFiles};
@@ -8,6 +10,8 @@ use crate::Result;
 #[derive(Debug, Serialize)]
 pub struct ModelReport {
     pub model: String,
+    /// The hub commit the files come from; `None` for a local folder.
+    pub commit: Option<String>,
     pub architectures: Vec<String>,
     pub layers: usize,
     pub hidden_size: usize,
@@ -18,6 +22,8 @@ pub struct ModelReport {
     /// Parameters actually stored in the weight files.
     pub parameters: usize,
     pub weight_format: String,
+    /// Parameters per stored dtype (`f32`, `f16`, ...).
+    pub weight_dtypes: BTreeMap<String, usize>,
     pub size_on_disk_bytes: u64,
     pub seq_len: usize,
     pub forward_gflops_per_sequence: f64,
@@ -34,9 +40,16 @@ pub fn inspect(files: &ModelFiles, seq_len: usize) -> Result<ModelReport> {
     let tokenizer = files.read_tokenizer()?;
     let tensors = files.read_weights()?;
     let parameters = tensors.values().map(|t| t.elem_count()).sum();
+    let mut weight_dtypes = BTreeMap::new();
+    for t in tensors.values() {
+        *weight_dtypes
+            .entry(t.dtype().as_str().to_string())
+            .or_insert(0) += t.elem_count();
+    }
     let origin = files.config.display().to_string();
     Ok(ModelReport {
         model: files.spec.clone(),
+        commit: files.commit.clone(),
         architectures: config.architectures.clone().unwrap_or_default(),
         layers: config.num_hidden_layers,
         hidden_size: config.hidden_size,
@@ -50,8 +63,12 @@ pub fn inspect(files: &ModelFiles, seq_len: usize) -> Result<ModelReport> {
                 format!("safetensors ({} shards)", v.len())
             }
             WeightFiles::Safetensors(_) => "safetensors".into(),
+            WeightFiles::PytorchBin(path) if crate::model::torch_legacy::is_legacy(path)? => {
+                "pytorch_model.bin (legacy pre-1.6 format)".into()
+            }
             WeightFiles::PytorchBin(_) => "pytorch_model.bin".into(),
         },
+        weight_dtypes,
         size_on_disk_bytes: files.weights.size_on_disk(),
         seq_len,
         forward_gflops_per_sequence: config.forward_flops_per_token(seq_len) as f64
@@ -75,6 +92,9 @@ impl ModelReport {
         let mut s = String::new();
         let mut line = |k: &str, v: String| s.push_str(&format!("{k:<24} {v}\n"));
         line("model", self.model.clone());
+        if let Some(commit) = &self.commit {
+            line("commit", commit.clone());
+        }
         line("architectures", self.architectures.join(", "));
         line(
             "shape",
@@ -90,8 +110,13 @@ impl ModelReport {
         line(
             "weights",
             format!(
-                "{}, {:.1} MiB",
+                "{}, {}, {:.1} MiB",
                 self.weight_format,
+                self.weight_dtypes
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" + "),
                 self.size_on_disk_bytes as f64 / 1048576.0
             ),
         );

@@ -23,6 +23,8 @@ pub struct ModelFiles {
     pub config: PathBuf,
     pub weights: WeightFiles,
     pub tokenizer: TokenizerFiles,
+    /// The hub commit the files come from; `None` for a local folder.
+    pub commit: Option<String>,
 }
 
 const WEIGHT_CANDIDATES: [&str; 3] = [
@@ -74,6 +76,7 @@ impl ModelFiles {
                 tokenizer_config: optional("tokenizer_config.json")?,
                 special_tokens_map: optional("special_tokens_map.json")?,
             },
+            commit: source.commit(),
         })
     }
 

@@ -192,5 +192,14 @@ mod tests {
             canonical_name("fit_denses.0.weight").as_deref(),
             Some("fit_denses.0.weight")
         );
+        // What TinyBERT's general checkpoints hold besides the encoder.
+        assert_eq!(
+            canonical_name("cls.predictions.transform.LayerNorm.gamma").as_deref(),
+            Some("cls.predictions.transform.LayerNorm.weight")
+        );
+        assert_eq!(
+            canonical_name("fit_dense.bias").as_deref(),
+            Some("fit_dense.bias")
+        );
     }
 }
