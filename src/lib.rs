@@ -7,6 +7,7 @@ pub mod hub;
 pub mod inspect;
 pub mod io;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod testing;
 pub mod tokenizer;
