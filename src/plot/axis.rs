@@ -188,9 +188,17 @@ fn next_nice(step: f64) -> f64 {
     nice_at_least(step * 1.5)
 }
 
-/// `value` written with as many decimals as `step` needs; scientific notation for
-/// very large or very fine scales.
+/// `value` written with as many decimals as `step` needs: "k" and "M" suffixes for
+/// coarse large scales (step counts), scientific notation for other extremes.
 pub fn linear_label(value: f64, step: f64, largest: f64) -> String {
+    for (unit, min_step, suffix) in [(1e6, 1e5, "M"), (1e3, 1e3, "k")] {
+        if step >= min_step && largest >= 10.0 * min_step.max(1e3) && value != 0.0 {
+            return format!(
+                "{}{suffix}",
+                linear_label(value / unit, step / unit, largest / unit)
+            );
+        }
+    }
     if largest >= 1e6 || step < 1e-4 {
         if value == 0.0 {
             return "0".into();
@@ -313,7 +321,11 @@ mod tests {
     fn labels_are_clean() {
         assert_eq!(linear_label(0.30000000000000004, 0.1, 1.0), "0.3");
         assert_eq!(linear_label(-1e-17, 0.1, 1.0), "0.0");
-        assert_eq!(linear_label(2500000.0, 500000.0, 3e6), "2.5e6");
+        assert_eq!(linear_label(2500000.0, 500000.0, 3e6), "2.5M");
+        assert_eq!(linear_label(15000.0, 5000.0, 2e4), "15k");
+        assert_eq!(linear_label(1500.0, 500.0, 2e4), "1500");
+        assert_eq!(linear_label(2500000.0, 5000.0, 3e6), "2500k");
+        assert_eq!(linear_label(2500000.0, 50.0, 3e6), "2.5e6");
         assert_eq!(scientific(2e-5, 0), "2e-5");
     }
 }
