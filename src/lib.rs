@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod progress;
 pub mod recipe;
 pub mod rng;
