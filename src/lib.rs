@@ -10,6 +10,8 @@ pub mod inspect;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
+pub mod plan;
 pub mod plot;
 pub mod progress;
 pub mod recipe;

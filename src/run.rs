@@ -172,6 +172,17 @@ pub enum CheckpointFile {
     Bytes(Vec<u8>),
 }
 
+impl RunDir {
+    /// Redraws `loss.png` from `metrics.jsonl` (nothing to draw yet is not an error).
+    pub fn write_plot(&self) -> Result<()> {
+        let metrics = self.path(METRICS_FILE);
+        if std::fs::metadata(&metrics).map(|m| m.len()).unwrap_or(0) == 0 {
+            return Ok(());
+        }
+        crate::plot::plot_metrics_file(&metrics, &self.path("loss.png"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod eval;
+mod finetune;
 mod inspect;
+mod plan;
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a recipe: fine-tune the teacher if needed, distil, evaluate, export.
+    Run(run::Args),
+    /// Show what a recipe would do (layer pairs, shapes, sizes, steps) without training.
+    Plan(plan::Args),
+    /// Fine-tune a pre-trained BERT on a GLUE task.
+    Finetune(finetune::Args),
     /// Show a checkpoint's architecture, size, cost, labels and tokenizer.
     Inspect(inspect::Args),
     /// Score a classifier on a GLUE split; write metrics, predictions and submission files.
@@ -42,6 +51,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -51,6 +61,9 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Finetune(args) => finetune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

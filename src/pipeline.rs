@@ -1,0 +1,777 @@
+//! A whole run from a recipe: data, teacher (fine-tuned first when it needs it, and
+//! checked before any distillation), student, stages with resume, best checkpoint,
+//! export, report and plots.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::data::labels::{reconcile_labels, LabelMatch};
+use crate::data::{
+    load_dataset, DataSource, Dataset, EncodedDataset, Label, LoadOptions, Predictions, Split, Task,
+};
+use crate::distill::cache::{cache_key, cached_logits, files_identity, model_logits};
+use crate::distill::{
+    build_student, Evaluator, Progress, Scores, Stage, StageKind, StageSummary, Student,
+    StudentInit, Target, TeacherParts, TrainExample, Trainer,
+};
+use crate::eval::evaluate_encoded;
+use crate::metrics::{task_metrics, Metrics};
+use crate::model::{build_classifier, BertForSequenceClassification, BuildOptions, ModelFiles};
+use crate::recipe::{FinetuneWhen, Recipe, StageData, StageSpec};
+use crate::run::{Opened, RunDir};
+use crate::tokenizer::{Encoded, TextTokenizer};
+use crate::{Error, Result};
+
+/// Task data of a run, loaded once.
+pub struct TaskData {
+    pub task: Task,
+    pub train: Dataset,
+    /// Model selection split (MNLI: matched).
+    pub dev: Dataset,
+    /// MNLI's mismatched dev set, scored separately, never merged.
+    pub dev_mismatched: Option<Dataset>,
+    pub max_seq_len: usize,
+}
+
+pub fn data_source(spec: &str) -> DataSource {
+    if spec == "hub" {
+        DataSource::glue_hub()
+    } else {
+        DataSource::GlueDir(PathBuf::from(spec))
+    }
+}
+
+pub fn load_task_data(recipe: &Recipe) -> Result<TaskData> {
+    let task = Task::from_str(&recipe.task.name)?;
+    let source = data_source(&recipe.task.data);
+    let opts = |limit| LoadOptions {
+        skip_malformed: recipe.task.skip_malformed,
+        limit,
+    };
+    let train = load_dataset(
+        &source,
+        Some(task),
+        Split::Train,
+        &opts(recipe.task.train_limit),
+    )?;
+    let dev = load_dataset(
+        &source,
+        Some(task),
+        Split::Dev,
+        &opts(recipe.task.dev_limit),
+    )?;
+    let dev_mismatched = if task.has_split(Split::DevMismatched) {
+        Some(load_dataset(
+            &source,
+            Some(task),
+            Split::DevMismatched,
+            &opts(recipe.task.dev_limit),
+        )?)
+    } else {
+        None
+    };
+    Ok(TaskData {
+        task,
+        train,
+        dev,
+        dev_mismatched,
+        max_seq_len: recipe
+            .task
+            .max_seq_len
+            .unwrap_or(task.default_max_seq_len()),
+    })
+}
+
+fn target(label: Label) -> Target {
+    match label {
+        Label::Class(c) => Target::Class(c as u32),
+        Label::Score(s) => Target::Score(s),
+        Label::Unlabeled => Target::None,
+    }
+}
+
+pub fn encode(
+    dataset: &Dataset,
+    tokenizer: &TextTokenizer,
+    max_len: usize,
+) -> Result<Vec<TrainExample>> {
+    dataset
+        .examples
+        .iter()
+        .map(|e| {
+            Ok(TrainExample {
+                encoded: tokenizer.encode(&e.text_a, e.text_b.as_deref(), max_len)?,
+                target: target(e.label),
+            })
+        })
+        .collect()
+}
+
+/// Scores a model on a dataset with the task's official metrics (tokenised once).
+pub struct GlueEvaluator {
+    pub dataset: Dataset,
+    pub encoded: EncodedDataset,
+    pub batch_size: usize,
+    pub device: Device,
+}
+
+impl GlueEvaluator {
+    pub fn new(
+        dataset: &Dataset,
+        tokenizer: &TextTokenizer,
+        max_len: usize,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(GlueEvaluator {
+            dataset: dataset.clone(),
+            encoded: EncodedDataset::new(dataset, tokenizer, max_len)?,
+            batch_size,
+            device: device.clone(),
+        })
+    }
+
+    pub fn metrics(&self, model: &BertForSequenceClassification) -> Result<Metrics> {
+        evaluate_encoded(
+            model,
+            &self.dataset,
+            &self.encoded,
+            self.batch_size,
+            &self.device,
+        )?
+        .metrics
+        .ok_or_else(|| Error::msg(format!("{}: no labels to score", self.dataset.origin)))
+    }
+}
+
+impl Evaluator for GlueEvaluator {
+    fn evaluate(&self, model: &BertForSequenceClassification) -> Result<Scores> {
+        let m = self.metrics(model)?;
+        Ok(Scores {
+            main: m.score,
+            metrics: m.values,
+        })
+    }
+}
+
+/// Score of always predicting the most frequent dev label (0 for correlations).
+pub fn chance_score(task: Task, dev: &Dataset) -> Result<f64> {
+    if task.is_regression() {
+        return Ok(0.0);
+    }
+    let counts = dev.label_counts();
+    let majority = counts
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, c)| **c)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let constant = Predictions::Classes(vec![majority; dev.len()]);
+    Ok(task_metrics(task, &constant, &dev.gold()?)?.score)
+}
+
+/// Runs the stages of `specs` on `student`, resuming from the run folder's checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stages(
+    run: &RunDir,
+    specs: &[StageSpec],
+    recipe: &Recipe,
+    student: &Student,
+    teacher: Option<(&BertForSequenceClassification, &str)>,
+    data: &TaskData,
+    evaluator: Option<&dyn Evaluator>,
+    device: &Device,
+) -> Result<Vec<StageSummary>> {
+    let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json")?;
+    let pad_id = student.tokenizer.pad_id();
+    let mut summaries = Vec::new();
+    let mut restored = false;
+    for (index, spec) in specs.iter().enumerate() {
+        let name = spec.display_name(index);
+        if let Some(p) = &saved {
+            if p.stage > index || (p.stage == index && p.finished) {
+                tracing::info!("stage {name}: already finished, skipping");
+                continue;
+            }
+        }
+        let trainer = Trainer {
+            teacher: teacher.map(|t| t.0),
+            student,
+            evaluator,
+            run,
+            device: device.clone(),
+            pad_id,
+            interrupt_after: None,
+        };
+        let resume = saved.clone().filter(|p| p.stage == index);
+        if saved.is_some() && resume.is_none() && !restored {
+            // A previous stage finished before the interruption: continue from its weights.
+            trainer.restore_student()?;
+        }
+        restored = true;
+        let examples = stage_examples(spec, data, &student.tokenizer)?;
+        let losses = spec.losses();
+        let teacher_logits = match teacher {
+            Some((t, identity)) if losses.needs_teacher_logits() => {
+                let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
+                let key = cache_key(
+                    identity,
+                    &enc,
+                    &format!("logits max_len={}", data.max_seq_len),
+                );
+                Some(cached_logits(&run.path("cache"), &key, || {
+                    model_logits(t, &enc, 64, pad_id, device)
+                })?)
+            }
+            _ => None,
+        };
+        let is_final = index + 1 == specs.len();
+        let settings = spec.settings(&recipe.eval, is_final);
+        let stage = Stage {
+            index,
+            name: &name,
+            kind: spec.kind,
+            losses,
+            layer_map: &spec.layer_map,
+            settings: &settings,
+            data: &examples,
+            teacher_logits: teacher_logits.as_ref(),
+            keep_best: is_final,
+            seed: recipe.seed,
+        };
+        tracing::info!(
+            "stage {name}: {} examples, {} epochs",
+            examples.len(),
+            settings.epochs
+        );
+        summaries.push(trainer.run_stage(&stage, resume)?);
+    }
+    Ok(summaries)
+}
+
+fn stage_examples(
+    spec: &StageSpec,
+    data: &TaskData,
+    tokenizer: &TextTokenizer,
+) -> Result<Vec<TrainExample>> {
+    let dataset = match &spec.data {
+        StageData::Train => data.train.clone(),
+        StageData::Unlabeled { path } | StageData::Augmented { path } => {
+            crate::data::load_unlabeled(path, &Default::default())?
+        }
+    };
+    let mut examples = encode(&dataset, tokenizer, data.max_seq_len)?;
+    if spec.kind == StageKind::Finetune || spec.losses().needs_labels() {
+        if examples.iter().any(|e| e.target == Target::None) {
+            return Err(Error::msg(format!(
+                "stage `{}` trains on gold labels but {} has unlabeled rows",
+                spec.display_name(0),
+                dataset.origin
+            )));
+        }
+    } else {
+        // Distillation stages learn from the teacher alone.
+        for e in &mut examples {
+            e.target = Target::None;
+        }
+    }
+    Ok(examples)
+}
+
+/// What a run reports at its end.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub recipe: String,
+    pub task: String,
+    pub teacher: ModelSummary,
+    pub student: ModelSummary,
+    pub stages: Vec<StageSummary>,
+    pub seconds: f64,
+    pub student_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelSummary {
+    pub model: String,
+    pub parameters: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub dev: Metrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_mismatched: Option<Metrics>,
+    /// Milliseconds per batch of 32 at the task's max_seq_len, on the run's device.
+    pub latency_ms_batch32: f64,
+}
+
+fn tensor_params(tensors: &HashMap<String, Tensor>) -> usize {
+    tensors.values().map(|t| t.elem_count()).sum()
+}
+
+fn latency_ms(
+    model: &BertForSequenceClassification,
+    examples: &[TrainExample],
+    pad_id: u32,
+    device: &Device,
+) -> Result<f64> {
+    let batch: Vec<&Encoded> = examples.iter().take(32).map(|e| &e.encoded).collect();
+    let input = crate::tokenizer::pad_batch(&batch, pad_id, device)?;
+    model.logits(&input)?; // warm-up
+    let start = Instant::now();
+    let reps = 3;
+    for _ in 0..reps {
+        model.logits(&input)?.to_device(&Device::Cpu)?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1000.0 / reps as f64)
+}
+
+/// Loads or fine-tunes the teacher, then checks it is worth distilling from.
+fn prepare_teacher(
+    recipe: &Recipe,
+    run: &RunDir,
+    data: &TaskData,
+    device: &Device,
+) -> Result<(ModelFiles, String)> {
+    let files = ModelFiles::resolve(&recipe.teacher.model)?;
+    let config = files.read_config()?;
+    let regression = data.task.is_regression();
+    let fine_tuned = config.id2label.is_some()
+        && config.num_labels() == data.dev.num_outputs()
+        && reconcile_labels(
+            &data.dev.label_names,
+            regression,
+            &config,
+            &recipe.teacher.model,
+        )? == LabelMatch::Same;
+    let needs = match recipe.teacher.finetune {
+        FinetuneWhen::Always => true,
+        FinetuneWhen::Never => false,
+        FinetuneWhen::Auto => !fine_tuned,
+    };
+    if !needs {
+        // Refuses permuted or foreign label maps before any work.
+        reconcile_labels(
+            &data.dev.label_names,
+            regression,
+            &config,
+            &recipe.teacher.model,
+        )?;
+        return Ok((files, recipe.teacher.model.clone()));
+    }
+    let spec = recipe
+        .teacher
+        .finetune_settings
+        .clone()
+        .unwrap_or_else(default_finetune_stage);
+    tracing::info!(
+        "teacher {}: fine-tuning on {} first",
+        recipe.teacher.model,
+        data.task
+    );
+    let dir = finetune(
+        &recipe.teacher.model,
+        &spec,
+        recipe,
+        data,
+        &run.path("teacher-finetune"),
+        device,
+    )?;
+    let spec = dir.display().to_string();
+    Ok((ModelFiles::resolve(&spec)?, spec))
+}
+
+pub fn default_finetune_stage() -> StageSpec {
+    StageSpec {
+        name: Some("finetune".into()),
+        kind: StageKind::Finetune,
+        data: StageData::Train,
+        losses: None,
+        layer_map: Default::default(),
+        epochs: 3,
+        max_steps: None,
+        learning_rate: 5e-5,
+        batch_size: 32,
+        warmup_ratio: Some(0.1),
+        schedule: None,
+        weight_decay: 0.01,
+        max_grad_norm: Some(1.0),
+        group_by_length: true,
+        checkpoint_every: 200,
+    }
+}
+
+/// Fine-tunes `model` on the task in its own run folder; returns the best dev checkpoint.
+pub fn finetune(
+    model: &str,
+    spec: &StageSpec,
+    recipe: &Recipe,
+    data: &TaskData,
+    dir: &Path,
+    device: &Device,
+) -> Result<PathBuf> {
+    let identity = serde_json::json!({"model": model, "stage": spec, "task": &recipe.task, "seed": recipe.seed});
+    let text =
+        serde_json::to_string_pretty(&identity).map_err(|e| Error::msg(e.to_string()))? + "\n";
+    let run = match RunDir::open(dir, &text, false)? {
+        Opened::Fresh(r) | Opened::Resume(r) => r,
+    };
+    let best = run.root().join("checkpoints/best");
+    let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json")?;
+    if saved.as_ref().is_some_and(|p| p.finished) && best.is_dir() {
+        return Ok(best);
+    }
+    let files = ModelFiles::resolve(model)?;
+    let config = files.read_config()?;
+    let tokenizer = files.read_tokenizer()?;
+    let tensors = files.read_weights()?;
+    let parts = TeacherParts {
+        config: &config,
+        tensors: &tensors,
+        tokenizer: &tokenizer,
+    };
+    let init = StudentInit::Checkpoint {
+        model: model.to_string(),
+    };
+    let labels = if data.task.is_regression() {
+        vec!["score".to_string()]
+    } else {
+        data.dev.label_names.clone()
+    };
+    let trainee = build_student(&init, &parts, &labels, recipe.seed, device)?;
+    let evaluator = GlueEvaluator::new(
+        &data.dev,
+        &tokenizer,
+        data.max_seq_len,
+        recipe.eval.batch_size,
+        device,
+    )?;
+    run_stages(
+        &run,
+        std::slice::from_ref(spec),
+        recipe,
+        &trainee,
+        None,
+        data,
+        Some(&evaluator),
+        device,
+    )?;
+    run.write_plot()?;
+    Ok(best)
+}
+
+/// Runs a recipe end to end.
+pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> Result<RunReport> {
+    let started = Instant::now();
+    let device = crate::device::parse_device(&recipe.device)?;
+    let out = recipe.output_dir(recipe_path);
+    let run = match RunDir::open(&out, &recipe.resolved_toml()?, force)? {
+        Opened::Fresh(r) => r,
+        Opened::Resume(r) => {
+            tracing::info!("{}: resuming", r.root().display());
+            r
+        }
+    };
+    let data = load_task_data(recipe)?;
+    let (teacher_files, teacher_spec) = prepare_teacher(recipe, &run, &data, &device)?;
+    let teacher_config = teacher_files.read_config()?;
+    let tokenizer = teacher_files.read_tokenizer()?;
+    let tensors = teacher_files.read_weights()?;
+    let teacher_dtype = crate::device::parse_dtype(&recipe.teacher.dtype)?;
+    let teacher = build_classifier(
+        &teacher_spec,
+        &teacher_config,
+        tensors.clone(),
+        &BuildOptions {
+            dtype: teacher_dtype,
+            ..BuildOptions::inference(&device)
+        },
+    )?;
+    let evaluator = GlueEvaluator::new(
+        &data.dev,
+        &tokenizer,
+        data.max_seq_len,
+        recipe.eval.batch_size,
+        &device,
+    )?;
+
+    // Pre-flight: a teacher near chance level wastes hours (TinyBERT #52: RTE 30.7).
+    let teacher_dev = evaluator.metrics(&teacher.model)?;
+    let chance = chance_score(data.task, &data.dev)?;
+    tracing::info!(
+        "teacher dev {} = {:.4} (chance {:.4})",
+        teacher_dev.score_name,
+        teacher_dev.score,
+        chance
+    );
+    if teacher_dev.score <= chance + recipe.teacher.min_margin_over_chance
+        && !recipe.teacher.allow_weak_teacher
+    {
+        return Err(Error::msg(format!(
+            "the teacher scores {:.4} {} on {} dev, within {} of chance ({:.4}): it was probably never fine-tuned \
+             on this task. Fine-tune it (teacher.finetune = \"always\") or set teacher.allow_weak_teacher = true.",
+            teacher_dev.score, teacher_dev.score_name, data.task, recipe.teacher.min_margin_over_chance, chance
+        )));
+    }
+
+    let parts = TeacherParts {
+        config: &teacher_config,
+        tensors: &tensors,
+        tokenizer: &tokenizer,
+    };
+    let labels = if data.task.is_regression() {
+        vec!["score".to_string()]
+    } else {
+        data.dev.label_names.clone()
+    };
+    let student = build_student(&recipe.student, &parts, &labels, recipe.seed, &device)?;
+    let identity = files_identity(&teacher_files);
+    let stages = run_stages(
+        &run,
+        &recipe.stages,
+        recipe,
+        &student,
+        Some((&teacher.model, &identity)),
+        &data,
+        Some(&evaluator),
+        &device,
+    )?;
+    run.write_plot()?;
+
+    // The best dev student of the final stage is the result.
+    let best_dir = run.root().join("checkpoints/best");
+    let best = crate::model::load_classifier(
+        &best_dir.display().to_string(),
+        &BuildOptions::inference(&device),
+    )?;
+    let student_dev = evaluator.metrics(&best.built.model)?;
+    let mismatched = |model: &BertForSequenceClassification| -> Result<Option<Metrics>> {
+        match &data.dev_mismatched {
+            Some(d) => Ok(Some(
+                GlueEvaluator::new(
+                    d,
+                    &tokenizer,
+                    data.max_seq_len,
+                    recipe.eval.batch_size,
+                    &device,
+                )?
+                .metrics(model)?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let sample = encode(&data.dev, &tokenizer, data.max_seq_len)?;
+    let report = RunReport {
+        recipe: recipe
+            .name
+            .clone()
+            .unwrap_or_else(|| out.display().to_string()),
+        task: data.task.to_string(),
+        teacher: ModelSummary {
+            model: teacher_spec.clone(),
+            parameters: tensor_params(&tensors),
+            layers: teacher_config.num_hidden_layers,
+            hidden_size: teacher_config.hidden_size,
+            dev_mismatched: mismatched(&teacher.model)?,
+            dev: teacher_dev,
+            latency_ms_batch32: latency_ms(&teacher.model, &sample, tokenizer.pad_id(), &device)?,
+        },
+        student: ModelSummary {
+            model: student.description.clone(),
+            parameters: student.model_parameters(),
+            layers: student.config.num_hidden_layers,
+            hidden_size: student.config.hidden_size,
+            dev_mismatched: mismatched(&best.built.model)?,
+            dev: student_dev,
+            latency_ms_batch32: latency_ms(
+                &best.built.model,
+                &sample,
+                tokenizer.pad_id(),
+                &device,
+            )?,
+        },
+        stages,
+        seconds: started.elapsed().as_secs_f64(),
+        student_dir: run.path("student"),
+    };
+    crate::io::write_json(&run.path("report.json"), &report)?;
+    crate::io::write_atomic(&run.path("report.md"), report.to_markdown().as_bytes())?;
+    Ok(report)
+}
+
+impl RunReport {
+    pub fn to_markdown(&self) -> String {
+        let t = &self.teacher;
+        let s = &self.student;
+        let mut md = format!("# {} on {}\n\n", self.recipe, self.task);
+        md += "| | teacher | student |\n|---|---|---|\n";
+        md += &format!("| model | {} | {} |\n", t.model, s.model);
+        md += &format!(
+            "| layers / width | {} / {} | {} / {} |\n",
+            t.layers, t.hidden_size, s.layers, s.hidden_size
+        );
+        md += &format!(
+            "| parameters | {:.1}M | {:.1}M |\n",
+            t.parameters as f64 / 1e6,
+            s.parameters as f64 / 1e6
+        );
+        md += &format!(
+            "| dev {} | {:.4} | {:.4} |\n",
+            t.dev.score_name, t.dev.score, s.dev.score
+        );
+        for (k, v) in &t.dev.values {
+            md += &format!(
+                "| dev {k} | {:.4} | {:.4} |\n",
+                v,
+                s.dev.get(k).unwrap_or(f64::NAN)
+            );
+        }
+        if let (Some(tm), Some(sm)) = (&t.dev_mismatched, &s.dev_mismatched) {
+            md += &format!(
+                "| dev mismatched {} | {:.4} | {:.4} |\n",
+                tm.score_name, tm.score, sm.score
+            );
+        }
+        md += &format!(
+            "| latency, batch 32 (ms) | {:.1} | {:.1} |\n",
+            t.latency_ms_batch32, s.latency_ms_batch32
+        );
+        md += &format!(
+            "\nThe student keeps {:.1}% of the teacher's dev score with {:.1}x fewer parameters and runs {:.1}x faster.\n",
+            100.0 * s.dev.score / t.dev.score,
+            t.parameters as f64 / s.parameters as f64,
+            t.latency_ms_batch32 / s.latency_ms_batch32
+        );
+        md += "\n## Stages\n\n| stage | steps | seconds | final loss | best dev |\n|---|---|---|---|---|\n";
+        for st in &self.stages {
+            md += &format!(
+                "| {} | {} | {:.0} | {:.4} | {} |\n",
+                st.name,
+                st.steps,
+                st.seconds,
+                st.final_loss,
+                st.best
+                    .as_ref()
+                    .map(|b| format!("{:.4}", b.main))
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
+        md
+    }
+}
+
+/// Result of `candle-distill finetune`.
+#[derive(Debug, Serialize)]
+pub struct FinetuneReport {
+    pub model: String,
+    pub task: String,
+    pub out: PathBuf,
+    pub dev: Metrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_mismatched: Option<Metrics>,
+    pub seconds: f64,
+}
+
+/// Fine-tunes `recipe.teacher.model` on the task; `out` becomes a Hugging Face model
+/// folder (the best dev checkpoint) with the training state in `out/training/`, so
+/// the same command resumes after a kill.
+pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<FinetuneReport> {
+    let started = Instant::now();
+    let training = out.join("training");
+    if force && out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    if out.is_dir()
+        && !training.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::msg(format!(
+            "{} exists and is not a fine-tuning folder; choose another --out or pass --force",
+            out.display()
+        )));
+    }
+    let device = crate::device::parse_device(&recipe.device)?;
+    let data = load_task_data(recipe)?;
+    let spec = recipe
+        .stages
+        .first()
+        .cloned()
+        .unwrap_or_else(default_finetune_stage);
+    let best = finetune(
+        &recipe.teacher.model,
+        &spec,
+        recipe,
+        &data,
+        &training,
+        &device,
+    )?;
+    publish_checkpoint(&best, &recipe.teacher.model, out)?;
+    let model = crate::model::load_classifier(
+        &out.display().to_string(),
+        &BuildOptions::inference(&device),
+    )?;
+    let evaluator = GlueEvaluator::new(
+        &data.dev,
+        &model.tokenizer,
+        data.max_seq_len,
+        recipe.eval.batch_size,
+        &device,
+    )?;
+    let dev = evaluator.metrics(&model.built.model)?;
+    let dev_mismatched = match &data.dev_mismatched {
+        Some(d) => Some(
+            GlueEvaluator::new(
+                d,
+                &model.tokenizer,
+                data.max_seq_len,
+                recipe.eval.batch_size,
+                &device,
+            )?
+            .metrics(&model.built.model)?,
+        ),
+        None => None,
+    };
+    let report = FinetuneReport {
+        model: recipe.teacher.model.clone(),
+        task: data.task.to_string(),
+        out: out.to_path_buf(),
+        dev,
+        dev_mismatched,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    crate::io::write_json(&training.join("report.json"), &report)?;
+    Ok(report)
+}
+
+/// Copies a best checkpoint into a model folder, with the source model's tokenizer
+/// configuration, each file written atomically.
+fn publish_checkpoint(best: &Path, source_model: &str, out: &Path) -> Result<()> {
+    let source = ModelFiles::resolve(source_model)?;
+    let mut files: Vec<(PathBuf, String)> = ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .map(|f| (best.join(f), f.to_string()))
+        .collect();
+    for (path, name) in [
+        (&source.tokenizer.tokenizer_config, "tokenizer_config.json"),
+        (
+            &source.tokenizer.special_tokens_map,
+            "special_tokens_map.json",
+        ),
+        (&source.tokenizer.vocab_txt, "vocab.txt"),
+    ] {
+        if let Some(p) = path {
+            files.push((p.clone(), name.to_string()));
+        }
+    }
+    for (from, name) in files {
+        let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+        crate::io::write_atomic(&out.join(name), &bytes)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! `plan`: the resolved run before any training — layer pairs, tensor shapes,
+//! projections, parameter counts, FLOPs and the work each stage will do — with
+//! impossible plans rejected.
+
+use serde::Serialize;
+
+use crate::data::Task;
+use crate::distill::mapping;
+use crate::distill::trainer::check_compatible;
+use crate::distill::StudentInit;
+use crate::model::{BertConfig, ModelFiles};
+use crate::pipeline::load_task_data;
+use crate::recipe::{Recipe, StageData};
+use crate::{Error, Result};
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub teacher: ModelShape,
+    pub student: ModelShape,
+    /// Projection matrices (student width -> teacher width), training only.
+    pub projections: Option<ProjectionPlan>,
+    pub task: String,
+    pub train_examples: usize,
+    pub dev_examples: usize,
+    pub max_seq_len: usize,
+    pub stages: Vec<StagePlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelShape {
+    pub source: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub parameters: usize,
+    /// Forward GFLOP for one sequence at max_seq_len.
+    pub gflops_per_sequence: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProjectionPlan {
+    pub count: usize,
+    pub from: usize,
+    pub to: usize,
+    pub parameters: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StagePlan {
+    pub name: String,
+    pub kind: String,
+    pub data: String,
+    pub losses: String,
+    /// (student layer, teacher layer), 1-based; 0 = embeddings.
+    pub pairs: Vec<(usize, usize)>,
+    pub attention_shapes: Option<String>,
+    pub hidden_shapes: Option<String>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub examples_seen: usize,
+    pub learning_rate: f64,
+    pub schedule: String,
+}
+
+fn shape(source: String, c: &BertConfig, seq: usize) -> ModelShape {
+    ModelShape {
+        source,
+        layers: c.num_hidden_layers,
+        hidden: c.hidden_size,
+        heads: c.num_attention_heads,
+        intermediate: c.intermediate_size,
+        parameters: c.encoder_parameters() + c.hidden_size * c.num_labels() + c.num_labels(),
+        gflops_per_sequence: c.forward_flops_per_token(seq) as f64 * seq as f64 / 1e9,
+    }
+}
+
+/// The student's config as the recipe's `[student]` section would build it.
+pub fn student_config(init: &StudentInit, teacher: &BertConfig) -> Result<(BertConfig, String)> {
+    Ok(match init {
+        StudentInit::Checkpoint { model } => (
+            ModelFiles::resolve(model)?.read_config()?,
+            format!("checkpoint {model}"),
+        ),
+        StudentInit::TeacherLayers { layers } => {
+            let n = teacher.num_hidden_layers;
+            if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > n) {
+                return Err(Error::invalid(
+                    "student.layers",
+                    format!("{layers:?}"),
+                    format!("expected teacher layers between 1 and {n}"),
+                ));
+            }
+            let mut c = teacher.clone();
+            c.num_hidden_layers = layers.len();
+            (c, format!("teacher layers {layers:?}"))
+        }
+        StudentInit::Random {
+            layers,
+            hidden,
+            heads,
+            intermediate,
+        } => {
+            let c =
+                BertConfig::with_shape(teacher.vocab_size, *hidden, *layers, *heads, *intermediate);
+            c.validate("[student]")?;
+            (c, format!("random {layers} x {hidden}"))
+        }
+    })
+}
+
+pub fn plan(recipe: &Recipe) -> Result<Plan> {
+    let data = load_task_data(recipe)?;
+    let teacher_files = ModelFiles::resolve(&recipe.teacher.model)?;
+    let mut teacher = teacher_files.read_config()?;
+    let labels = data.task.num_outputs();
+    teacher.num_labels = Some(labels);
+    teacher.id2label = None;
+    let (mut student, source) = student_config(&recipe.student, &teacher)?;
+    student.num_labels = Some(labels);
+    student.id2label = None;
+    let seq = data.max_seq_len;
+    let projections = (student.hidden_size != teacher.hidden_size).then(|| ProjectionPlan {
+        count: student.num_hidden_layers + 1,
+        from: student.hidden_size,
+        to: teacher.hidden_size,
+        parameters: (student.num_hidden_layers + 1)
+            * (student.hidden_size * teacher.hidden_size + teacher.hidden_size),
+    });
+    let mut stages = Vec::new();
+    for (i, spec) in recipe.stages.iter().enumerate() {
+        let losses = spec.losses();
+        if losses.needs_teacher() {
+            check_compatible(&losses, &student, &teacher)?;
+        }
+        let pairs = if losses.needs_hidden_states() || losses.needs_attention() {
+            let mut p = mapping::resolve(
+                &spec.layer_map,
+                student.num_hidden_layers,
+                teacher.num_hidden_layers,
+            )?;
+            if losses.embedding > 0.0 {
+                p.insert(0, (0, 0));
+            }
+            p
+        } else {
+            Vec::new()
+        };
+        let examples = match &spec.data {
+            StageData::Train => data.train.len(),
+            StageData::Unlabeled { path } | StageData::Augmented { path } => {
+                crate::data::load_unlabeled(path, &Default::default())?.len()
+            }
+        };
+        let settings = spec.settings(&recipe.eval, i + 1 == recipe.stages.len());
+        let per_epoch = examples.div_ceil(spec.batch_size);
+        let steps = settings
+            .max_steps
+            .unwrap_or(usize::MAX)
+            .min(per_epoch * settings.epochs);
+        let w = serde_json::to_value(losses).map_err(|e| Error::msg(e.to_string()))?;
+        let loss_text: Vec<String> = w
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| v.as_f64().is_some_and(|x| x > 0.0) && *k != "temperature")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        stages.push(StagePlan {
+            name: spec.display_name(i),
+            kind: format!("{:?}", spec.kind).to_lowercase(),
+            data: match &spec.data {
+                StageData::Train => format!("{} train", data.task),
+                StageData::Unlabeled { path } => format!("unlabeled {}", path.display()),
+                StageData::Augmented { path } => format!("augmented {}", path.display()),
+            },
+            losses: format!("{} (T={})", loss_text.join(", "), losses.temperature),
+            attention_shapes: losses.needs_attention().then(|| {
+                format!(
+                    "student (B, {}, L, L) vs teacher (B, {}, L, L), L <= {seq}",
+                    student.num_attention_heads, teacher.num_attention_heads
+                )
+            }),
+            hidden_shapes: losses.needs_hidden_states().then(|| {
+                if projections.is_some() {
+                    format!(
+                        "student (B, L, {}) -> projection -> (B, L, {}) vs teacher (B, L, {})",
+                        student.hidden_size, teacher.hidden_size, teacher.hidden_size
+                    )
+                } else {
+                    format!(
+                        "student (B, L, {}) vs teacher (B, L, {})",
+                        student.hidden_size, teacher.hidden_size
+                    )
+                }
+            }),
+            pairs,
+            epochs: settings.epochs,
+            batch_size: settings.batch_size,
+            steps,
+            examples_seen: steps
+                .saturating_mul(settings.batch_size)
+                .min(examples * settings.epochs),
+            learning_rate: settings.learning_rate,
+            schedule: format!(
+                "{:?}, warm-up {:.0}%",
+                settings.schedule,
+                settings.warmup_ratio * 100.0
+            )
+            .to_lowercase(),
+        });
+    }
+    Ok(Plan {
+        teacher: shape(recipe.teacher.model.clone(), &teacher, seq),
+        student: shape(source, &student, seq),
+        projections,
+        task: data.task.to_string(),
+        train_examples: data.train.len(),
+        dev_examples: data.dev.len(),
+        max_seq_len: seq,
+        stages,
+    })
+}
+
+impl Plan {
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let m = |m: &ModelShape| {
+            format!(
+                "{} | {} layers x {}, {} heads, FFN {} | {:.1}M params | {:.2} GFLOP/seq",
+                m.source,
+                m.layers,
+                m.hidden,
+                m.heads,
+                m.intermediate,
+                m.parameters as f64 / 1e6,
+                m.gflops_per_sequence
+            )
+        };
+        s += &format!("teacher   {}\n", m(&self.teacher));
+        s += &format!("student   {}\n", m(&self.student));
+        s += &format!(
+            "          {:.1}x fewer parameters, {:.1}x less compute\n",
+            self.teacher.parameters as f64 / self.student.parameters as f64,
+            self.teacher.gflops_per_sequence / self.student.gflops_per_sequence
+        );
+        if let Some(p) = &self.projections {
+            s += &format!(
+                "projection {} x Linear({} -> {}), {:.2}M params, training only\n",
+                p.count,
+                p.from,
+                p.to,
+                p.parameters as f64 / 1e6
+            );
+        }
+        s += &format!(
+            "task      {}: {} train, {} dev, max_seq_len {}\n",
+            self.task, self.train_examples, self.dev_examples, self.max_seq_len
+        );
+        for (i, st) in self.stages.iter().enumerate() {
+            s += &format!(
+                "\nstage {} `{}` ({}) on {}\n",
+                i + 1,
+                st.name,
+                st.kind,
+                st.data
+            );
+            s += &format!("  losses      {}\n", st.losses);
+            if !st.pairs.is_empty() {
+                let pairs: Vec<String> =
+                    st.pairs.iter().map(|(a, b)| format!("{a}<-{b}")).collect();
+                s += &format!(
+                    "  layers      student<-teacher: {}  (0 = embeddings)\n",
+                    pairs.join(" ")
+                );
+            }
+            if let Some(a) = &st.attention_shapes {
+                s += &format!("  attention   {a}\n");
+            }
+            if let Some(h) = &st.hidden_shapes {
+                s += &format!("  hidden      {h}\n");
+            }
+            s += &format!(
+                "  work        {} epochs x batch {} = {} steps, {} examples; lr {} ({})\n",
+                st.epochs, st.batch_size, st.steps, st.examples_seen, st.learning_rate, st.schedule
+            );
+        }
+        s
+    }
+}
+
+/// Parses a task name for CLI use.
+pub fn parse_task(name: &str) -> Result<Task> {
+    name.parse()
+}
