@@ -87,6 +87,9 @@ fn basic_tokenizer_splits_punctuation_lowercases_and_strips_accents() {
     );
     assert_eq!(basic_words("Café x", false).unwrap(), ["Café", "x"]);
     assert!(is_candidate("movie") && is_candidate("Movie"));
+    // The reference list is NLTK's without the wh-words.
+    assert!(is_candidate("what") && is_candidate("how"));
+    assert_eq!(candle_distill::augment::mlm::STOP_WORDS.len(), 173);
     for w in ["the", "The", "don", "t", "3d", "café", "co-op", ",", ""] {
         assert!(!is_candidate(w), "{w}");
     }

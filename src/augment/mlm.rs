@@ -33,20 +33,22 @@ use crate::model::BertForMaskedLM;
 use crate::tokenizer::{pad_batch, Encoded, TextTokenizer};
 use crate::{Error, Result};
 
-/// NLTK's English stop-word list (nltk.corpus.stopwords.words("english")), as the
-/// TinyBERT reference script embeds it, plus its two extra entries `'s` and `'re`.
+/// The stop words of the TinyBERT reference script (`StopWordsList` in its
+/// data_augmentation.py): NLTK's English list (`nltk.corpus.stopwords.words("english")`)
+/// without its eight wh-words (what, which, who, whom, when, where, why, how, which the
+/// reference therefore may replace), plus `'s` and `'re`. 173 entries.
 #[rustfmt::skip]
 pub const STOP_WORDS: &[&str] = &[
     "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "you're", "you've",
     "you'll", "you'd", "your", "yours", "yourself", "yourselves", "he", "him", "his", "himself",
     "she", "she's", "her", "hers", "herself", "it", "it's", "its", "itself", "they", "them",
-    "their", "theirs", "themselves", "what", "which", "who", "whom", "this", "that", "that'll",
+    "their", "theirs", "themselves", "this", "that", "that'll",
     "these", "those", "am", "is", "are", "was", "were", "be", "been", "being", "have", "has",
     "had", "having", "do", "does", "did", "doing", "a", "an", "the", "and", "but", "if", "or",
     "because", "as", "until", "while", "of", "at", "by", "for", "with", "about", "against",
     "between", "into", "through", "during", "before", "after", "above", "below", "to", "from",
     "up", "down", "in", "out", "on", "off", "over", "under", "again", "further", "then", "once",
-    "here", "there", "when", "where", "why", "how", "all", "any", "both", "each", "few", "more",
+    "here", "there", "all", "any", "both", "each", "few", "more",
     "most", "other", "some", "such", "no", "nor", "not", "only", "own", "same", "so", "than",
     "too", "very", "s", "t", "can", "will", "just", "don", "don't", "should", "should've",
     "now", "d", "ll", "m", "o", "re", "ve", "y", "ain", "aren", "aren't", "couldn", "couldn't",
