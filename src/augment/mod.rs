@@ -7,6 +7,7 @@
 //! relabels augmented rows anyway).
 
 pub mod mlm;
+pub mod spm;
 
 use serde::{Deserialize, Serialize};
 
