@@ -6,8 +6,11 @@
 //! while the other keeps its original text (labels are the caller's to copy: the teacher
 //! relabels augmented rows anyway).
 
+pub mod backtranslate;
+pub mod marian;
 pub mod mlm;
 pub mod spm;
+pub mod tiny;
 
 use serde::{Deserialize, Serialize};
 
