@@ -7,6 +7,8 @@
 //! relabels augmented rows anyway).
 
 pub mod backtranslate;
+pub mod cache;
+pub mod input;
 pub mod marian;
 pub mod mlm;
 pub mod spm;
