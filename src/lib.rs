@@ -1,5 +1,6 @@
 //! candle-distill: TinyBERT-style distillation of BERT teachers on candle.
 
+pub mod augment;
 pub mod data;
 pub mod device;
 pub mod distill;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod augment;
 mod eval;
 mod finetune;
 mod inspect;
@@ -37,6 +38,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Score a classifier on a GLUE split; write metrics, predictions and submission files.
     Eval(eval::Args),
+    /// Augment a task's text: TinyBERT masked-token filling and/or back-translation.
+    Augment(Box<augment::Args>),
 }
 
 fn init_logging(verbose: u8) {
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Finetune(args) => finetune::run(args),
+        Command::Augment(args) => augment::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
