@@ -281,7 +281,7 @@ pub fn read_augmented(path: &Path) -> Result<Vec<AugmentedRow>> {
         .map(|l| {
             serde_json::from_str(l).map_err(|e| Error::Json {
                 path: path.to_path_buf(),
-                source: e,
+                cause: e,
             })
         })
         .collect()

@@ -81,7 +81,7 @@ fn read_jsonl(path: &Path, text: &str, columns: &[String]) -> Result<Vec<Vec<Str
         }
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Json {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })?;
         let row = columns
             .iter()

@@ -84,7 +84,7 @@ impl BertConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::Json {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })?;
         config.validate(&path.display().to_string())?;
         Ok(config)

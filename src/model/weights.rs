@@ -129,7 +129,7 @@ pub fn shards_from_index(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
         path: index.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     let map = json
         .get("weight_map")

@@ -1,0 +1,146 @@
+//! The shipped recipes parse and validate; `plan` resolves the quick-start recipe;
+//! bad recipes are refused with the key and file named.
+
+mod common;
+
+use std::process::Command;
+
+use candle_distill::recipe::Recipe;
+
+fn recipe_files() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(common::repo_root().join("recipes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_recipe_is_valid() {
+    let files = recipe_files();
+    assert!(
+        files.len() >= 19,
+        "expected TinyBERT-4/6 recipes for 9 tasks plus the quick start"
+    );
+    for f in files {
+        let r = Recipe::load(&f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(!r.stages.is_empty());
+    }
+    for task in [
+        "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli",
+    ] {
+        for s in ["tinybert4", "tinybert6"] {
+            let f = common::repo_root().join(format!("recipes/{s}-{task}.toml"));
+            let r = Recipe::load(&f, &[]).unwrap();
+            assert_eq!(r.task.name, task);
+        }
+    }
+}
+
+#[test]
+fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
+    let (Some(model), Some(glue)) = (common::minilm_dir(), common::glue_dir()) else {
+        return;
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_candle-distill"))
+        .arg("plan")
+        .arg(common::repo_root().join("recipes/quickstart-cpu.toml"))
+        .arg("--set")
+        .arg(format!("teacher.model={}", model.display()))
+        .arg("--set")
+        .arg(format!("task.data={}", glue.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("student<-teacher: 0<-0 1<-2 2<-4 3<-6"),
+        "{text}"
+    );
+    assert!(text.contains("4000 train, 872 dev"), "{text}");
+    assert!(text.contains("375 steps"), "{text}");
+    assert!(
+        text.contains("student (B, 12, L, L) vs teacher (B, 12, L, L)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_recipes_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good =
+        std::fs::read_to_string(common::repo_root().join("recipes/quickstart-cpu.toml")).unwrap();
+    let cases = [
+        (
+            good.replace(
+                "epochs = 3\nlearning_rate = 5e-5\nbatch_size = 32\n\n[[stages]]",
+                "epoch = 3\nlearning_rate = 5e-5\nbatch_size = 32\n\n[[stages]]",
+            ),
+            "epoch",
+        ),
+        (
+            good.replace("train_limit = 4000", "train_limit = \"all\""),
+            "train_limit",
+        ),
+        (good.replace("version = 1", "version = 2"), "version"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        assert_ne!(text, &good, "case {i} did not change the recipe");
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_candle-distill"))
+            .arg("plan")
+            .arg(&path)
+            .args(["--set", "task.data=/nonexistent"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "case {i} was accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(key),
+            "case {i}: error does not name `{key}`: {err}"
+        );
+        assert!(
+            err.contains(&format!("bad{i}.toml")),
+            "case {i}: error does not name the file: {err}"
+        );
+    }
+}
+
+#[test]
+fn impossible_plans_are_rejected_before_training() {
+    let (Some(model), Some(glue)) = (common::minilm_dir(), common::glue_dir()) else {
+        return;
+    };
+    let recipe = common::repo_root().join("recipes/quickstart-cpu.toml");
+    let plan = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));
+        c.arg("plan").arg(&recipe);
+        c.arg("--set")
+            .arg(format!("teacher.model={}", model.display()));
+        c.arg("--set").arg(format!("task.data={}", glue.display()));
+        for e in extra {
+            c.args(["--set", e]);
+        }
+        let o = c.output().unwrap();
+        assert!(!o.status.success(), "accepted: {extra:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = plan(&["student.layers=[2, 4, 9]"]);
+    assert!(
+        err.contains("student.layers") && err.contains("between 1 and 6"),
+        "{err}"
+    );
+    let err = plan(&[
+        "student={from = \"random\", layers = 2, hidden = 128, heads = 8, intermediate = 256}",
+    ]);
+    assert!(err.contains("8 heads") && err.contains("12"), "{err}");
+    let err = plan(&["stages.0.layer_map=[[1, 7]]"]);
+    assert!(err.contains("[1, 7]") && err.contains("0..=6"), "{err}");
+    let err = plan(&[
+        "student={from = \"random\", layers = 8, hidden = 384, heads = 12, intermediate = 256}",
+    ]);
+    assert!(err.contains("more layers"), "{err}");
+}
