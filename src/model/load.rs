@@ -58,11 +58,8 @@ impl ModelFiles {
             Ok(source.first_of(&[name])?.map(|(_, p)| p))
         };
         let tokenizer_json = optional("tokenizer.json")?;
-        let vocab_txt = if tokenizer_json.is_none() {
-            optional("vocab.txt")?
-        } else {
-            None
-        };
+        // Kept even beside tokenizer.json: exports and fine-tuned folders ship it too.
+        let vocab_txt = optional("vocab.txt")?;
         if tokenizer_json.is_none() && vocab_txt.is_none() {
             return Err(source.missing(&["tokenizer.json", "vocab.txt"]));
         }
