@@ -145,7 +145,7 @@ impl Module for LayerNorm {
 
 fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
-        Activation::Gelu => x.gelu_erf(),
+        Activation::Gelu => ops::gelu_erf(x),
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
     }

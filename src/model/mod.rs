@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod kernels;
 pub mod load;
 pub mod ops;
 pub mod params;
