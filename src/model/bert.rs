@@ -259,11 +259,12 @@ impl SelfAttention {
     /// Returns the attention block's output and its pre-softmax scores.
     fn forward(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
         let (b, s, h) = x.dims3()?;
-        let q = self.split_heads(&self.query.forward(x)?)?;
+        // Scaling the queries, not the (seq x seq) scores, saves a pass over the scores.
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q = self.split_heads(&(self.query.forward(x)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
         let probs = ops::softmax_last_dim(&scores)?;
         let probs = dropout(&probs, self.attention_dropout, train)?;
         let context = probs
