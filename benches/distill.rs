@@ -117,16 +117,41 @@ impl Student {
 
     /// Forward, TinyBERT losses against the teacher's outputs, backward, AdamW.
     fn step(&mut self, input: &BertInput, teacher: &ClassifierOutput, logits: bool) -> Result<f32> {
+        let mut lap = Laps::new();
         let out = self
             .model
             .forward(input, Outputs::ALL, Some(&mut self.rng))?;
+        lap.mark("forward");
         let loss = distill_loss(&out, teacher, &self.proj, logits)?;
         let value = loss.to_scalar::<f32>()?;
+        lap.mark("loss");
         let grads = loss.backward()?;
+        lap.mark("backward");
         self.opt
             .step(&grads, Some(1.0))
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        lap.mark("adamw");
         Ok(value)
+    }
+}
+
+/// Stage times on stderr when BENCH_LAPS is set, to see where a step's time goes.
+struct Laps {
+    last: Option<Instant>,
+}
+
+impl Laps {
+    fn new() -> Self {
+        Laps {
+            last: std::env::var_os("BENCH_LAPS").map(|_| Instant::now()),
+        }
+    }
+
+    fn mark(&mut self, what: &str) {
+        if let Some(last) = self.last.as_mut() {
+            eprintln!("  {what}: {:.0} ms", last.elapsed().as_secs_f64() * 1e3);
+            *last = Instant::now();
+        }
     }
 }
 
