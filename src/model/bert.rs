@@ -102,7 +102,7 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.t()?;
         let y = match x.rank() {
-            2 => x.matmul(&w)?,
+            2 => ops::matmul(x, &w)?,
             _ => {
                 // Fold leading dims into one matmul: faster than a broadcast batch matmul.
                 let dims = x.dims();
@@ -110,7 +110,7 @@ impl Module for Linear {
                 let rows = x.elem_count() / last;
                 let mut out_dims = dims.to_vec();
                 *out_dims.last_mut().expect("rank >= 1") = w.dim(1)?;
-                x.reshape((rows, last))?.matmul(&w)?.reshape(out_dims)?
+                ops::matmul(&x.reshape((rows, last))?, &w)?.reshape(out_dims)?
             }
         };
         match &self.bias {
@@ -264,11 +264,10 @@ impl SelfAttention {
         let q = self.split_heads(&(self.query.forward(x)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let scores = ops::matmul(&q, &k.t()?)?.broadcast_add(mask)?;
         let probs = ops::softmax_last_dim(&scores)?;
         let probs = dropout(&probs, self.attention_dropout, train)?;
-        let context = probs
-            .matmul(&v)?
+        let context = ops::matmul(&probs, &v)?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, s, h))?;

@@ -1,6 +1,8 @@
 //! The BERT model, its config, and loading checkpoints from folders or the hub.
 
 pub mod bert;
+#[cfg(feature = "openblas")]
+pub mod blas;
 pub mod config;
 pub mod kernels;
 pub mod load;

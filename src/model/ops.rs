@@ -45,6 +45,16 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     y.to_dtype(dtype)
 }
 
+/// `a @ b`: through OpenBLAS for f32 CPU tensors when built with the `openblas`
+/// feature, candle's matmul otherwise.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if kernels::applies(a) && kernels::applies(b) {
+        return super::blas::matmul(a, b);
+    }
+    a.matmul(b)
+}
+
 /// GELU, erf form (BERT's "gelu"), with a fused backward on the CPU.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if kernels::applies(x) {
