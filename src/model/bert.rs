@@ -102,7 +102,7 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.t()?;
         let y = match x.rank() {
-            2 => x.matmul(&w)?,
+            2 => ops::matmul(x, &w)?,
             _ => {
                 // Fold leading dims into one matmul: faster than a broadcast batch matmul.
                 let dims = x.dims();
@@ -110,7 +110,7 @@ impl Module for Linear {
                 let rows = x.elem_count() / last;
                 let mut out_dims = dims.to_vec();
                 *out_dims.last_mut().expect("rank >= 1") = w.dim(1)?;
-                x.reshape((rows, last))?.matmul(&w)?.reshape(out_dims)?
+                ops::matmul(&x.reshape((rows, last))?, &w)?.reshape(out_dims)?
             }
         };
         match &self.bias {
@@ -145,7 +145,7 @@ impl Module for LayerNorm {
 
 fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
-        Activation::Gelu => x.gelu_erf(),
+        Activation::Gelu => ops::gelu_erf(x),
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
     }
@@ -259,15 +259,15 @@ impl SelfAttention {
     /// Returns the attention block's output and its pre-softmax scores.
     fn forward(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
         let (b, s, h) = x.dims3()?;
-        let q = self.split_heads(&self.query.forward(x)?)?;
+        // Scaling the queries, not the (seq x seq) scores, saves a pass over the scores.
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q = self.split_heads(&(self.query.forward(x)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let scores = ops::matmul(&q, &k.t()?)?.broadcast_add(mask)?;
         let probs = ops::softmax_last_dim(&scores)?;
         let probs = dropout(&probs, self.attention_dropout, train)?;
-        let context = probs
-            .matmul(&v)?
+        let context = ops::matmul(&probs, &v)?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, s, h))?;

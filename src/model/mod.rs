@@ -1,7 +1,10 @@
 //! The BERT model, its config, and loading checkpoints from folders or the hub.
 
 pub mod bert;
+#[cfg(feature = "openblas")]
+pub mod blas;
 pub mod config;
+pub mod kernels;
 pub mod load;
 pub mod ops;
 pub mod params;

@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use super::kernels;
 use crate::rng::Rng;
 
 fn needs_grad(tensors: &[&Tensor]) -> bool {
@@ -15,6 +16,9 @@ fn needs_grad(tensors: &[&Tensor]) -> bool {
 /// LayerNorm over the last dimension.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if needs_grad(&[x, weight, bias]) {
+        if kernels::applies(x) {
+            return kernels::layer_norm(x, weight, bias, eps);
+        }
         candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
     } else {
         candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32)
@@ -30,11 +34,34 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         x.to_dtype(DType::F32)?
     };
     let y = if needs_grad(&[x]) {
-        candle_nn::ops::softmax(&x32, D::Minus1)?
+        if kernels::applies(&x32) {
+            kernels::softmax_last_dim(&x32)?
+        } else {
+            candle_nn::ops::softmax(&x32, D::Minus1)?
+        }
     } else {
         candle_nn::ops::softmax_last_dim(&x32.contiguous()?)?
     };
     y.to_dtype(dtype)
+}
+
+/// `a @ b`: through OpenBLAS for f32 CPU tensors when built with the `openblas`
+/// feature, candle's matmul otherwise.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if kernels::applies(a) && kernels::applies(b) {
+        return super::blas::matmul(a, b);
+    }
+    a.matmul(b)
+}
+
+/// GELU, erf form (BERT's "gelu"), with a fused backward on the CPU.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if kernels::applies(x) {
+        kernels::gelu_erf(x)
+    } else {
+        x.gelu_erf()
+    }
 }
 
 /// Inverted dropout whose mask comes from the caller's seeded generator,

@@ -1,0 +1,468 @@
+//! Distillation speed, side by side with PyTorch (benches/pytorch_reference.py).
+//!
+//! `cargo bench --bench distill` runs every measurement in its own subprocess (so each
+//! peak RSS is its own), then runs the PyTorch reference when `PYTHON` (default
+//! `python3`) has torch, and prints one table: shape, ours, PyTorch, ratio, peak memory.
+//! Arguments after `--`: `--only a,b` picks measurements, `--no-python` skips the reference,
+//! `--run NAME` runs one measurement and prints one JSON line (used by the parent).
+//!
+//! Weights are random: speed does not depend on them. Threads: RAYON_NUM_THREADS
+//! (set to 2 by the parent unless already set), torch.set_num_threads on the other side.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
+use candle_distill::model::bert::Linear;
+use candle_distill::model::{
+    build_classifier, BertConfig, BertForSequenceClassification, BertInput, BuildOptions,
+    ClassifierOutput, ModelFiles, Outputs,
+};
+use candle_distill::rng::Rng;
+use candle_distill::train::optim::{AdamW, AdamWConfig};
+use candle_nn::{VarBuilder, VarMap};
+
+const MEASUREMENTS: &[(&str, &str)] = &[
+    (
+        "step",
+        "distill step: BERT-base teacher + TinyBERT-4 step, b16 s128",
+    ),
+    ("teacher", "teacher forward, all states, b16 s128"),
+    ("student", "student fwd+bwd+AdamW, b16 s128"),
+    ("epoch_pad64", "SST-2 4k epoch, MiniLM->3L, padded to 64"),
+    (
+        "epoch_grouped",
+        "SST-2 4k epoch, MiniLM->3L, length-grouped",
+    ),
+    ("infer_b1", "student inference b1 s64 (per batch)"),
+    ("infer_b32", "student inference b32 s64 (per batch)"),
+];
+
+const VOCAB: usize = 30522;
+const SST2_SENTENCES: usize = 4000;
+const EPOCH_BATCH: usize = 32;
+const EPOCH_MAX_LEN: usize = 64;
+
+fn teacher_base() -> BertConfig {
+    BertConfig::with_shape(VOCAB, 768, 12, 12, 3072)
+}
+
+fn teacher_minilm() -> BertConfig {
+    BertConfig::with_shape(VOCAB, 384, 6, 12, 1536)
+}
+
+fn student_config(layers: usize) -> BertConfig {
+    BertConfig::with_shape(VOCAB, 312, layers, 12, 1200)
+}
+
+fn random_model(
+    config: &BertConfig,
+    trainable: bool,
+    seed: u64,
+) -> Result<(BertForSequenceClassification, Option<VarMap>)> {
+    let options = BuildOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+        trainable,
+        init_seed: Some(seed),
+    };
+    let built = build_classifier("random", config, HashMap::new(), &options)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Ok((built.model, built.varmap))
+}
+
+fn random_input(batch: usize, seq: usize, rng: &mut Rng) -> Result<BertInput> {
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| 1000 + rng.below(VOCAB - 1000) as u32)
+        .collect();
+    let dev = Device::Cpu;
+    Ok(BertInput {
+        input_ids: Tensor::from_vec(ids, (batch, seq), &dev)?,
+        token_type_ids: Tensor::zeros((batch, seq), DType::U32, &dev)?,
+        attention_mask: Tensor::ones((batch, seq), DType::U32, &dev)?,
+    })
+}
+
+/// A student with its teacher-width projection and optimizer.
+struct Student {
+    model: BertForSequenceClassification,
+    proj: Linear,
+    opt: AdamW,
+    rng: Rng,
+}
+
+impl Student {
+    fn new(config: &BertConfig, teacher_hidden: usize) -> Result<Self> {
+        let (model, varmap) = random_model(config, true, 7)?;
+        let varmap = varmap.expect("trainable model has a VarMap");
+        let proj_map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&proj_map, DType::F32, &Device::Cpu);
+        let proj = Linear::new(vb.pp("fit_dense"), config.hidden_size, teacher_hidden)?;
+        let mut vars: Vec<(String, Var)> = Vec::new();
+        for map in [&varmap, &proj_map] {
+            let data = map.data().lock().expect("varmap lock");
+            vars.extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let opt = AdamW::new(vars, AdamWConfig::default())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Student {
+            model,
+            proj,
+            opt,
+            rng: Rng::new(11),
+        })
+    }
+
+    /// Forward, TinyBERT losses against the teacher's outputs, backward, AdamW.
+    fn step(&mut self, input: &BertInput, teacher: &ClassifierOutput, logits: bool) -> Result<f32> {
+        let mut lap = Laps::new();
+        let out = self
+            .model
+            .forward(input, Outputs::ALL, Some(&mut self.rng))?;
+        lap.mark("forward");
+        let loss = distill_loss(&out, teacher, &self.proj, logits)?;
+        let value = loss.to_scalar::<f32>()?;
+        lap.mark("loss");
+        let grads = loss.backward()?;
+        lap.mark("backward");
+        self.opt
+            .step(&grads, Some(1.0))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        lap.mark("adamw");
+        Ok(value)
+    }
+}
+
+/// Stage times on stderr when BENCH_LAPS is set, to see where a step's time goes.
+struct Laps {
+    last: Option<Instant>,
+}
+
+impl Laps {
+    fn new() -> Self {
+        Laps {
+            last: std::env::var_os("BENCH_LAPS").map(|_| Instant::now()),
+        }
+    }
+
+    fn mark(&mut self, what: &str) {
+        if let Some(last) = self.last.as_mut() {
+            eprintln!("  {what}: {:.0} ms", last.elapsed().as_secs_f64() * 1e3);
+            *last = Instant::now();
+        }
+    }
+}
+
+/// TinyBERT's reference zeroes masked attention entries (<= -100) on both sides.
+fn zero_masked(scores: &Tensor) -> Result<Tensor> {
+    scores
+        .le(-100f32)?
+        .where_cond(&scores.zeros_like()?, scores)
+}
+
+/// Attention MSE over mapped layers, hidden MSE through the projection (embeddings
+/// included), and soft cross-entropy on logits at T = 1 when `logits`.
+fn distill_loss(
+    s: &ClassifierOutput,
+    t: &ClassifierOutput,
+    proj: &Linear,
+    logits: bool,
+) -> Result<Tensor> {
+    let s_layers = s.encoder.attention_scores.len();
+    let every = t.encoder.attention_scores.len() / s_layers;
+    let mut terms = Vec::new();
+    for (i, sa) in s.encoder.attention_scores.iter().enumerate() {
+        let ta = &t.encoder.attention_scores[(i + 1) * every - 1];
+        terms.push(candle_nn::loss::mse(&zero_masked(sa)?, &zero_masked(ta)?)?);
+    }
+    for (i, sh) in s.encoder.hidden_states.iter().enumerate() {
+        let th = &t.encoder.hidden_states[i * every];
+        terms.push(candle_nn::loss::mse(&proj.forward(sh)?, th)?);
+    }
+    if logits {
+        let target = candle_nn::ops::softmax(&t.logits, D::Minus1)?;
+        let logp = candle_nn::ops::log_softmax(&s.logits, D::Minus1)?;
+        terms.push((target * logp)?.sum(D::Minus1)?.neg()?.mean_all()?);
+    }
+    Tensor::stack(&terms, 0)?.sum_all()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median seconds of `runs` calls after one warm-up call.
+fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut all = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        f()?;
+        all.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(all))
+}
+
+fn teacher_forward(
+    teacher: &BertForSequenceClassification,
+    input: &BertInput,
+) -> Result<ClassifierOutput> {
+    teacher.forward(input, Outputs::ALL, None)
+}
+
+fn measure_step(which: &str) -> Result<f64> {
+    let mut rng = Rng::new(1);
+    let input = random_input(16, 128, &mut rng)?;
+    let (teacher, _) = random_model(&teacher_base(), false, 3)?;
+    match which {
+        "teacher" => time(3, || teacher_forward(&teacher, &input).map(|_| ())),
+        "student" => {
+            let mut student = Student::new(&student_config(4), 768)?;
+            let t = teacher_forward(&teacher, &input)?;
+            drop(teacher);
+            time(3, || student.step(&input, &t, true).map(|_| ()))
+        }
+        _ => {
+            let mut student = Student::new(&student_config(4), 768)?;
+            time(3, || {
+                let t = teacher_forward(&teacher, &input)?;
+                student.step(&input, &t, true).map(|_| ())
+            })
+        }
+    }
+}
+
+fn minilm_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-assets/all-MiniLM-L6-v2")
+}
+
+fn sst2_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/train.tsv")
+}
+
+/// Token ids of the first 4,000 SST-2 training sentences, truncated to 64.
+fn sst2_ids() -> Result<Vec<Vec<u32>>> {
+    let err = |e: String| candle_core::Error::Msg(e);
+    let files =
+        ModelFiles::resolve(&minilm_dir().display().to_string()).map_err(|e| err(e.to_string()))?;
+    let tokenizer = files.read_tokenizer().map_err(|e| err(e.to_string()))?;
+    let text = std::fs::read_to_string(sst2_path()).map_err(|e| err(e.to_string()))?;
+    text.lines()
+        .skip(1)
+        .take(SST2_SENTENCES)
+        .map(|line| {
+            let sentence = line.split('\t').next().unwrap_or("");
+            tokenizer
+                .encode(sentence, None, EPOCH_MAX_LEN)
+                .map(|e| e.ids)
+                .map_err(|e| err(e.to_string()))
+        })
+        .collect()
+}
+
+/// Batches of example indices: in order, or (grouped) sorted by length so each batch
+/// pads only to its own longest sentence. Deterministic, so PyTorch sees the same shapes.
+fn batches(lengths: &[usize], grouped: bool) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    if grouped {
+        order.sort_by_key(|&i| (lengths[i], i));
+    }
+    order.chunks(EPOCH_BATCH).map(|c| c.to_vec()).collect()
+}
+
+fn batch_input(ids: &[Vec<u32>], rows: &[usize], pad_to: Option<usize>) -> Result<BertInput> {
+    let seq = pad_to.unwrap_or_else(|| rows.iter().map(|&r| ids[r].len()).max().unwrap_or(0));
+    let mut flat = vec![0u32; rows.len() * seq];
+    let mut mask = vec![0u32; rows.len() * seq];
+    for (b, &r) in rows.iter().enumerate() {
+        flat[b * seq..b * seq + ids[r].len()].copy_from_slice(&ids[r]);
+        mask[b * seq..b * seq + ids[r].len()].fill(1);
+    }
+    let dev = Device::Cpu;
+    Ok(BertInput {
+        input_ids: Tensor::from_vec(flat, (rows.len(), seq), &dev)?,
+        token_type_ids: Tensor::zeros((rows.len(), seq), DType::U32, &dev)?,
+        attention_mask: Tensor::from_vec(mask, (rows.len(), seq), &dev)?,
+    })
+}
+
+fn measure_epoch(grouped: bool) -> Result<f64> {
+    let ids = sst2_ids()?;
+    let lengths: Vec<usize> = ids.iter().map(|i| i.len()).collect();
+    let plan = batches(&lengths, grouped);
+    let pad_to = (!grouped).then_some(EPOCH_MAX_LEN);
+    let (teacher, _) = random_model(&teacher_minilm(), false, 3)?;
+    let mut student = Student::new(&student_config(3), 384)?;
+    let start = Instant::now();
+    for rows in &plan {
+        let input = batch_input(&ids, rows, pad_to)?;
+        let t = teacher_forward(&teacher, &input)?;
+        student.step(&input, &t, false)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn measure_inference(batch: usize) -> Result<f64> {
+    let (model, _) = random_model(&student_config(4), false, 5)?;
+    let input = random_input(batch, 64, &mut Rng::new(2))?;
+    let runs = if batch == 1 { 50 } else { 10 };
+    time(runs, || model.logits(&input).map(|_| ()))
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn run_one(name: &str) -> Result<()> {
+    let seconds = match name {
+        "step" | "teacher" | "student" => measure_step(name)?,
+        "epoch_pad64" => measure_epoch(false)?,
+        "epoch_grouped" => measure_epoch(true)?,
+        "infer_b1" => measure_inference(1)?,
+        "infer_b32" => measure_inference(32)?,
+        other => candle_core::bail!("unknown measurement `{other}`"),
+    };
+    let peak = peak_rss_mb().map_or("null".to_string(), |p| format!("{p:.0}"));
+    println!("{{\"name\": \"{name}\", \"seconds\": {seconds:.4}, \"peak_mb\": {peak}}}");
+    Ok(())
+}
+
+#[derive(Default, Clone, Copy)]
+struct Row {
+    seconds: Option<f64>,
+    peak_mb: Option<f64>,
+}
+
+fn parse_rows(stdout: &str) -> BTreeMap<String, Row> {
+    let mut rows = BTreeMap::new();
+    for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(name) = v.get("name").and_then(|n| n.as_str()) else {
+            continue;
+        };
+        rows.insert(
+            name.to_string(),
+            Row {
+                seconds: v.get("seconds").and_then(|s| s.as_f64()),
+                peak_mb: v.get("peak_mb").and_then(|s| s.as_f64()),
+            },
+        );
+    }
+    rows
+}
+
+fn fmt_time(s: Option<f64>) -> String {
+    match s {
+        Some(s) if s < 1.0 => format!("{:.1} ms", s * 1e3),
+        Some(s) => format!("{s:.2} s"),
+        None => "-".into(),
+    }
+}
+
+fn fmt_mb(m: Option<f64>) -> String {
+    m.map_or("-".into(), |m| format!("{m:.0} MB"))
+}
+
+fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--run") {
+        let name = args.get(i + 1).ok_or("--run needs a measurement name")?;
+        run_one(name)?;
+        return Ok(());
+    }
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let selected: Vec<&(&str, &str)> = MEASUREMENTS
+        .iter()
+        .filter(|(n, _)| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n)))
+        .collect();
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "2".into());
+    let exe = std::env::current_exe()?;
+
+    let mut ours = BTreeMap::new();
+    for (name, _) in &selected {
+        eprintln!("ours: {name} ...");
+        let out = Command::new(&exe)
+            .args(["--run", name])
+            .env("RAYON_NUM_THREADS", &threads)
+            .output()?;
+        if !out.status.success() {
+            eprintln!(
+                "ours: {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            continue;
+        }
+        ours.extend(parse_rows(&String::from_utf8_lossy(&out.stdout)));
+    }
+
+    let mut theirs = BTreeMap::new();
+    if !args.iter().any(|a| a == "--no-python") {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_reference.py");
+        let names: Vec<&str> = selected.iter().map(|(n, _)| *n).collect();
+        eprintln!("pytorch: {} ...", names.join(","));
+        match Command::new(&python)
+            .arg(&script)
+            .args(["--only", &names.join(","), "--threads", &threads])
+            .output()
+        {
+            Ok(out) => {
+                eprint!("{}", String::from_utf8_lossy(&out.stderr));
+                theirs = parse_rows(&String::from_utf8_lossy(&out.stdout));
+            }
+            Err(e) => eprintln!("pytorch reference not run ({python}: {e})"),
+        }
+    }
+
+    println!(
+        "\n{:<58} {:>10} {:>10} {:>7} {:>9} {:>9}",
+        "shape", "ours", "PyTorch", "ratio", "peak ours", "peak torch"
+    );
+    let mut names: Vec<(String, String)> = selected
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+        .collect();
+    for (extra, what) in [
+        ("ort_b1", "onnxruntime student inference b1 s64"),
+        ("ort_b32", "onnxruntime student inference b32 s64"),
+    ] {
+        if theirs.contains_key(extra) {
+            names.push((extra.into(), what.into()));
+        }
+    }
+    for (name, what) in names {
+        // onnxruntime rows compare against our own inference numbers.
+        let o = ours
+            .get(&name.replace("ort_", "infer_"))
+            .copied()
+            .unwrap_or_default();
+        let t = theirs.get(&name).copied().unwrap_or_default();
+        let ratio = match (o.seconds, t.seconds) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<58} {:>10} {:>10} {:>7} {:>9} {:>9}",
+            what,
+            fmt_time(o.seconds),
+            fmt_time(t.seconds),
+            ratio,
+            fmt_mb(o.peak_mb),
+            fmt_mb(t.peak_mb)
+        );
+    }
+    println!("(ratio = ours / PyTorch time; below 1 is faster. RAYON_NUM_THREADS={threads})");
+    Ok(())
+}

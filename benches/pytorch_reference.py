@@ -1,0 +1,331 @@
+"""PyTorch reference for benches/distill.rs: the same measurements, same shapes.
+
+Eager transformers BertForSequenceClassification (eager attention), random weights.
+Each measurement runs in its own subprocess (peak RSS from /proc/self/status VmHWM)
+and prints one JSON line {"name", "seconds", "peak_mb"}; with onnxruntime installed,
+the student inference rows are also measured through an ONNX export (ort_b1, ort_b32).
+
+    python benches/pytorch_reference.py [--only step,teacher,...] [--threads 2]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MINILM = ROOT / "target/test-assets/all-MiniLM-L6-v2"
+SST2 = ROOT / "../shared/data/glue/SST-2/train.tsv"
+VOCAB = 30522
+SST2_SENTENCES = 4000
+EPOCH_BATCH = 32
+EPOCH_MAX_LEN = 64
+ALL = ["step", "teacher", "student", "epoch_pad64", "epoch_grouped", "infer_b1", "infer_b32"]
+
+
+def config(hidden, layers, heads, ffn, labels=2):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        num_labels=labels,
+        attn_implementation="eager",
+    )
+
+
+def model(cfg, seed):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(cfg)
+
+
+def random_input(batch, seq, seed=1):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, VOCAB, (batch, seq), generator=g)
+    return ids, torch.ones_like(ids)
+
+
+class Student:
+    def __init__(self, cfg, teacher_hidden):
+        import torch
+
+        self.model = model(cfg, 7).train()
+        self.proj = torch.nn.Linear(cfg.hidden_size, teacher_hidden)
+        params = list(self.model.named_parameters()) + [
+            ("fit_dense." + n, p) for n, p in self.proj.named_parameters()
+        ]
+        no_decay = lambda n: n.endswith(".bias") or "LayerNorm" in n
+        groups = [
+            {"params": [p for n, p in params if not no_decay(n)], "weight_decay": 0.01},
+            {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0},
+        ]
+        self.params = [p for _, p in params]
+        self.opt = torch.optim.AdamW(groups, lr=5e-5, eps=1e-6)
+
+
+def zero_masked(a):
+    import torch
+
+    return torch.where(a <= -100, torch.zeros_like(a), a)
+
+
+def distill_loss(s, t, proj, logits):
+    """TinyBERT's losses on pre-softmax scores (transformers returns probabilities, so
+    the hook below keeps the scores); hidden MSE through the projection; soft CE at T=1."""
+    import torch.nn.functional as F
+
+    every = len(t.scores) // len(s.scores)
+    loss = 0.0
+    for i, sa in enumerate(s.scores):
+        loss = loss + F.mse_loss(zero_masked(sa), zero_masked(t.scores[(i + 1) * every - 1]))
+    for i, sh in enumerate(s.hidden_states):
+        loss = loss + F.mse_loss(proj(sh), t.hidden_states[i * every])
+    if logits:
+        loss = loss + (-F.softmax(t.logits, -1) * F.log_softmax(s.logits, -1)).sum(-1).mean()
+    return loss
+
+
+def keep_scores():
+    """Makes eager attention record its pre-softmax scores (QK^T/sqrt(d) + mask) on the
+    output, as TinyBERT's modified BERT returns them; costs nothing extra to compute."""
+    import torch
+    import transformers.models.bert.modeling_bert as mb
+
+    original_softmax = torch.nn.functional.softmax
+    store = []
+
+    def eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+        if scaling is None:
+            scaling = query.size(-1) ** -0.5
+        w = torch.matmul(query, key.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            w = w + attention_mask[:, :, :, : key.shape[-2]]
+        store.append(w)
+        p = original_softmax(w, dim=-1)
+        p = torch.nn.functional.dropout(p, p=dropout, training=module.training)
+        out = torch.matmul(p, value).transpose(1, 2).contiguous()
+        return out, None
+
+    mb.eager_attention_forward = eager
+    return store
+
+
+def run_model(m, ids, mask, store):
+    store.clear()
+    out = m(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    out.scores = list(store)
+    store.clear()
+    return out
+
+
+def timed(runs, f):
+    f()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_step(which):
+    import torch
+
+    store = keep_scores()
+    ids, mask = random_input(16, 128)
+    teacher = model(config(768, 12, 12, 3072), 3).eval()
+
+    def teach():
+        with torch.no_grad():
+            return run_model(teacher, ids, mask, store)
+
+    if which == "teacher":
+        return timed(3, teach)
+    student = Student(config(312, 4, 12, 1200), 768)
+
+    def student_step(t):
+        s = run_model(student.model, ids, mask, store)
+        loss = distill_loss(s, t, student.proj, True)
+        student.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.params, 1.0)
+        student.opt.step()
+
+    if which == "student":
+        t = teach()
+        del teacher
+        return timed(3, lambda: student_step(t))
+    return timed(3, lambda: student_step(teach()))
+
+
+def sst2_ids():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(MINILM))
+    lines = SST2.read_text().splitlines()[1 : 1 + SST2_SENTENCES]
+    sentences = [l.split("\t")[0] for l in lines]
+    return [tok(s, truncation=True, max_length=EPOCH_MAX_LEN)["input_ids"] for s in sentences]
+
+
+def batches(lengths, grouped):
+    order = list(range(len(lengths)))
+    if grouped:
+        order.sort(key=lambda i: (lengths[i], i))
+    return [order[i : i + EPOCH_BATCH] for i in range(0, len(order), EPOCH_BATCH)]
+
+
+def batch_input(ids, rows, pad_to):
+    import torch
+
+    seq = pad_to or max(len(ids[r]) for r in rows)
+    x = torch.zeros((len(rows), seq), dtype=torch.long)
+    m = torch.zeros((len(rows), seq), dtype=torch.long)
+    for b, r in enumerate(rows):
+        x[b, : len(ids[r])] = torch.tensor(ids[r])
+        m[b, : len(ids[r])] = 1
+    return x, m
+
+
+def measure_epoch(grouped):
+    import torch
+
+    store = keep_scores()
+    ids = sst2_ids()
+    plan = batches([len(i) for i in ids], grouped)
+    teacher = model(config(384, 6, 12, 1536), 3).eval()
+    student = Student(config(312, 3, 12, 1200), 384)
+    start = time.perf_counter()
+    for rows in plan:
+        x, m = batch_input(ids, rows, None if grouped else EPOCH_MAX_LEN)
+        with torch.no_grad():
+            t = run_model(teacher, x, m, store)
+        s = run_model(student.model, x, m, store)
+        loss = distill_loss(s, t, student.proj, False)
+        student.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.params, 1.0)
+        student.opt.step()
+    return time.perf_counter() - start
+
+
+def measure_inference(batch):
+    import torch
+
+    m = model(config(312, 4, 12, 1200), 5).eval()
+    ids, mask = random_input(batch, 64, 2)
+    runs = 50 if batch == 1 else 10
+
+    def f():
+        with torch.no_grad():
+            m(input_ids=ids, attention_mask=mask).logits
+
+    return timed(runs, f)
+
+
+def measure_ort(batch, threads):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    m = model(config(312, 4, 12, 1200), 5).eval()
+    ids, mask = random_input(batch, 64, 2)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "student.onnx")
+        torch.onnx.export(
+            m,
+            (ids, mask),
+            path,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}},
+            dynamo=False,
+        )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        feed = {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
+        runs = 50 if batch == 1 else 10
+        return timed(runs, lambda: sess.run(None, feed))
+
+
+def peak_mb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def run_one(name, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    if name in ("step", "teacher", "student"):
+        seconds = measure_step(name)
+    elif name.startswith("epoch_"):
+        seconds = measure_epoch(name == "epoch_grouped")
+    elif name.startswith("infer_b"):
+        seconds = measure_inference(int(name[len("infer_b") :]))
+    elif name.startswith("ort_b"):
+        seconds = measure_ort(int(name[len("ort_b") :]), threads)
+    else:
+        raise SystemExit(f"unknown measurement {name}")
+    print(json.dumps({"name": name, "seconds": round(seconds, 4), "peak_mb": round(peak_mb())}))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default=",".join(ALL))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--run")
+    args = ap.parse_args()
+    if args.run:
+        run_one(args.run, args.threads)
+        return
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        print(f"pytorch reference skipped: {e}", file=sys.stderr)
+        return
+    names = [n for n in args.only.split(",") if n]
+    try:
+        import onnxruntime  # noqa: F401
+
+        names += [n.replace("infer_", "ort_") for n in names if n.startswith("infer_")]
+    except ImportError:
+        print("onnxruntime not installed: no onnxruntime rows", file=sys.stderr)
+    if any(n.startswith("epoch_") for n in names) and not (MINILM.exists() and SST2.exists()):
+        print(f"epoch rows skipped: need {MINILM} and {SST2}", file=sys.stderr)
+        names = [n for n in names if not n.startswith("epoch_")]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    for name in names:
+        print(f"pytorch: {name} ...", file=sys.stderr)
+        out = subprocess.run(
+            [sys.executable, __file__, "--run", name, "--threads", str(args.threads)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if out.returncode != 0:
+            print(f"pytorch: {name} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        sys.stdout.write(out.stdout)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

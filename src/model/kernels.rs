@@ -1,0 +1,483 @@
+//! Fused CPU kernels with their own backward pass, for f32 tensors on the CPU.
+//!
+//! candle's generic softmax, LayerNorm and GELU backward passes are compositions of
+//! many whole-tensor ops (../shared/notes/candle.md: softmax fwd+bwd 200-285 ms and
+//! gelu_erf 160-175 ms per TinyBERT-4 layer at batch 16, seq 128). These do each in one
+//! or two passes over memory. Callers use [`applies`] to pick them: on other devices
+//! and dtypes the plain compositions in `ops` run instead, so CUDA/Metal builds never
+//! reach these kernels.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape,
+    Storage, Tensor,
+};
+use rayon::prelude::*;
+
+/// Rows per rayon task: rows are short (a few hundred floats), so batch them.
+const MIN_ROWS_PER_TASK: usize = 16;
+/// Elements per rayon task for elementwise kernels.
+const MIN_ELEMS_PER_TASK: usize = 1 << 14;
+
+/// Whether these kernels handle `x`: f32 on the CPU.
+pub fn applies(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{op}: input must be contiguous");
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(&v[start..end]),
+        other => bail!("{op}: expected f32, got {:?}", other.dtype()),
+    }
+}
+
+/// Runs `f` on a contiguous f32 CPU tensor's data.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => Ok(f(contiguous_f32(s, layout, "with_f32")?)),
+        _ => bail!("with_f32: tensor is not on the CPU"),
+    }
+}
+
+fn last_dim(l: &Layout) -> Result<usize> {
+    match l.dims().last() {
+        Some(&d) if d > 0 => Ok(d),
+        _ => bail!("expected a non-empty last dimension, got {:?}", l.dims()),
+    }
+}
+
+// ---------------------------------------------------------------- softmax
+
+/// Sum with eight independent accumulators, which the compiler vectorises.
+#[inline]
+fn sum8(x: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, v) in x.enumerate() {
+        acc[i % 8] += v;
+    }
+    acc.iter().sum()
+}
+
+fn softmax_row(x: &[f32], y: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = (x - max).exp();
+    }
+    let inv = 1.0 / sum8(y.iter().copied());
+    y.iter_mut().for_each(|v| *v *= inv);
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let dim = last_dim(l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(y, x)| softmax_row(x, y));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// dx = y * (g - sum(g * y)) per row.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(ys, yl, self.name())?;
+        let g = contiguous_f32(gs, gl, self.name())?;
+        let dim = last_dim(yl)?;
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(dim)
+            .zip(y.par_chunks(dim).zip(g.par_chunks(dim)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(dx, (y, g))| {
+                let dot = sum8(y.iter().zip(g).map(|(a, b)| a * b));
+                for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                    *d = y * (g - dot);
+                }
+            });
+        Ok((CpuStorage::F32(dx), yl.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension with a fused backward. `x` must satisfy [`applies`].
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+/// Mean and 1/std of one row.
+#[inline]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = sum8(x.iter().copied()) / n;
+    let var = sum8(x.iter().map(|v| (v - mean) * (v - mean))) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, self.name())?;
+        let w = contiguous_f32(ws, wl, self.name())?;
+        let b = contiguous_f32(bs, bl, self.name())?;
+        let dim = last_dim(xl)?;
+        if w.len() != dim || b.len() != dim {
+            bail!("layer norm: weight/bias of {} for rows of {dim}", w.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(y, x)| {
+                let (mean, rstd) = row_stats(x, self.eps);
+                for i in 0..dim {
+                    y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                }
+            });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dim = x.dim(candle_core::D::Minus1)?;
+        let n = x.elem_count();
+        // One buffer holding dx, then dw, then db; views split it without copying.
+        let all = x.contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &w.contiguous()?,
+            &LayerNormGrad { eps: self.eps },
+        )?;
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = all.narrow(0, n, dim)?;
+        let db = all.narrow(0, n + dim, dim)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat)); dw = sum g*xhat; db = sum g.
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, self.name())?;
+        let g = contiguous_f32(gs, gl, self.name())?;
+        let w = contiguous_f32(ws, wl, self.name())?;
+        let dim = last_dim(xl)?;
+        let n = x.len();
+        let mut out = vec![0f32; n + 2 * dim];
+        let (dx, dwb) = out.split_at_mut(n);
+        // Each task accumulates its own dw/db; the partial sums are added at the end.
+        let partial = dx
+            .par_chunks_mut(dim)
+            .zip(x.par_chunks(dim).zip(g.par_chunks(dim)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .fold(
+                || vec![0f32; 2 * dim],
+                |mut acc, (dx, (x, g))| {
+                    let (mean, rstd) = row_stats(x, self.eps);
+                    let inv_n = 1.0 / dim as f32;
+                    let mut sum_gw = 0f32;
+                    let mut sum_gwx = 0f32;
+                    for i in 0..dim {
+                        let xhat = (x[i] - mean) * rstd;
+                        let gw = g[i] * w[i];
+                        sum_gw += gw;
+                        sum_gwx += gw * xhat;
+                        acc[i] += g[i] * xhat;
+                        acc[dim + i] += g[i];
+                    }
+                    let (m_gw, m_gwx) = (sum_gw * inv_n, sum_gwx * inv_n);
+                    for i in 0..dim {
+                        let xhat = (x[i] - mean) * rstd;
+                        dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0f32; 2 * dim],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        dwb.copy_from_slice(&partial);
+        Ok((CpuStorage::F32(out), Shape::from(n + 2 * dim)))
+    }
+}
+
+/// LayerNorm over the last dimension with a fused backward. `x` must satisfy [`applies`].
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+// ---------------------------------------------------------------- GELU (erf)
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2 pi)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+#[inline]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * FRAC_1_SQRT_2))
+}
+
+#[inline]
+fn gelu_grad(x: f32) -> f32 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * FRAC_1_SQRT_2))
+        + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_iter_mut()
+            .zip(x.par_iter())
+            .with_min_len(MIN_ELEMS_PER_TASK)
+            .for_each(|(y, &x)| *y = gelu(x));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            x.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &GeluErfGrad)?,
+        ))
+    }
+}
+
+struct GeluErfGrad;
+
+impl CustomOp2 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, self.name())?;
+        let g = contiguous_f32(gs, gl, self.name())?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_iter_mut()
+            .zip(x.par_iter().zip(g.par_iter()))
+            .with_min_len(MIN_ELEMS_PER_TASK)
+            .for_each(|(d, (&x, &g))| *d = g * gelu_grad(x));
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+/// GELU (erf form) with a fused backward. `x` must satisfy [`applies`].
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluErf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// A loss with distinct weights per element, so every gradient entry matters.
+    fn weighted_sum(y: &Tensor) -> Tensor {
+        let w = Tensor::arange(0f32, y.elem_count() as f32, y.device())
+            .unwrap()
+            .reshape(y.shape())
+            .unwrap()
+            .sin()
+            .unwrap();
+        (y * w).unwrap().sum_all().unwrap()
+    }
+
+    /// Gradients of `fused` and `plain` w.r.t. each var agree to `tol`, as do outputs.
+    fn check_against(
+        vars: &[&Var],
+        fused: impl Fn(&[&Tensor]) -> Tensor,
+        plain: impl Fn(&[&Tensor]) -> Tensor,
+        tol: f32,
+    ) {
+        let xs: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let yf = fused(&xs);
+        let yp = plain(&xs);
+        assert!(max_diff(&yf, &yp) < tol, "outputs differ");
+        let gf = weighted_sum(&yf).backward().unwrap();
+        let gp = weighted_sum(&yp).backward().unwrap();
+        for (i, v) in vars.iter().enumerate() {
+            let a = gf.get(v.as_tensor()).expect("fused gradient");
+            let b = gp.get(v.as_tensor()).expect("plain gradient");
+            let d = max_diff(a, b);
+            assert!(d < tol, "gradient {i} differs by {d}");
+        }
+    }
+
+    /// Central finite differences of `f` at a few entries of `x` against autograd.
+    fn finite_differences(x: &Var, f: impl Fn(&Tensor) -> Tensor, entries: &[usize]) {
+        let loss = |t: &Tensor| weighted_sum(&f(t)).to_scalar::<f32>().unwrap() as f64;
+        let grads = weighted_sum(&f(x.as_tensor())).backward().unwrap();
+        let g: Vec<f32> = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f32> = x.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let h = 1e-2f32;
+        for &i in entries {
+            let mut plus = base.clone();
+            plus[i] += h;
+            let mut minus = base.clone();
+            minus[i] -= h;
+            let tp = Tensor::from_vec(plus, x.shape(), x.device()).unwrap();
+            let tm = Tensor::from_vec(minus, x.shape(), x.device()).unwrap();
+            let numeric = (loss(&tp) - loss(&tm)) / (2.0 * h as f64);
+            assert!(
+                (numeric - g[i] as f64).abs() < 2e-2 * (1.0 + numeric.abs()),
+                "entry {i}: finite difference {numeric}, autograd {}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_matches_plain_composition_and_finite_differences() {
+        let x = Var::randn(0f32, 3.0, (3, 4, 37), &Device::Cpu).unwrap();
+        check_against(
+            &[&x],
+            |t| softmax_last_dim(t[0]).unwrap(),
+            |t| candle_nn::ops::softmax(t[0], D::Minus1).unwrap(),
+            1e-5,
+        );
+        finite_differences(&x, |t| softmax_last_dim(t).unwrap(), &[0, 5, 100, 400]);
+        // Non-contiguous input goes through a copy, not through wrong strides.
+        let t = x.as_tensor().transpose(0, 1).unwrap();
+        let a = softmax_last_dim(&t).unwrap();
+        let b = candle_nn::ops::softmax(&t, D::Minus1).unwrap();
+        assert!(max_diff(&a, &b) < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_matches_plain_composition_and_finite_differences() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0.5f32, 2.0, (5, 7, 24), &dev).unwrap();
+        let w = Var::randn(1f32, 0.3, 24, &dev).unwrap();
+        let b = Var::randn(0f32, 0.3, 24, &dev).unwrap();
+        check_against(
+            &[&x, &w, &b],
+            |t| layer_norm(t[0], t[1], t[2], 1e-12).unwrap(),
+            |t| candle_nn::ops::layer_norm_slow(t[0], t[1], t[2], 1e-12).unwrap(),
+            1e-4,
+        );
+        let (wt, bt) = (w.as_tensor().clone(), b.as_tensor().clone());
+        finite_differences(
+            &x,
+            |t| layer_norm(t, &wt, &bt, 1e-12).unwrap(),
+            &[0, 30, 500],
+        );
+        let xt = x.as_tensor().clone();
+        finite_differences(&w, |t| layer_norm(&xt, t, &bt, 1e-12).unwrap(), &[0, 23]);
+    }
+
+    #[test]
+    fn gelu_matches_plain_composition_and_finite_differences() {
+        let x = Var::randn(0f32, 2.0, (4, 300), &Device::Cpu).unwrap();
+        check_against(
+            &[&x],
+            |t| gelu_erf(t[0]).unwrap(),
+            |t| t[0].gelu_erf().unwrap(),
+            1e-5,
+        );
+        finite_differences(&x, |t| gelu_erf(t).unwrap(), &[0, 17, 999]);
+    }
+}
