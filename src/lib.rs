@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod hub;
 pub mod inspect;
 pub mod io;

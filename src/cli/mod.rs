@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod export;
 mod inspect;
 
 #[derive(Parser)]
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Show a checkpoint's architecture, size, cost, labels and tokenizer.
     Inspect(inspect::Args),
+    /// Write a student as a Hugging Face folder that transformers loads, checked first.
+    Export(export::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result: anyhow::Result<()> = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
