@@ -1,5 +1,6 @@
 //! candle-distill: TinyBERT-style distillation of BERT teachers on candle.
 
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod export;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod export;
 mod inspect;
 
@@ -28,6 +29,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Write a student as a Hugging Face folder that transformers loads, checked first.
     Export(export::Args),
+    /// Time models side by side (teacher vs student): latency, throughput, size.
+    Bench(bench::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Export(args) => export::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
