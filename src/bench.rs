@@ -61,6 +61,8 @@ pub struct BenchResult {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// `release` or `debug`: a debug build of this crate times slower than users see.
+    pub build: String,
     pub device: String,
     pub dtype: String,
     pub threads: usize,
@@ -207,6 +209,12 @@ pub fn bench(specs: &[String], opts: &BenchOptions) -> Result<BenchReport> {
     }
     progress.finish_and_clear();
     Ok(BenchReport {
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
         device: crate::device::device_name(&opts.device),
         dtype: format!("{:?}", opts.dtype).to_lowercase(),
         threads: candle_core::utils::get_num_threads(),
@@ -231,6 +239,9 @@ impl BenchReport {
             "device {} ({} threads), {}, median and p90 of {} runs after {} warm-up\n\n",
             self.device, self.threads, self.dtype, self.iters, self.warmup
         );
+        if self.build == "debug" {
+            s += "note: a debug build of candle-distill; build with --release for representative timings\n\n";
+        }
         let width = self
             .models
             .iter()

@@ -10,6 +10,15 @@ With --fixture OUT, writes OUT (JSON: examples, transformers' input ids, Rust lo
 transformers logits) for tests/export.rs, which re-checks it in CI without Python.
 
 Usage: python tests/scripts/check_export_with_transformers.py EXPORT_DIR RUST_JSON [--fixture OUT]
+
+The committed fixture tests/fixtures/tiny_export_transformers.json was made with
+(seed 7 = SEED in tests/export.rs):
+
+  cargo run --example make_student -- tiny /tmp/tiny 7
+  cargo run -- export --from /tmp/tiny --out /tmp/tiny-export \
+      --check-texts tests/fixtures/tiny_export_texts.txt --logits-out /tmp/tiny-rust.json
+  python tests/scripts/check_export_with_transformers.py /tmp/tiny-export /tmp/tiny-rust.json \
+      --fixture tests/fixtures/tiny_export_transformers.json
 """
 import argparse
 import json
