@@ -59,11 +59,15 @@ fn tiny_export_matches_committed_transformers_logits() {
     };
     let report = export_classifier(&source, &out, &options).unwrap();
 
-    // The student is the same model the fixture was made from, bit for bit.
-    assert_eq!(
-        report.check.exported_logits, rust_logits,
-        "the tiny student changed; regenerate the fixture (see the script's docstring)"
-    );
+    // The student is the model the fixture was made from (its weights are seeded; the
+    // logits may differ in the last bits on another CPU's matmul kernels).
+    for (ours, committed) in report.check.exported_logits.iter().zip(&rust_logits) {
+        let e = rel_err(ours, committed);
+        assert!(
+            e < 1e-5,
+            "the tiny student changed (relative error {e}); regenerate the fixture (see the script's docstring)"
+        );
+    }
     // The exported tokenizer gives transformers' ids; the model transformers' logits.
     let loaded = load_classifier(
         out.to_str().unwrap(),
