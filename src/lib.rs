@@ -1,11 +1,13 @@
 //! candle-distill: TinyBERT-style distillation of BERT teachers on candle.
 
 pub mod augment;
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod distill;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod hub;
 pub mod inspect;
 pub mod io;

@@ -109,3 +109,40 @@ fn write_varmap_model(dir: &Path, config: &BertConfig, varmap: &candle_nn::VarMa
     crate::io::write_json(&dir.join("config.json"), config)?;
     write_tiny_tokenizer(dir)
 }
+
+/// A tiny trained-looking student checkpoint: a 2-label classifier plus the
+/// training-only projection (`fit_denses.0.*`) that a TinyBERT checkpoint carries and
+/// export must leave out. Deterministic in `seed`, so tests can compare against
+/// committed reference outputs.
+pub fn write_tiny_student(dir: &Path, seed: u64) -> Result<()> {
+    let mut config = tiny_config(32, 2, 4, 64);
+    config.set_labels(&["negative".to_string(), "positive".to_string()]);
+    write_random_classifier(dir, &config, seed)?;
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
+    // At the 0.02 init scale attention is uniform and every input gets about the same
+    // logits; larger dense weights make the outputs depend on the input, as a trained
+    // model's do, so comparisons against references can fail.
+    for (name, t) in tensors.iter_mut() {
+        if name.ends_with(".weight") && !name.contains("embeddings") && !name.contains("LayerNorm")
+        {
+            *t = (&*t * 10.0)?;
+        }
+    }
+    let mut rng = crate::rng::Rng::new(seed ^ 0x5eed);
+    let teacher_hidden = 48;
+    let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| 0.02 * rng.normal()).collect() };
+    tensors.insert(
+        "fit_denses.0.weight".into(),
+        candle_core::Tensor::from_vec(
+            normal(teacher_hidden * 32),
+            (teacher_hidden, 32),
+            &Device::Cpu,
+        )?,
+    );
+    tensors.insert(
+        "fit_denses.0.bias".into(),
+        candle_core::Tensor::from_vec(normal(teacher_hidden), teacher_hidden, &Device::Cpu)?,
+    );
+    crate::model::weights::save_safetensors(&tensors, &path)
+}

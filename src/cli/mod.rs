@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod augment;
+mod bench;
 mod eval;
+mod export;
 mod finetune;
 mod inspect;
 mod plan;
@@ -40,6 +42,10 @@ enum Command {
     Eval(eval::Args),
     /// Augment a task's text: TinyBERT masked-token filling and/or back-translation.
     Augment(Box<augment::Args>),
+    /// Write a student as a Hugging Face folder that transformers loads, checked first.
+    Export(export::Args),
+    /// Time models side by side (teacher vs student): latency, throughput, size.
+    Bench(bench::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -68,6 +74,8 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan::run(args),
         Command::Finetune(args) => finetune::run(args),
         Command::Augment(args) => augment::run(*args),
+        Command::Export(args) => export::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,51 @@
+//! `candle-distill bench --model <teacher> --model <student>`: inference speed side by side.
+
+use anyhow::Context;
+use candle_distill::bench::{bench, BenchOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model folder or hub id; repeat to compare (the first is the baseline of the
+    /// speed-up column: put the teacher first).
+    #[arg(long = "model", required = true)]
+    pub models: Vec<String>,
+    /// Sequence lengths, comma-separated.
+    #[arg(long = "seq-len", value_delimiter = ',', default_value = "32,64,128")]
+    pub seq_lens: Vec<usize>,
+    /// Batch sizes, comma-separated.
+    #[arg(long = "batch", value_delimiter = ',', default_value = "1,8,32")]
+    pub batches: Vec<usize>,
+    /// Timed forward passes per shape.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Untimed forward passes per shape before timing.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// cpu, cuda[:N], metal[:N] or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let options = BenchOptions {
+        seq_lens: args.seq_lens,
+        batches: args.batches,
+        iters: args.iters,
+        warmup: args.warmup,
+        device: candle_distill::device::parse_device(&args.device)?,
+        dtype: candle_distill::device::parse_dtype(&args.dtype)?,
+    };
+    let report = bench(&args.models, &options).context("benchmarking")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}
