@@ -20,6 +20,8 @@ use crate::distill::{
     StudentInit, Target, TeacherParts, TrainExample, Trainer,
 };
 use crate::eval::evaluate_encoded;
+use crate::export::{export_classifier, ExportOptions, ExportSource};
+use crate::export::{DatasetInfo, MetricRow, ModelCard, SpeedComparison, TeacherSize};
 use crate::metrics::{task_metrics, Metrics};
 use crate::model::{build_classifier, BertForSequenceClassification, BuildOptions, ModelFiles};
 use crate::recipe::{FinetuneWhen, Recipe, StageData, StageSpec};
@@ -597,9 +599,79 @@ pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> R
         seconds: started.elapsed().as_secs_f64(),
         student_dir: run.path("student"),
     };
+    export_student(recipe, &run, &report, &data, &best_dir)?;
     crate::io::write_json(&run.path("report.json"), &report)?;
     crate::io::write_atomic(&run.path("report.md"), report.to_markdown().as_bytes())?;
     Ok(report)
+}
+
+/// Exports the best student to `<run>/student` with a model card, checked against the
+/// checkpoint on dev sentences.
+fn export_student(
+    recipe: &Recipe,
+    run: &RunDir,
+    report: &RunReport,
+    data: &TaskData,
+    best: &Path,
+) -> Result<()> {
+    let mut source = ExportSource::from_checkpoint(&best.display().to_string())?;
+    let teacher = &report.teacher;
+    let student = &report.student;
+    source.card = ModelCard {
+        model_name: recipe.name.clone(),
+        teacher: Some(teacher.model.clone()),
+        dataset: Some(DatasetInfo {
+            id: "nyu-mll/glue".into(),
+            config: Some(data.task.name().to_string()),
+            split: Some("validation".into()),
+            name: Some(format!("GLUE {}", data.task)),
+        }),
+        recipe: recipe.resolved_toml().ok(),
+        metrics: student
+            .dev
+            .values
+            .iter()
+            .map(|(name, v)| MetricRow {
+                name: name.clone(),
+                student: *v,
+                teacher: teacher.dev.get(name),
+            })
+            .collect(),
+        teacher_size: Some(TeacherSize {
+            parameters: teacher.parameters,
+            size_on_disk_bytes: 0,
+        }),
+        speed: Some(SpeedComparison {
+            setting: format!(
+                "batch 32, max_seq_len {}, {}",
+                data.max_seq_len, recipe.device
+            ),
+            student_ms: student.latency_ms_batch32,
+            teacher_ms: teacher.latency_ms_batch32,
+        }),
+        license: None,
+        language: Some("en".into()),
+    };
+    let options = ExportOptions {
+        dtype: crate::device::parse_dtype(&recipe.export.dtype)?,
+        force: true, // the run folder is ours; a resumed run re-exports the same student
+        check_examples: data
+            .dev
+            .examples
+            .iter()
+            .take(32)
+            .map(|e| (e.text_a.clone(), e.text_b.clone()))
+            .collect(),
+        tolerance: None,
+    };
+    let exported = export_classifier(&source, &run.path("student"), &options)?;
+    tracing::info!(
+        "exported the student to {} (logits checked on {} dev examples, relative error {:.1e})",
+        exported.out.display(),
+        options.check_examples.len(),
+        exported.check.rel_err
+    );
+    Ok(())
 }
 
 impl RunReport {
@@ -711,7 +783,7 @@ pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<Fi
         &training,
         &device,
     )?;
-    publish_checkpoint(&best, &recipe.teacher.model, out)?;
+    publish_checkpoint(&best, &recipe.teacher.model, &data, out)?;
     let model = crate::model::load_classifier(
         &out.display().to_string(),
         &BuildOptions::inference(&device),
@@ -749,29 +821,38 @@ pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<Fi
     Ok(report)
 }
 
-/// Copies a best checkpoint into a model folder, with the source model's tokenizer
-/// configuration, each file written atomically.
-fn publish_checkpoint(best: &Path, source_model: &str, out: &Path) -> Result<()> {
-    let source = ModelFiles::resolve(source_model)?;
-    let mut files: Vec<(PathBuf, String)> = ["config.json", "model.safetensors", "tokenizer.json"]
-        .iter()
-        .map(|f| (best.join(f), f.to_string()))
-        .collect();
-    for (path, name) in [
-        (&source.tokenizer.tokenizer_config, "tokenizer_config.json"),
-        (
-            &source.tokenizer.special_tokens_map,
-            "special_tokens_map.json",
-        ),
-        (&source.tokenizer.vocab_txt, "vocab.txt"),
-    ] {
-        if let Some(p) = path {
-            files.push((p.clone(), name.to_string()));
-        }
-    }
-    for (from, name) in files {
-        let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
-        crate::io::write_atomic(&out.join(name), &bytes)?;
+/// Exports a best checkpoint (checked) and moves its files into the model folder `out`,
+/// each by an atomic rename, beside the `training/` state.
+fn publish_checkpoint(best: &Path, source_model: &str, data: &TaskData, out: &Path) -> Result<()> {
+    let mut source = ExportSource::from_checkpoint(&best.display().to_string())?;
+    source.card.model_name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    source.card.teacher = None;
+    source.card.dataset = Some(DatasetInfo {
+        id: "nyu-mll/glue".into(),
+        config: Some(data.task.name().to_string()),
+        split: Some("validation".into()),
+        name: Some(format!(
+            "GLUE {} (fine-tuned from {source_model})",
+            data.task
+        )),
+    });
+    let staging = out.join("training").join("export");
+    let options = ExportOptions {
+        force: true,
+        check_examples: data
+            .dev
+            .examples
+            .iter()
+            .take(32)
+            .map(|e| (e.text_a.clone(), e.text_b.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let report = export_classifier(&source, &staging, &options)?;
+    for file in &report.files {
+        let from = staging.join(file);
+        let to = out.join(file);
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
     }
     Ok(())
 }

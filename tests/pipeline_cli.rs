@@ -174,6 +174,24 @@ fn run_writes_a_complete_run_folder_and_refuses_another_recipe_there() {
         "{resolved}"
     );
 
+    // The exported student is the best checkpoint, loadable as a classifier.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("student/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"]["1"], "positive");
+    // `export --from <run folder>` takes its best checkpoint.
+    let o = cli()
+        .arg("export")
+        .arg("--from")
+        .arg(&out)
+        .arg("--out")
+        .arg(dir.path().join("exported"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.path().join("exported/model.safetensors").is_file());
+
     // Same folder, changed recipe: refused, nothing overwritten.
     let o = cli()
         .arg("run")

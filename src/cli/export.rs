@@ -39,7 +39,14 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dtype = candle_distill::device::parse_dtype(&args.dtype)?;
-    let mut source = ExportSource::from_checkpoint(&args.from)
+    // A run folder exports its best dev checkpoint.
+    let run_best = std::path::Path::new(&args.from).join("checkpoints/best");
+    let from = if run_best.join("model.safetensors").is_file() {
+        run_best.display().to_string()
+    } else {
+        args.from.clone()
+    };
+    let mut source = ExportSource::from_checkpoint(&from)
         .with_context(|| format!("reading the checkpoint {}", args.from))?;
     source.card.teacher = args.teacher.clone();
     let check_examples = match &args.check_texts {

@@ -11,10 +11,13 @@ transformers logits) for tests/export.rs, which re-checks it in CI without Pytho
 
 Usage: python tests/scripts/check_export_with_transformers.py EXPORT_DIR RUST_JSON [--fixture OUT]
 
+A real student to check: any run's checkpoints/best (e.g. the quick start's
+runs/quickstart-sst2/checkpoints/best), exported with `candle-distill export --from`.
+
 The committed fixture tests/fixtures/tiny_export_transformers.json was made with
 (seed 7 = SEED in tests/export.rs):
 
-  cargo run --example make_student -- tiny /tmp/tiny 7
+  CANDLE_DISTILL_TINY_STUDENT=/tmp/tiny cargo test --test export tiny_export
   cargo run -- export --from /tmp/tiny --out /tmp/tiny-export \
       --check-texts tests/fixtures/tiny_export_texts.txt --logits-out /tmp/tiny-rust.json
   python tests/scripts/check_export_with_transformers.py /tmp/tiny-export /tmp/tiny-rust.json \
