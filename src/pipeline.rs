@@ -38,6 +38,8 @@ pub struct TaskData {
     /// MNLI's mismatched dev set, scored separately, never merged.
     pub dev_mismatched: Option<Dataset>,
     pub max_seq_len: usize,
+    /// The run's augmented files (one per method), once [`augment_task`] made them.
+    pub augmented: Vec<PathBuf>,
 }
 
 pub fn data_source(spec: &str) -> DataSource {
@@ -82,6 +84,7 @@ pub fn load_task_data(recipe: &Recipe) -> Result<TaskData> {
         train,
         dev,
         dev_mismatched,
+        augmented: Vec::new(),
         max_seq_len: recipe
             .task
             .max_seq_len
@@ -256,17 +259,109 @@ pub fn run_stages(
     Ok(summaries)
 }
 
+/// The rows a stage trains on, before encoding.
+pub fn stage_dataset(spec: &StageSpec, data: &TaskData) -> Result<Dataset> {
+    match &spec.data {
+        StageData::Train => Ok(data.train.clone()),
+        StageData::Unlabeled { path } => crate::data::load_unlabeled(path, &Default::default()),
+        StageData::Augmented { path: Some(path) } if is_jsonl(path) => {
+            augmented_dataset(std::slice::from_ref(path))
+        }
+        StageData::Augmented { path: Some(path) } => {
+            crate::data::load_unlabeled(path, &Default::default())
+        }
+        StageData::Augmented { path: None } if data.augmented.is_empty() => Err(Error::msg(
+            "a stage trains on the run's augmented data, but no augmentation ran (the recipe needs an [augment] table)",
+        )),
+        StageData::Augmented { path: None } => augmented_dataset(&data.augmented),
+    }
+}
+
+fn is_jsonl(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
+}
+
+/// Augmented files as unlabeled rows (the teacher labels them), each text pair once.
+fn augmented_dataset(paths: &[PathBuf]) -> Result<Dataset> {
+    let rows = crate::augment::job::read_augmented_files(paths)?;
+    Ok(Dataset {
+        task: None,
+        split: Split::Train,
+        label_names: Vec::new(),
+        regression: false,
+        examples: rows
+            .into_iter()
+            .enumerate()
+            .map(|(idx, r)| crate::data::Example {
+                idx,
+                text_a: r.text_a,
+                text_b: r.text_b,
+                label: Label::Unlabeled,
+            })
+            .collect(),
+        origin: paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
+        skipped: 0,
+    })
+}
+
+/// Augments the task's training text with the recipe's `[augment]` settings into
+/// `<run>/augmented/` (cached by content: a resumed run reuses or continues it).
+pub fn augment_task(
+    recipe: &Recipe,
+    run: &RunDir,
+    data: &mut TaskData,
+    device: &Device,
+) -> Result<()> {
+    let Some(settings) = &recipe.augment else {
+        return Ok(());
+    };
+    if !recipe.needs_augmentation() {
+        tracing::warn!("the recipe has an [augment] table but no stage uses data = {{ source = \"augmented\" }}");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = data
+        .train
+        .examples
+        .iter()
+        .map(|e| {
+            std::iter::once(e.text_a.clone())
+                .chain(e.text_b.clone())
+                .collect()
+        })
+        .collect();
+    let ctx = crate::augment::job::JobContext {
+        task: &recipe.task.name,
+        out_dir: &run.path("augmented"),
+        seed: recipe.seed,
+        device,
+        show_progress: true,
+    };
+    for job in crate::augment::job::augment_cached(&rows, settings, &ctx)? {
+        let o = &job.outcome;
+        tracing::info!(
+            "augmentation {}: {} rows from {} ({}){}",
+            job.method.as_str(),
+            o.manifest.output_rows,
+            o.manifest.input_rows,
+            o.path.display(),
+            if o.reused { ", reused" } else { "" }
+        );
+        data.augmented.push(o.path.clone());
+    }
+    Ok(())
+}
+
 fn stage_examples(
     spec: &StageSpec,
     data: &TaskData,
     tokenizer: &TextTokenizer,
 ) -> Result<Vec<TrainExample>> {
-    let dataset = match &spec.data {
-        StageData::Train => data.train.clone(),
-        StageData::Unlabeled { path } | StageData::Augmented { path } => {
-            crate::data::load_unlabeled(path, &Default::default())?
-        }
-    };
+    let dataset = stage_dataset(spec, data)?;
     let mut examples = encode(&dataset, tokenizer, data.max_seq_len)?;
     if spec.kind == StageKind::Finetune || spec.losses().needs_labels() {
         if examples.iter().any(|e| e.target == Target::None) {
@@ -477,7 +572,7 @@ pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> R
             r
         }
     };
-    let data = load_task_data(recipe)?;
+    let mut data = load_task_data(recipe)?;
     let (teacher_files, teacher_spec) = prepare_teacher(recipe, &run, &data, &device)?;
     let teacher_config = teacher_files.read_config()?;
     let tokenizer = teacher_files.read_tokenizer()?;
@@ -518,6 +613,9 @@ pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> R
             teacher_dev.score, teacher_dev.score_name, data.task, recipe.teacher.min_margin_over_chance, chance
         )));
     }
+
+    // After the pre-flight: augmentation can take hours.
+    augment_task(recipe, &run, &mut data, &device)?;
 
     let parts = TeacherParts {
         config: &teacher_config,

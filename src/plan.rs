@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::augment::job::AugmentSettings;
+use crate::augment::Method;
 use crate::data::Task;
 use crate::distill::mapping;
 use crate::distill::trainer::check_compatible;
@@ -147,11 +149,13 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
         } else {
             Vec::new()
         };
-        let examples = match &spec.data {
-            StageData::Train => data.train.len(),
-            StageData::Unlabeled { path } | StageData::Augmented { path } => {
-                crate::data::load_unlabeled(path, &Default::default())?.len()
+        let examples = match (&spec.data, &recipe.augment) {
+            // Not augmented yet: at most every variant of every text is new.
+            (StageData::Augmented { path: None }, Some(a)) => {
+                let columns = if data.task.is_pair() { 2 } else { 1 };
+                data.train.len() * (1 + columns * variants_per_text(a))
             }
+            _ => crate::pipeline::stage_dataset(spec, &data)?.len(),
         };
         let settings = spec.settings(&recipe.eval, i + 1 == recipe.stages.len());
         let per_epoch = examples.div_ceil(spec.batch_size);
@@ -173,7 +177,18 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
             data: match &spec.data {
                 StageData::Train => format!("{} train", data.task),
                 StageData::Unlabeled { path } => format!("unlabeled {}", path.display()),
-                StageData::Augmented { path } => format!("augmented {}", path.display()),
+                StageData::Augmented { path: Some(path) } => {
+                    format!("augmented {}", path.display())
+                }
+                StageData::Augmented { path: None } => format!(
+                    "{} train augmented ({}), at most {examples} rows",
+                    data.task,
+                    recipe
+                        .augment
+                        .as_ref()
+                        .map(|a| format!("{:?}", a.method).to_lowercase())
+                        .unwrap_or_default()
+                ),
             },
             losses: format!("{} (T={})", loss_text.join(", "), losses.temperature),
             attention_shapes: losses.needs_attention().then(|| {
@@ -293,4 +308,16 @@ impl Plan {
 /// Parses a task name for CLI use.
 pub fn parse_task(name: &str) -> Result<Task> {
     name.parse()
+}
+
+/// The most new texts one input text can give under these settings.
+fn variants_per_text(a: &AugmentSettings) -> usize {
+    a.method
+        .list()
+        .iter()
+        .map(|m| match m {
+            Method::Backtranslate => a.samples,
+            _ => a.n_aug,
+        })
+        .sum()
 }

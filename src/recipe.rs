@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::augment::job::AugmentSettings;
 use crate::distill::{LayerMap, LossWeights, StageKind, StudentInit, TrainSettings};
 use crate::train::Schedule;
 use crate::{Error, Result};
@@ -38,6 +39,10 @@ pub struct Recipe {
     pub stages: Vec<StageSpec>,
     #[serde(default)]
     pub export: ExportSpec,
+    /// Augmentation of the task's training text, for stages with
+    /// `data = { source = "augmented" }`; written once to `<run>/augmented/`.
+    #[serde(default)]
+    pub augment: Option<AugmentSettings>,
 }
 
 fn default_seed() -> u64 {
@@ -163,8 +168,13 @@ pub enum StageData {
     /// A file of text (one sentence, or a tab-separated pair, per line) that the
     /// teacher labels: a transfer set.
     Unlabeled { path: PathBuf },
-    /// An augmented TSV/JSONL written by `candle-distill augment`.
-    Augmented { path: PathBuf },
+    /// Augmented task text that the teacher labels: the file of `candle-distill augment`
+    /// at `path` (JSONL; or plain text as for `unlabeled`), or without a path the
+    /// run's own augmentation from the recipe's `[augment]` table.
+    Augmented {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +282,13 @@ impl StageSpec {
 }
 
 impl Recipe {
+    /// A stage trains on the run's own augmented data.
+    pub fn needs_augmentation(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|s| s.data == (StageData::Augmented { path: None }))
+    }
+
     /// Reads a recipe file and applies `key=value` overrides (dotted keys; values are
     /// TOML literals, or plain strings when they do not parse as one).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe> {
@@ -344,6 +361,15 @@ impl Recipe {
                     ));
                 }
             }
+            if stage.data == (StageData::Augmented { path: None }) && self.augment.is_none() {
+                return Err(Error::invalid(
+                    origin,
+                    field("data"),
+                    "uses the run's augmented data but the recipe has no [augment] table; \
+                     add one (e.g. `[augment]` with `method = \"mlm\"`) or give the file: \
+                     data = { source = \"augmented\", path = \"...\" }",
+                ));
+            }
             stage.losses().validate(&format!("{origin}: stages[{i}]"))?;
             if stage.kind == StageKind::Finetune && stage.losses().needs_teacher() {
                 return Err(Error::invalid(
@@ -352,6 +378,9 @@ impl Recipe {
                     "a finetune stage has no teacher; use kind = \"prediction\" for teacher losses",
                 ));
             }
+        }
+        if let Some(a) = &self.augment {
+            a.validate(origin)?;
         }
         crate::device::parse_dtype(&self.teacher.dtype).map_err(|_| {
             Error::invalid(

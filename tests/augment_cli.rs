@@ -87,3 +87,66 @@ fn augment_both_methods_then_reuse() {
     let second = run();
     assert_eq!(second.matches("reused").count(), 2, "{second}");
 }
+
+/// Without `--input`, `augment --task` reads the task's training split (here a GLUE TSV
+/// folder) and `--limit` keeps its first rows; pair tasks augment both columns.
+#[test]
+fn augment_reads_the_task_split_from_a_glue_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_random_masked_lm(&d.join("mlm"), &tiny_config(32, 1, 2, 64), 1).unwrap();
+    std::fs::create_dir_all(d.join("glue/RTE")).unwrap();
+    std::fs::write(
+        d.join("glue/RTE/train.tsv"),
+        "index\tsentence1\tsentence2\tlabel\n\
+         0\tthe movie was good\tthe film was good\tentailment\n\
+         1\ta dull film about a cat\tthe cat was happy\tnot_entailment\n\
+         2\thappy actors\tsad actors\tnot_entailment\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_candle-distill"))
+        .args(["augment", "--task", "rte", "--limit", "2", "--n-aug", "4"])
+        .arg("--data")
+        .arg(d.join("glue"))
+        .arg("--out")
+        .arg(d.join("out"))
+        .arg("--mlm-model")
+        .arg(d.join("mlm"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .expect("an augmented file");
+    assert!(file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("rte.mlm."));
+    let rows = read_augmented(&file).unwrap();
+    let originals: Vec<(&str, Option<&str>)> = rows
+        .iter()
+        .filter(|r| r.method == Method::Original)
+        .map(|r| (r.text_a.as_str(), r.text_b.as_deref()))
+        .collect();
+    assert_eq!(
+        originals,
+        [
+            ("the movie was good", Some("the film was good")),
+            ("a dull film about a cat", Some("the cat was happy")),
+        ]
+    );
+    // Both columns get variants, each beside the other column's original text.
+    assert!(rows.iter().any(|r| r.method == Method::Mlm
+        && r.text_a != "the movie was good"
+        && r.text_b.as_deref() == Some("the film was good")));
+    assert!(rows.iter().any(|r| r.method == Method::Mlm
+        && r.text_a == "the movie was good"
+        && r.text_b.as_deref() != Some("the film was good")));
+}

@@ -215,22 +215,94 @@ fn a_killed_run_resumes_to_the_same_student() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let killed = dir.path().join("killed");
-    let mut child = cli()
+    let mut child = cli();
+    child.arg("run").arg(&recipe).arg("--out").arg(&killed);
+    kill_after_a_checkpoint(child, &killed);
+    let o = run_to(&recipe, &killed);
+    assert!(
+        o.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let a = student_weights(&straight);
+    let b = student_weights(&killed);
+    assert_eq!(a.len(), b.len());
+    for (name, values) in &a {
+        assert_eq!(values, &b[name], "{name} differs after resuming");
+    }
+}
+
+/// A recipe's `[augment]` table feeds a stage with `data = { source = "augmented" }`:
+/// the run augments the training text into its folder and trains on more rows.
+#[test]
+fn a_stage_trains_on_the_runs_augmented_data() {
+    let dir = setup();
+    candle_distill::testing::write_random_masked_lm(
+        &dir.path().join("mlm"),
+        &tiny_config(32, 1, 2, 64),
+        2,
+    )
+    .unwrap();
+    let recipe = recipe(dir.path());
+    let out = dir.path().join("run");
+    let o = cli()
         .arg("run")
         .arg(&recipe)
         .arg("--out")
-        .arg(&killed)
+        .arg(&out)
+        .arg("--set")
+        .arg(format!(
+            "augment={{ method = \"mlm\", mlm_model = \"{}\", n_aug = 3 }}",
+            dir.path().join("mlm").display()
+        ))
+        .args([
+            "--set",
+            "stages.0.data={ source = \"augmented\" }",
+            "--set",
+            "stages.0.epochs=1",
+            "--set",
+            "stages.1.epochs=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let files: Vec<PathBuf> = std::fs::read_dir(out.join("augmented"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rows = candle_distill::augment::cache::read_augmented(&files[0]).unwrap();
+    assert!(rows.len() > 480, "{} augmented rows", rows.len());
+    let distinct: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r.text_a.as_str()).collect();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    // One epoch at batch 16 over every distinct augmented row; the prediction stage
+    // still trains on the 480 task rows.
+    assert_eq!(
+        report["stages"][0]["steps"].as_u64().unwrap() as usize,
+        distinct.len().div_ceil(16)
+    );
+    assert_eq!(report["stages"][1]["steps"], 30);
+    let resolved = std::fs::read_to_string(out.join("recipe.toml")).unwrap();
+    assert!(resolved.contains("[augment]"), "{resolved}");
+}
+
+/// Starts `command`, kills it with SIGKILL once the run in `run` has written a checkpoint
+/// and logged a few more lines, and checks it was still running then.
+fn kill_after_a_checkpoint(mut command: Command, run: &Path) {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill once the distillation has written a checkpoint and gone on.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let progress = std::fs::read_to_string(killed.join("checkpoints/last/progress.json"))
-            .unwrap_or_default();
+        let progress =
+            std::fs::read_to_string(run.join("checkpoints/last/progress.json")).unwrap_or_default();
         if progress.contains("\"step\"")
-            && std::fs::read_to_string(killed.join("metrics.jsonl"))
+            && std::fs::read_to_string(run.join("metrics.jsonl"))
                 .map(|m| m.lines().count() > 4)
                 .unwrap_or(false)
         {
@@ -248,14 +320,52 @@ fn a_killed_run_resumes_to_the_same_student() {
         was_running,
         "the run finished before it could be killed; the test needs a longer run"
     );
-    let o = run_to(&recipe, &killed);
+}
+
+/// `finetune` killed mid-training and started again writes the same model folder.
+#[test]
+fn a_killed_finetune_resumes_to_the_same_model() {
+    let dir = setup();
+    let finetune = |out: &Path| {
+        let mut c = cli();
+        c.arg("finetune")
+            .arg("--model")
+            .arg(dir.path().join("teacher"))
+            .args(["--task", "sst2", "--epochs", "3", "--lr", "3e-3"])
+            .args([
+                "--batch-size",
+                "16",
+                "--max-seq-len",
+                "24",
+                "--checkpoint-every",
+                "10",
+            ])
+            .arg("--data")
+            .arg(dir.path().join("glue"))
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    let straight = dir.path().join("straight");
+    let o = finetune(&straight).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let killed = dir.path().join("killed");
+    kill_after_a_checkpoint(finetune(&killed), &killed.join("training"));
+    assert!(!killed.join("model.safetensors").exists());
+    let o = finetune(&killed).output().unwrap();
     assert!(
         o.status.success(),
         "resume failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let a = student_weights(&straight);
-    let b = student_weights(&killed);
+    let load = |d: &Path| {
+        candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let (a, b) = (load(&straight), load(&killed));
     assert_eq!(a.len(), b.len());
     for (name, values) in &a {
         assert_eq!(values, &b[name], "{name} differs after resuming");

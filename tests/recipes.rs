@@ -51,10 +51,21 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
         .arg(format!("teacher.model={}", model.display()))
         .arg("--set")
         .arg(format!("task.data={}", glue.display()))
+        .args([
+            "--set",
+            "augment={ method = \"both\", n_aug = 4, samples = 2 }",
+            "--set",
+            "stages.0.data={ source = \"augmented\" }",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
+    // Not augmented yet: the bound is 4000 x (1 original + 4 MLM + 2 round trips).
+    assert!(
+        text.contains("sst2 train augmented (both), at most 28000 rows"),
+        "{text}"
+    );
     assert!(
         text.contains("student<-teacher: 0<-0 1<-2 2<-4 3<-6"),
         "{text}"
@@ -85,6 +96,22 @@ fn bad_recipes_name_the_key_and_the_file() {
             "train_limit",
         ),
         (good.replace("version = 1", "version = 2"), "version"),
+        // The run's augmented data, but nothing says how to augment.
+        (
+            good.replace(
+                "name = \"intermediate\"\nkind = \"intermediate\"",
+                "name = \"intermediate\"\nkind = \"intermediate\"\ndata = { source = \"augmented\" }",
+            ),
+            "stages[0].data",
+        ),
+        (
+            good.replace("[task]", "[augment]\nmethod = \"mlm\"\ntop_kk = 5\n\n[task]"),
+            "top_kk",
+        ),
+        (
+            good.replace("[task]", "[augment]\nmethod = \"mlm\"\np_t = 1.5\n\n[task]"),
+            "augment.p_t",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         assert_ne!(text, &good, "case {i} did not change the recipe");

@@ -9,6 +9,7 @@
 pub mod backtranslate;
 pub mod cache;
 pub mod input;
+pub mod job;
 pub mod marian;
 pub mod mlm;
 pub mod spm;

@@ -36,6 +36,9 @@ pub struct Args {
     /// Evaluate on dev every N steps (0: each epoch end).
     #[arg(long, default_value_t = 0)]
     pub eval_every: usize,
+    /// Save a resumable checkpoint every N steps.
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: usize,
     /// Use only the first N training rows.
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -56,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     stage.warmup_ratio = Some(args.warmup_ratio);
     stage.weight_decay = args.weight_decay;
     stage.max_grad_norm = Some(args.max_grad_norm);
+    stage.checkpoint_every = args.checkpoint_every;
     let recipe = finetune_recipe(&args, stage)?;
     let report = candle_distill::pipeline::finetune_to_folder(&recipe, &args.out, args.force)
         .with_context(|| format!("fine-tuning {} on {}", args.model, args.task))?;
