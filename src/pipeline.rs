@@ -212,6 +212,7 @@ pub fn run_stages(
             device: device.clone(),
             pad_id,
             interrupt_after: None,
+            parallel: None,
         };
         let resume = saved.clone().filter(|p| p.stage == index);
         if saved.is_some() && resume.is_none() && !restored {

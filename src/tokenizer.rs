@@ -187,8 +187,25 @@ impl TextTokenizer {
 
 /// Pads encoded examples to the longest one and builds the model input on `device`.
 pub fn pad_batch(examples: &[&Encoded], pad_id: u32, device: &Device) -> Result<BertInput> {
-    let batch = examples.len();
     let seq = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    pad_batch_to(examples, seq, pad_id, device)
+}
+
+/// As [`pad_batch`], padded to `seq` tokens (at least the longest example): data-parallel
+/// workers pad their shares as the whole batch would be.
+pub fn pad_batch_to(
+    examples: &[&Encoded],
+    seq: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<BertInput> {
+    let batch = examples.len();
+    let seq = examples
+        .iter()
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap_or(0)
+        .max(seq);
     let mut ids = vec![pad_id; batch * seq];
     let mut types = vec![0u32; batch * seq];
     let mut mask = vec![0u32; batch * seq];

@@ -119,6 +119,7 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
                     device: dev.clone(),
                     pad_id: tok.pad_id(),
                     interrupt_after: None,
+                    parallel: None,
                 };
                 trainer.restore_student().unwrap();
             }
@@ -130,6 +131,7 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
                 device: dev.clone(),
                 pad_id: tok.pad_id(),
                 interrupt_after: kill.filter(|(s, _)| *s == index).map(|(_, step)| step),
+                parallel: None,
             };
             let stage = Stage {
                 index,

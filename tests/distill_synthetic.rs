@@ -154,6 +154,7 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         device: dev.clone(),
         pad_id: pad,
         interrupt_after: None,
+        parallel: None,
     };
     trainer
         .run_stage(
@@ -246,6 +247,7 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         device: dev.clone(),
         pad_id: pad,
         interrupt_after: None,
+        parallel: None,
     };
     let inter = settings(4, 3e-3, 32);
     let summary = trainer

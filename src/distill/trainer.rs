@@ -14,7 +14,8 @@ use super::student::Student;
 use crate::model::{BertForSequenceClassification, ClassifierOutput, Outputs};
 use crate::rng::Rng;
 use crate::run::{CheckpointFile, RunDir};
-use crate::tokenizer::{pad_batch, Encoded};
+use crate::tokenizer::{pad_batch_to, Encoded};
+use crate::train::parallel::{shard_range, AllReduce};
 use crate::train::{lr_at, AdamW, AdamWConfig, Schedule};
 use crate::{Error, Result};
 
@@ -143,6 +144,9 @@ pub struct Trainer<'a> {
     /// Testing aid: fail as a killed process would, right after this many steps of a
     /// stage (before any checkpoint of that step is written).
     pub interrupt_after: Option<usize>,
+    /// Data-parallel group: this replica trains on its share of every batch, and only
+    /// the leader logs, evaluates and writes checkpoints.
+    pub parallel: Option<&'a dyn AllReduce>,
 }
 
 /// The batches of one epoch: shuffled, optionally grouped by length (sorted inside
@@ -480,6 +484,8 @@ impl Trainer<'_> {
             },
         )?;
 
+        let parallel = self.parallel.filter(|p| p.world_size() > 1);
+        let leader = parallel.is_none_or(|p| p.is_leader());
         let mut base = Rng::new(stage.seed ^ (stage.index as u64).wrapping_mul(0x9E37_79B9));
         let mut progress = match resume {
             Some(p) => {
@@ -490,7 +496,9 @@ impl Trainer<'_> {
                 )?;
                 optimizer.load_state(&opt_state, p.step)?;
                 self.restore_student()?;
-                self.run.truncate_metrics(p.metrics_len)?;
+                if leader {
+                    self.run.truncate_metrics(p.metrics_len)?;
+                }
                 tracing::info!(
                     "stage {}: resuming at step {} of {total_steps}",
                     stage.name,
@@ -516,6 +524,9 @@ impl Trainer<'_> {
         let mut last_loss = f64::NAN;
         let mut stopped_early = false;
         let bar = crate::progress::bar(total_steps as u64, stage.name);
+        if !leader {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         bar.set_position(progress.step as u64);
 
         'epochs: while progress.epoch < settings.epochs
@@ -530,37 +541,26 @@ impl Trainer<'_> {
                 &mut epoch_rng,
             );
             for batch_idx in batches.iter().skip(progress.step_in_epoch) {
-                let batch: Vec<&TrainExample> = batch_idx.iter().map(|&i| &stage.data[i]).collect();
-                let encoded: Vec<&Encoded> = batch.iter().map(|e| &e.encoded).collect();
-                let input = pad_batch(&encoded, self.pad_id, &self.device)?;
-                let teacher_out = match teacher {
-                    Some(t) => Some(t.forward(&input, want, None)?),
-                    None => None,
-                };
-                let cached_logits = match stage.teacher_logits {
-                    Some(all) => {
-                        let idx: Vec<u32> = batch_idx.iter().map(|&i| i as u32).collect();
-                        Some(
-                            all.index_select(&Tensor::new(idx.as_slice(), all.device())?, 0)?
-                                .to_device(&self.device)?,
+                // A data-parallel worker trains on its share, padded as the whole batch,
+                // its loss weighted by its share of the rows: the summed gradients are
+                // then those of the whole batch.
+                let (mine, share) = match parallel {
+                    Some(p) => {
+                        let r = shard_range(batch_idx.len(), p.rank(), p.world_size());
+                        (
+                            &batch_idx[r.clone()],
+                            r.len() as f64 / batch_idx.len() as f64,
                         )
                     }
-                    None => None,
+                    None => (&batch_idx[..], 1.0),
                 };
-                let student_out =
-                    self.student
-                        .model
-                        .forward(&input, want, Some(&mut progress.dropout_rng))?;
-                let targets = self.targets(&batch)?;
-                let (loss, parts) = self.batch_loss(
-                    stage,
-                    &pairs,
-                    &input,
-                    &student_out,
-                    teacher_out.as_ref(),
-                    cached_logits.as_ref(),
-                    targets.as_ref(),
-                )?;
+                let pad_to = batch_idx.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+                let mut step_dropout =
+                    parallel.map(|p| progress.dropout_rng.fork(p.rank() as u64 + 1));
+                let dropout_rng = match step_dropout.as_mut() {
+                    Some(r) => r,
+                    None => &mut progress.dropout_rng,
+                };
                 let lr = lr_at(
                     settings.schedule,
                     settings.learning_rate,
@@ -569,9 +569,51 @@ impl Trainer<'_> {
                     warmup,
                 );
                 optimizer.set_lr(lr);
-                let grads = loss.backward()?;
+                // With several workers, the logged loss parts are the leader's share's.
+                let (mut grads, mut loss_value, parts) = if mine.is_empty() {
+                    // No rows here (a batch smaller than the group): no gradient of its own.
+                    let none = Tensor::zeros((), DType::F32, &self.device)?.backward()?;
+                    (none, 0.0, BTreeMap::new())
+                } else {
+                    let batch: Vec<&TrainExample> = mine.iter().map(|&i| &stage.data[i]).collect();
+                    let encoded: Vec<&Encoded> = batch.iter().map(|e| &e.encoded).collect();
+                    let input = pad_batch_to(&encoded, pad_to, self.pad_id, &self.device)?;
+                    let teacher_out = match teacher {
+                        Some(t) => Some(t.forward(&input, want, None)?),
+                        None => None,
+                    };
+                    let cached_logits = match stage.teacher_logits {
+                        Some(all) => {
+                            let idx: Vec<u32> = mine.iter().map(|&i| i as u32).collect();
+                            Some(
+                                all.index_select(&Tensor::new(idx.as_slice(), all.device())?, 0)?
+                                    .to_device(&self.device)?,
+                            )
+                        }
+                        None => None,
+                    };
+                    let student_out =
+                        self.student
+                            .model
+                            .forward(&input, want, Some(dropout_rng))?;
+                    let targets = self.targets(&batch)?;
+                    let (loss, parts) = self.batch_loss(
+                        stage,
+                        &pairs,
+                        &input,
+                        &student_out,
+                        teacher_out.as_ref(),
+                        cached_logits.as_ref(),
+                        targets.as_ref(),
+                    )?;
+                    let loss = if share == 1.0 { loss } else { (loss * share)? };
+                    (loss.backward()?, scalar(&loss)?, parts)
+                };
+                if let Some(p) = parallel {
+                    loss_value = sum_over_workers(p, &optimizer, &mut grads, loss_value)?;
+                }
                 let grad_norm = optimizer.step(&grads, settings.max_grad_norm)?;
-                last_loss = scalar(&loss)?;
+                last_loss = loss_value;
                 progress.step += 1;
                 if self.interrupt_after == Some(progress.step) {
                     return Err(Error::msg(format!(
@@ -582,7 +624,10 @@ impl Trainer<'_> {
                 progress.step_in_epoch += 1;
                 bar.set_position(progress.step as u64);
                 bar.set_message(format!("loss {last_loss:.4}"));
-                if progress.step % settings.log_every.max(1) == 0 || progress.step == total_steps {
+                if leader
+                    && (progress.step % settings.log_every.max(1) == 0
+                        || progress.step == total_steps)
+                {
                     self.run.log(&serde_json::json!({
                         "stage": stage.name, "step": progress.step, "epoch": progress.epoch,
                         "loss": last_loss, "losses": parts, "lr": lr, "grad_norm": grad_norm,
@@ -595,11 +640,16 @@ impl Trainer<'_> {
                     || epoch_end
                     || last_step;
                 if eval_now {
-                    if let Some(evaluator) = self.evaluator {
-                        if self.evaluate(stage, evaluator, &mut progress)? {
-                            stopped_early = true;
-                            progress.finished = true;
-                        }
+                    let mut stop = false;
+                    if let (true, Some(evaluator)) = (leader, self.evaluator) {
+                        stop = self.evaluate(stage, evaluator, &mut progress)?;
+                    }
+                    if let Some(p) = parallel {
+                        stop = leader_decides(p, stop, &self.device)?;
+                    }
+                    if stop {
+                        stopped_early = true;
+                        progress.finished = true;
                     }
                 }
                 if epoch_end {
@@ -610,9 +660,10 @@ impl Trainer<'_> {
                 if progress.finished || last_step {
                     progress.finished = true;
                 }
-                if progress.finished
-                    || epoch_end
-                    || progress.step % settings.checkpoint_every.max(1) == 0
+                if leader
+                    && (progress.finished
+                        || epoch_end
+                        || progress.step % settings.checkpoint_every.max(1) == 0)
                 {
                     progress.metrics_len = self.run.metrics_len();
                     self.save_resume(&optimizer, &progress)?;
@@ -704,4 +755,56 @@ impl Trainer<'_> {
             ],
         )
     }
+}
+
+/// Sums this worker's gradients and loss (both already weighted by its share of the
+/// batch) with the other workers', so every replica takes the same step; returns the
+/// whole batch's loss.
+fn sum_over_workers(
+    parallel: &dyn AllReduce,
+    optimizer: &AdamW,
+    grads: &mut candle_core::backprop::GradStore,
+    loss: f64,
+) -> Result<f64> {
+    let vars: Vec<&candle_core::Var> = optimizer.vars().collect();
+    let mut tensors = vars
+        .iter()
+        .map(|v| match grads.get(v.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<Vec<Tensor>>>()?;
+    let device = vars
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
+    tensors.push(Tensor::new(&[loss as f32], &device)?);
+    let mut summed = parallel.all_reduce_sum(tensors)?;
+    let loss = summed
+        .pop()
+        .ok_or_else(|| Error::msg("all-reduce lost the loss"))?
+        .to_vec1::<f32>()?[0];
+    for (v, g) in vars.iter().zip(summed) {
+        grads.insert(v.as_tensor(), g);
+    }
+    Ok(loss as f64)
+}
+
+/// The leader's yes or no, on every worker.
+fn leader_decides(
+    parallel: &dyn AllReduce,
+    yes: bool,
+    device: &candle_core::Device,
+) -> Result<bool> {
+    let mine = if parallel.is_leader() && yes {
+        1f32
+    } else {
+        0f32
+    };
+    let summed = parallel.all_reduce_sum(vec![Tensor::new(&[mine], device)?])?;
+    Ok(summed
+        .first()
+        .map(|t| t.to_vec1::<f32>())
+        .transpose()?
+        .is_some_and(|v| v[0] > 0.5))
 }

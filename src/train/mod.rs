@@ -1,6 +1,7 @@
 //! Training machinery shared by fine-tuning and distillation.
 
 pub mod optim;
+pub mod parallel;
 pub mod schedule;
 
 pub use optim::{AdamW, AdamWConfig};

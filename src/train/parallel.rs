@@ -1,0 +1,190 @@
+//! Data-parallel training: one model replica per worker, each on its share of every
+//! global batch, gradients summed across workers before each optimizer step.
+//!
+//! The trainer sees only [`AllReduce`]; [`ThreadAllReduce`] connects replicas that run
+//! as threads of one process (CPU, or one GPU per thread). A multi-GPU NCCL back end
+//! implements the same trait.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use candle_core::Tensor;
+
+use crate::{Error, Result};
+
+/// Sums tensors across the workers of a data-parallel group.
+pub trait AllReduce: Send + Sync {
+    fn world_size(&self) -> usize;
+    fn rank(&self) -> usize;
+    /// Every worker calls this with tensors of the same shapes, in the same order; each
+    /// gets back the element-wise sums, identical on every worker.
+    fn all_reduce_sum(&self, tensors: Vec<Tensor>) -> Result<Vec<Tensor>>;
+
+    /// The one worker that logs, evaluates and writes checkpoints.
+    fn is_leader(&self) -> bool {
+        self.rank() == 0
+    }
+}
+
+/// The rows of a global batch that worker `rank` of `world` trains on: contiguous
+/// shares, the first ones one row larger when the batch does not divide evenly.
+pub fn shard_range(batch: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let base = batch / world;
+    let extra = batch % world;
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+/// An all-reduce between threads of one process.
+///
+/// Sums are formed in rank order by the last worker to arrive, so results do not depend
+/// on thread timing: two runs give identical bits.
+pub struct ThreadAllReduce {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    world: usize,
+    state: Mutex<Round>,
+    turned: Condvar,
+}
+
+struct Round {
+    generation: u64,
+    slots: Vec<Option<Vec<Tensor>>>,
+    result: Option<Arc<Result<Vec<Tensor>, String>>>,
+}
+
+impl ThreadAllReduce {
+    /// One handle per worker, rank 0 first; move each into its own thread.
+    pub fn group(world: usize) -> Vec<ThreadAllReduce> {
+        let shared = Arc::new(Shared {
+            world,
+            state: Mutex::new(Round {
+                generation: 0,
+                slots: (0..world).map(|_| None).collect(),
+                result: None,
+            }),
+            turned: Condvar::new(),
+        });
+        (0..world)
+            .map(|rank| ThreadAllReduce {
+                rank,
+                shared: shared.clone(),
+            })
+            .collect()
+    }
+}
+
+fn sum_in_rank_order(slots: &mut [Option<Vec<Tensor>>]) -> Result<Vec<Tensor>, String> {
+    let mut parts = slots.iter_mut().map(|s| s.take().unwrap_or_default());
+    let mut total = parts.next().unwrap_or_default();
+    for (rank, part) in parts.enumerate() {
+        if part.len() != total.len() {
+            return Err(format!(
+                "worker {} sent {} tensors, worker 0 sent {}",
+                rank + 1,
+                part.len(),
+                total.len()
+            ));
+        }
+        for (t, p) in total.iter_mut().zip(part) {
+            *t = t.add(&p).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(total)
+}
+
+impl AllReduce for ThreadAllReduce {
+    fn world_size(&self) -> usize {
+        self.shared.world
+    }
+
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn all_reduce_sum(&self, tensors: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let shared = &self.shared;
+        let mut round = shared
+            .state
+            .lock()
+            .map_err(|_| Error::msg("a data-parallel worker panicked"))?;
+        let generation = round.generation;
+        round.slots[self.rank] = Some(tensors);
+        if round.slots.iter().all(Option::is_some) {
+            let sum = sum_in_rank_order(&mut round.slots);
+            round.result = Some(Arc::new(sum));
+            round.generation += 1;
+            shared.turned.notify_all();
+        } else {
+            while round.generation == generation {
+                round = shared
+                    .turned
+                    .wait(round)
+                    .map_err(|_| Error::msg("a data-parallel worker panicked"))?;
+            }
+        }
+        // The next round cannot finish (and replace `result`) before every worker of this
+        // one has arrived there, that is, after each has read this result.
+        let result = round
+            .result
+            .clone()
+            .ok_or_else(|| Error::msg("all-reduce finished without a result"))?;
+        drop(round);
+        match result.as_ref() {
+            Ok(sum) => Ok(sum.clone()),
+            Err(e) => Err(Error::msg(format!("all-reduce: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn shards_cover_the_batch_once_in_order() {
+        for batch in 0..12 {
+            for world in 1..5 {
+                let ranges: Vec<_> = (0..world).map(|r| shard_range(batch, r, world)).collect();
+                let flat: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+                assert_eq!(flat, (0..batch).collect::<Vec<_>>(), "{batch} / {world}");
+                let sizes: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+                assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn thread_all_reduce_sums_in_every_worker_over_many_rounds() {
+        let world = 3;
+        let handles: Vec<_> = ThreadAllReduce::group(world)
+            .into_iter()
+            .map(|comm| {
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    for round in 0..50u32 {
+                        let r = comm.rank() as f32;
+                        let a = Tensor::new(&[r, 10.0 * r + round as f32], &Device::Cpu).unwrap();
+                        let b = Tensor::new(&[[1f32]], &Device::Cpu).unwrap();
+                        let out = comm.all_reduce_sum(vec![a, b]).unwrap();
+                        seen.push((
+                            out[0].to_vec1::<f32>().unwrap(),
+                            out[1].to_vec2::<f32>().unwrap(),
+                        ));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for (round, (a, b)) in results[0].iter().enumerate() {
+            // ranks 0 + 1 + 2 = 3; 10 * 3 + 3 * round.
+            assert_eq!(a, &vec![3.0, 30.0 + 3.0 * round as f32]);
+            assert_eq!(b, &vec![vec![3.0]]);
+        }
+        assert!(results.iter().all(|r| r == &results[0]));
+    }
+}

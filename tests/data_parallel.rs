@@ -1,0 +1,242 @@
+//! Data-parallel training through the `AllReduce` trait, with the in-process back end:
+//! two (and three) replicas, each on its share of every batch, end with the weights of
+//! one replica trained on the whole batches. Same trainer code as a multi-GPU run.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_distill::distill::cache::model_logits;
+use candle_distill::distill::{
+    build_student, LayerMap, Stage, StageKind, Student, StudentInit, Target, TeacherParts,
+    TrainExample, TrainSettings, Trainer,
+};
+use candle_distill::model::{build_classifier, BertForSequenceClassification, BuildOptions};
+use candle_distill::rng::Rng;
+use candle_distill::run::{Opened, RunDir};
+use candle_distill::testing::{
+    tiny_config, write_random_classifier, write_tiny_tokenizer, TINY_WORDS,
+};
+use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
+use candle_distill::train::parallel::{AllReduce, ThreadAllReduce};
+use candle_distill::train::Schedule;
+
+struct Setup {
+    tok: TextTokenizer,
+    teacher: BertForSequenceClassification,
+    teacher_config: candle_distill::model::BertConfig,
+    student_dir: String,
+    examples: Vec<TrainExample>,
+    logits: Tensor,
+}
+
+fn setup(dir: &Path) -> Setup {
+    let dev = Device::Cpu;
+    write_tiny_tokenizer(&dir.join("tok")).unwrap();
+    let tok = TextTokenizer::from_files(&TokenizerFiles {
+        tokenizer_json: Some(dir.join("tok/tokenizer.json")),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut teacher_config = tiny_config(32, 4, 4, 64);
+    teacher_config.set_labels(&["a".into(), "b".into()]);
+    let teacher = build_classifier(
+        "t",
+        &teacher_config,
+        Default::default(),
+        &BuildOptions {
+            init_seed: Some(5),
+            ..BuildOptions::inference(&dev)
+        },
+    )
+    .unwrap()
+    .model;
+    // Without dropout, so that one replica and several see the same network.
+    let mut student_config = tiny_config(16, 2, 4, 32);
+    student_config.set_labels(&["a".into(), "b".into()]);
+    student_config.hidden_dropout_prob = 0.0;
+    student_config.attention_probs_dropout_prob = 0.0;
+    let student_dir = dir.join("student");
+    write_random_classifier(&student_dir, &student_config, 11).unwrap();
+    let mut rng = Rng::new(9);
+    // 90 rows at batch 8: the last batch has 2 rows, fewer than three workers.
+    let examples: Vec<TrainExample> = (0..90)
+        .map(|i| {
+            let n = 2 + rng.below(10);
+            let text: Vec<&str> = (0..n)
+                .map(|_| TINY_WORDS[rng.below(TINY_WORDS.len())])
+                .collect();
+            TrainExample {
+                encoded: tok.encode(&text.join(" "), None, 24).unwrap(),
+                target: Target::Class(i % 2),
+            }
+        })
+        .collect();
+    let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
+    let logits = model_logits(&teacher, &enc, 16, tok.pad_id(), &dev).unwrap();
+    Setup {
+        tok,
+        teacher,
+        teacher_config,
+        student_dir: student_dir.display().to_string(),
+        examples,
+        logits,
+    }
+}
+
+/// One replica: intermediate then prediction (soft + hard labels); its final weights.
+fn train(s: &Setup, run_dir: &Path, parallel: Option<&dyn AllReduce>) -> HashMap<String, Vec<f32>> {
+    let dev = Device::Cpu;
+    let student = build(s);
+    let run = match RunDir::open(run_dir, "recipe", false).unwrap() {
+        Opened::Fresh(r) | Opened::Resume(r) => r,
+    };
+    let settings = TrainSettings {
+        epochs: 2,
+        max_steps: None,
+        learning_rate: 1e-3,
+        batch_size: 8,
+        warmup_ratio: 0.1,
+        schedule: Schedule::Linear,
+        weight_decay: 0.01,
+        max_grad_norm: Some(1.0),
+        eval_every: 0,
+        patience: None,
+        group_by_length: true,
+        checkpoint_every: 5,
+        log_every: 1,
+    };
+    let trainer = Trainer {
+        teacher: Some(&s.teacher),
+        student: &student,
+        evaluator: None,
+        run: &run,
+        device: dev.clone(),
+        pad_id: s.tok.pad_id(),
+        interrupt_after: None,
+        parallel,
+    };
+    for (index, kind) in [StageKind::Intermediate, StageKind::Prediction]
+        .into_iter()
+        .enumerate()
+    {
+        let mut losses = kind.default_losses();
+        if kind == StageKind::Prediction {
+            losses.hard = 0.5;
+        }
+        let stage = Stage {
+            index,
+            name: if index == 0 {
+                "intermediate"
+            } else {
+                "prediction"
+            },
+            kind,
+            losses,
+            layer_map: &LayerMap::default(),
+            settings: &settings,
+            data: &s.examples,
+            teacher_logits: (index == 1).then_some(&s.logits),
+            keep_best: false,
+            seed: 7,
+        };
+        trainer.run_stage(&stage, None).unwrap();
+    }
+    weights(&student)
+}
+
+fn build(s: &Setup) -> Student {
+    let tensors = HashMap::new();
+    let parts = TeacherParts {
+        config: &s.teacher_config,
+        tensors: &tensors,
+        tokenizer: &s.tok,
+    };
+    let init = StudentInit::Checkpoint {
+        model: s.student_dir.clone(),
+    };
+    build_student(&init, &parts, &["a".into(), "b".into()], 3, &Device::Cpu).unwrap()
+}
+
+fn weights(student: &Student) -> HashMap<String, Vec<f32>> {
+    student
+        .varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn train_in_parallel(s: &Setup, dir: &Path, world: usize) -> Vec<HashMap<String, Vec<f32>>> {
+    let group = ThreadAllReduce::group(world);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = group
+            .iter()
+            .map(|comm| {
+                let run_dir = dir.join(format!("rank{}", comm.rank()));
+                scope.spawn(move || train(s, &run_dir, Some(comm as &dyn AllReduce)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn max_abs_diff(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> (f32, String) {
+    assert_eq!(a.len(), b.len());
+    let mut worst = (0f32, String::new());
+    for (name, x) in a {
+        let y = &b[name];
+        for (p, q) in x.iter().zip(y) {
+            let d = (p - q).abs();
+            if d > worst.0 {
+                worst = (d, name.clone());
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn replicas_on_shares_of_each_batch_match_one_replica_on_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path());
+    let single = train(&s, &dir.path().join("single"), None);
+    let start = weights(&build(&s));
+    let (moved, _) = max_abs_diff(&single, &start);
+    assert!(moved > 1e-3, "training did not move the weights ({moved})");
+
+    for world in [2, 3] {
+        let replicas = train_in_parallel(&s, &dir.path().join(format!("world{world}")), world);
+        // Every replica took the same steps.
+        for r in &replicas[1..] {
+            assert_eq!(max_abs_diff(&replicas[0], r).0, 0.0, "replicas diverged");
+        }
+        // And they are the single replica's, up to float summation order.
+        let (diff, name) = max_abs_diff(&single, &replicas[0]);
+        assert!(
+            diff < 1e-4,
+            "{world} workers: `{name}` differs by {diff} from one worker"
+        );
+        // Only the leader writes the run folder.
+        let leader = dir.path().join(format!("world{world}/rank0"));
+        assert!(leader.join("metrics.jsonl").is_file());
+        assert!(leader.join("checkpoints/last/progress.json").is_file());
+        let other = dir.path().join(format!("world{world}/rank1"));
+        assert!(!other.join("checkpoints").exists());
+        assert_eq!(
+            std::fs::read_to_string(other.join("metrics.jsonl")).unwrap_or_default(),
+            ""
+        );
+    }
+}
