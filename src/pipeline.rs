@@ -704,6 +704,20 @@ pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> R
     Ok(report)
 }
 
+/// Bytes of a model's weight files; 0 when they cannot be found (the card then says so).
+fn weights_bytes(model: &str) -> u64 {
+    ModelFiles::resolve(model)
+        .map(|f| {
+            f.weights
+                .paths()
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Exports the best student to `<run>/student` with a model card, checked against the
 /// checkpoint on dev sentences.
 fn export_student(
@@ -718,7 +732,9 @@ fn export_student(
     let student = &report.student;
     source.card = ModelCard {
         model_name: recipe.name.clone(),
-        teacher: Some(teacher.model.clone()),
+        // The model the user named; when the run fine-tuned it first, the card says so.
+        teacher: Some(recipe.teacher.model.clone()),
+        teacher_finetuned: teacher.model != recipe.teacher.model,
         dataset: Some(DatasetInfo {
             id: "nyu-mll/glue".into(),
             config: Some(data.task.name().to_string()),
@@ -738,7 +754,7 @@ fn export_student(
             .collect(),
         teacher_size: Some(TeacherSize {
             parameters: teacher.parameters,
-            size_on_disk_bytes: 0,
+            size_on_disk_bytes: weights_bytes(&teacher.model),
         }),
         speed: Some(SpeedComparison {
             setting: format!(
@@ -793,7 +809,8 @@ impl RunReport {
             "| dev {} | {:.4} | {:.4} |\n",
             t.dev.score_name, t.dev.score, s.dev.score
         );
-        for (k, v) in &t.dev.values {
+        // The other metrics of the task (the score row already shows its own).
+        for (k, v) in t.dev.values.iter().filter(|(k, _)| **k != t.dev.score_name) {
             md += &format!(
                 "| dev {k} | {:.4} | {:.4} |\n",
                 v,

@@ -160,6 +160,8 @@ fn run_writes_a_complete_run_folder_and_refuses_another_recipe_there() {
     let student = report["student"]["dev"]["accuracy"].as_f64().unwrap();
     assert!(teacher > 0.8, "teacher dev accuracy {teacher}");
     assert!(student > 0.7, "student dev accuracy {student}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(md.matches("| dev accuracy |").count(), 1, "{md}");
     let png = std::fs::read(out.join("loss.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
@@ -180,6 +182,13 @@ fn run_writes_a_complete_run_folder_and_refuses_another_recipe_there() {
             .unwrap();
     assert_eq!(config["architectures"][0], "BertForSequenceClassification");
     assert_eq!(config["id2label"]["1"], "positive");
+    let card = std::fs::read_to_string(out.join("student/README.md")).unwrap();
+    assert!(card.contains("(fine-tuned on the task first)"), "{card}");
+    let disk = card
+        .lines()
+        .find(|l| l.starts_with("| weights on disk |"))
+        .unwrap();
+    assert!(!disk.contains(" - |") && !disk.contains("inf"), "{disk}");
     // `export --from <run folder>` takes its best checkpoint.
     let o = cli()
         .arg("export")

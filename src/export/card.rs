@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 pub struct ModelCard {
     /// Title of the card; the output folder's name when absent.
     pub model_name: Option<String>,
-    /// Hub id or path of the teacher (`base_model` in the front matter).
+    /// Hub id or path of the teacher (`base_model` in the front matter when a hub id).
     pub teacher: Option<String>,
+    /// The run fine-tuned that teacher on the task before distilling from it.
+    #[serde(default)]
+    pub teacher_finetuned: bool,
     pub dataset: Option<DatasetInfo>,
     /// The recipe that produced the student (TOML or any text), shown verbatim.
     pub recipe: Option<String>,
@@ -20,6 +23,24 @@ pub struct ModelCard {
     pub speed: Option<SpeedComparison>,
     pub license: Option<String>,
     pub language: Option<String>,
+}
+
+/// `org/name` (or `org/name@revision`) that is not a local folder.
+fn is_hub_id(spec: &str) -> bool {
+    matches!(
+        crate::hub::Location::parse(spec, crate::hub::RepoKind::Model),
+        Ok(crate::hub::Location::Hub { .. })
+    )
+}
+
+/// A link to the teacher's hub page, or its path as it was given.
+fn teacher_reference(spec: &str) -> String {
+    if is_hub_id(spec) {
+        let repo = spec.split_once('@').map_or(spec, |(r, _)| r);
+        format!("[`{spec}`](https://huggingface.co/{repo})")
+    } else {
+        format!("`{spec}`")
+    }
 }
 
 /// The task data, as the hub's `model-index` names it.
@@ -94,7 +115,7 @@ impl ModelCard {
             y += &format!("language:\n- {}\n", quoted(language));
         }
         y += "tags:\n- bert\n- text-classification\n- distillation\n- tinybert\n- candle-distill\n";
-        if let Some(teacher) = &self.teacher {
+        if let Some(teacher) = self.teacher.as_deref().filter(|t| is_hub_id(t)) {
             y += &format!("base_model: {}\n", quoted(teacher));
         }
         if let Some(dataset) = &self.dataset {
@@ -155,7 +176,13 @@ impl ModelCard {
             },
         );
         match &self.teacher {
-            Some(t) => md += &format!(", distilled from [`{t}`](https://huggingface.co/{t}) "),
+            Some(t) => {
+                md += &format!(", distilled from {}", teacher_reference(t));
+                if self.teacher_finetuned {
+                    md += " (fine-tuned on the task first)";
+                }
+                md += " ";
+            }
             None => md += ", distilled ",
         }
         md += "with candle-distill (TinyBERT: layer-mapped hidden-state and attention losses, then soft-logit losses).\n";
@@ -217,9 +244,11 @@ impl ModelCard {
             "| weights on disk | {} | {} | {} |\n",
             mib(student.size_on_disk_bytes),
             teacher
+                .filter(|t| t.size_on_disk_bytes > 0)
                 .map(|t| mib(t.size_on_disk_bytes))
                 .unwrap_or("-".into()),
             teacher
+                .filter(|t| t.size_on_disk_bytes > 0)
                 .map(|t| format!(
                     "{:.1}%",
                     100.0 * student.size_on_disk_bytes as f64 / t.size_on_disk_bytes as f64
@@ -333,6 +362,41 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("name = \"sst2\""), "{body}");
+    }
+
+    #[test]
+    fn a_local_teacher_is_named_not_linked_and_an_unknown_size_is_a_dash() {
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().display().to_string();
+        let card = ModelCard {
+            teacher: Some(teacher.clone()),
+            teacher_finetuned: true,
+            teacher_size: Some(TeacherSize {
+                parameters: 22_700_000,
+                size_on_disk_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        let md = card.render(&facts(&labels));
+        assert!(!md.contains("base_model"), "{md}");
+        assert!(!md.contains("huggingface.co/"), "{md}");
+        assert!(
+            md.contains(&format!(
+                "distilled from `{teacher}` (fine-tuned on the task first)"
+            )),
+            "{md}"
+        );
+        assert!(md.contains("| weights on disk | "), "{md}");
+        assert!(!md.contains("inf%"), "{md}");
+        // A hub id with a revision links to the repo page.
+        let card = ModelCard {
+            teacher: Some("org/bert@v2".into()),
+            ..Default::default()
+        };
+        assert!(card
+            .render(&facts(&labels))
+            .contains("[`org/bert@v2`](https://huggingface.co/org/bert)"));
     }
 
     #[test]
