@@ -1,5 +1,7 @@
 //! Training machinery shared by fine-tuning and distillation.
 
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod optim;
 pub mod parallel;
 pub mod schedule;
