@@ -325,16 +325,7 @@ pub fn augment_task(
         tracing::warn!("the recipe has an [augment] table but no stage uses data = {{ source = \"augmented\" }}");
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = data
-        .train
-        .examples
-        .iter()
-        .map(|e| {
-            std::iter::once(e.text_a.clone())
-                .chain(e.text_b.clone())
-                .collect()
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = data.train.examples.iter().map(|e| e.texts()).collect();
     let ctx = crate::augment::job::JobContext {
         task: &recipe.task.name,
         out_dir: &run.path("augmented"),

@@ -136,11 +136,7 @@ impl Args {
         };
         let train = load_dataset(&data_source(&self.data), Some(task), Split::Train, &options)
             .with_context(|| format!("loading the {task} training split from {}", self.data))?;
-        Ok(train
-            .examples
-            .into_iter()
-            .map(|e| std::iter::once(e.text_a).chain(e.text_b).collect())
-            .collect())
+        Ok(train.examples.iter().map(|e| e.texts()).collect())
     }
 }
 

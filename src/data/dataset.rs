@@ -27,6 +27,15 @@ pub struct Example {
     pub label: Label,
 }
 
+impl Example {
+    /// Its one or two texts, in order.
+    pub fn texts(&self) -> Vec<String> {
+        std::iter::once(self.text_a.clone())
+            .chain(self.text_b.clone())
+            .collect()
+    }
+}
+
 /// Predictions or gold labels of a whole dataset, in example order.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(untagged)]
