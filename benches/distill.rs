@@ -8,6 +8,8 @@
 //!
 //! Weights are random: speed does not depend on them. Threads: RAYON_NUM_THREADS
 //! (set to 2 by the parent unless already set), torch.set_num_threads on the other side.
+//! On a GPU (build with `--features cuda`): BENCH_DEVICE=cuda:0 runs both sides there,
+//! and BENCH_STEP_BATCH (default 16) sets the batch of the step measurements.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -45,6 +47,30 @@ const SST2_SENTENCES: usize = 4000;
 const EPOCH_BATCH: usize = 32;
 const EPOCH_MAX_LEN: usize = 64;
 
+/// BENCH_DEVICE (default `cpu`), for both sides.
+fn bench_device() -> Device {
+    let spec = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    candle_distill::device::parse_device(&spec)
+        .unwrap_or_else(|e| panic!("BENCH_DEVICE={spec}: {e}"))
+}
+
+/// BENCH_STEP_BATCH (default 16): the batch of the step, teacher and student rows.
+fn step_batch() -> usize {
+    std::env::var("BENCH_STEP_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(16)
+}
+
+/// BENCH_DEVICE as torch names it (`cuda:0`, `cpu`).
+fn torch_device() -> String {
+    match std::env::var("BENCH_DEVICE").as_deref() {
+        Ok("cuda") => "cuda:0".into(),
+        Ok(d) if d.starts_with("cuda") => d.into(),
+        _ => "cpu".into(),
+    }
+}
+
 fn teacher_base() -> BertConfig {
     BertConfig::with_shape(VOCAB, 768, 12, 12, 3072)
 }
@@ -63,7 +89,7 @@ fn random_model(
     seed: u64,
 ) -> Result<(BertForSequenceClassification, Option<VarMap>)> {
     let options = BuildOptions {
-        device: Device::Cpu,
+        device: bench_device(),
         dtype: DType::F32,
         trainable,
         init_seed: Some(seed),
@@ -77,7 +103,7 @@ fn random_input(batch: usize, seq: usize, rng: &mut Rng) -> Result<BertInput> {
     let ids: Vec<u32> = (0..batch * seq)
         .map(|_| 1000 + rng.below(VOCAB - 1000) as u32)
         .collect();
-    let dev = Device::Cpu;
+    let dev = bench_device();
     Ok(BertInput {
         input_ids: Tensor::from_vec(ids, (batch, seq), &dev)?,
         token_type_ids: Tensor::zeros((batch, seq), DType::U32, &dev)?,
@@ -98,7 +124,7 @@ impl Student {
         let (model, varmap) = random_model(config, true, 7)?;
         let varmap = varmap.expect("trainable model has a VarMap");
         let proj_map = VarMap::new();
-        let vb = VarBuilder::from_varmap(&proj_map, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&proj_map, DType::F32, &bench_device());
         let proj = Linear::new(vb.pp("fit_dense"), config.hidden_size, teacher_hidden)?;
         let mut vars: Vec<(String, Var)> = Vec::new();
         for map in [&varmap, &proj_map] {
@@ -196,11 +222,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Median seconds of `runs` calls after one warm-up call.
 fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    // GPU work is asynchronous: a run ends when the device is done.
+    let device = bench_device();
     f()?;
+    device.synchronize()?;
     let mut all = Vec::new();
     for _ in 0..runs {
         let start = Instant::now();
         f()?;
+        device.synchronize()?;
         all.push(start.elapsed().as_secs_f64());
     }
     Ok(median(all))
@@ -215,7 +245,7 @@ fn teacher_forward(
 
 fn measure_step(which: &str) -> Result<f64> {
     let mut rng = Rng::new(1);
-    let input = random_input(16, 128, &mut rng)?;
+    let input = random_input(step_batch(), 128, &mut rng)?;
     let (teacher, _) = random_model(&teacher_base(), false, 3)?;
     match which {
         "teacher" => time(3, || teacher_forward(&teacher, &input).map(|_| ())),
@@ -281,7 +311,7 @@ fn batch_input(ids: &[Vec<u32>], rows: &[usize], pad_to: Option<usize>) -> Resul
         flat[b * seq..b * seq + ids[r].len()].copy_from_slice(&ids[r]);
         mask[b * seq..b * seq + ids[r].len()].fill(1);
     }
-    let dev = Device::Cpu;
+    let dev = bench_device();
     Ok(BertInput {
         input_ids: Tensor::from_vec(flat, (rows.len(), seq), &dev)?,
         token_type_ids: Tensor::zeros((rows.len(), seq), DType::U32, &dev)?,
@@ -302,6 +332,7 @@ fn measure_epoch(grouped: bool) -> Result<f64> {
         let t = teacher_forward(&teacher, &input)?;
         student.step(&input, &t, false)?;
     }
+    bench_device().synchronize()?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -416,6 +447,12 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         match Command::new(&python)
             .arg(&script)
             .args(["--only", &names.join(","), "--threads", &threads])
+            .args([
+                "--device",
+                &torch_device(),
+                "--batch",
+                &step_batch().to_string(),
+            ])
             .output()
         {
             Ok(out) => {
@@ -463,6 +500,10 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             fmt_mb(t.peak_mb)
         );
     }
-    println!("(ratio = ours / PyTorch time; below 1 is faster. RAYON_NUM_THREADS={threads})");
+    println!(
+        "(ratio = ours / PyTorch time; below 1 is faster. RAYON_NUM_THREADS={threads}; device {}; step rows at batch {})",
+        torch_device(),
+        step_batch()
+    );
     Ok(())
 }

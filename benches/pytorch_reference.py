@@ -6,6 +6,10 @@ and prints one JSON line {"name", "seconds", "peak_mb"}; with onnxruntime instal
 the student inference rows are also measured through an ONNX export (ort_b1, ort_b32).
 
     python benches/pytorch_reference.py [--only step,teacher,...] [--threads 2]
+        [--device cpu|cuda:0] [--batch 16]
+
+--batch sets the batch of the step, teacher and student rows; on a GPU, timings wait
+for the device (torch.cuda.synchronize) and the onnxruntime rows are left out.
 """
 
 import argparse
@@ -25,6 +29,8 @@ VOCAB = 30522
 SST2_SENTENCES = 4000
 EPOCH_BATCH = 32
 EPOCH_MAX_LEN = 64
+DEVICE = "cpu"
+STEP_BATCH = 16
 ALL = ["step", "teacher", "student", "epoch_pad64", "epoch_grouped", "infer_b1", "infer_b32"]
 
 
@@ -47,14 +53,14 @@ def model(cfg, seed):
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(seed)
-    return BertForSequenceClassification(cfg)
+    return BertForSequenceClassification(cfg).to(DEVICE)
 
 
 def random_input(batch, seq, seed=1):
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, VOCAB, (batch, seq), generator=g)
+    ids = torch.randint(1000, VOCAB, (batch, seq), generator=g).to(DEVICE)
     return ids, torch.ones_like(ids)
 
 
@@ -63,7 +69,7 @@ class Student:
         import torch
 
         self.model = model(cfg, 7).train()
-        self.proj = torch.nn.Linear(cfg.hidden_size, teacher_hidden)
+        self.proj = torch.nn.Linear(cfg.hidden_size, teacher_hidden).to(DEVICE)
         params = list(self.model.named_parameters()) + [
             ("fit_dense." + n, p) for n, p in self.proj.named_parameters()
         ]
@@ -131,12 +137,21 @@ def run_model(m, ids, mask, store):
     return out
 
 
+def sync():
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def timed(runs, f):
     f()
+    sync()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         f()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -145,7 +160,7 @@ def measure_step(which):
     import torch
 
     store = keep_scores()
-    ids, mask = random_input(16, 128)
+    ids, mask = random_input(STEP_BATCH, 128)
     teacher = model(config(768, 12, 12, 3072), 3).eval()
 
     def teach():
@@ -196,7 +211,7 @@ def batch_input(ids, rows, pad_to):
     for b, r in enumerate(rows):
         x[b, : len(ids[r])] = torch.tensor(ids[r])
         m[b, : len(ids[r])] = 1
-    return x, m
+    return x.to(DEVICE), m.to(DEVICE)
 
 
 def measure_epoch(grouped):
@@ -218,6 +233,7 @@ def measure_epoch(grouped):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.params, 1.0)
         student.opt.step()
+    sync()
     return time.perf_counter() - start
 
 
@@ -291,7 +307,11 @@ def main():
     ap.add_argument("--only", default=",".join(ALL))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--run")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
+    global DEVICE, STEP_BATCH
+    DEVICE, STEP_BATCH = args.device, args.batch
     if args.run:
         run_one(args.run, args.threads)
         return
@@ -305,6 +325,8 @@ def main():
     try:
         import onnxruntime  # noqa: F401
 
+        if DEVICE != "cpu":
+            raise ImportError("onnxruntime rows are CPU only")
         names += [n.replace("infer_", "ort_") for n in names if n.startswith("infer_")]
     except ImportError:
         print("onnxruntime not installed: no onnxruntime rows", file=sys.stderr)
@@ -315,7 +337,10 @@ def main():
     for name in names:
         print(f"pytorch: {name} ...", file=sys.stderr)
         out = subprocess.run(
-            [sys.executable, __file__, "--run", name, "--threads", str(args.threads)],
+            [
+                sys.executable, __file__, "--run", name, "--threads", str(args.threads),
+                "--device", DEVICE, "--batch", str(STEP_BATCH),
+            ],
             capture_output=True,
             text=True,
             env=env,
