@@ -21,6 +21,28 @@ pub const TINY_WORDS: &[&str] = &[
     "they", "we", "you", "i", ".", ",", "!", "?", "'", "s",
 ];
 
+/// `n` random sentences of 2 to 11 tiny-vocabulary words (at most 24 tokens), labelled
+/// 0, 1, 0, 1...: training data for trainer tests. Deterministic in `seed`.
+pub fn tiny_train_examples(
+    tokenizer: &crate::tokenizer::TextTokenizer,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<crate::distill::TrainExample>> {
+    let mut rng = crate::rng::Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let words = 2 + rng.below(10);
+            let text: Vec<&str> = (0..words)
+                .map(|_| TINY_WORDS[rng.below(TINY_WORDS.len())])
+                .collect();
+            Ok(crate::distill::TrainExample {
+                encoded: tokenizer.encode(&text.join(" "), None, 24)?,
+                target: crate::distill::Target::Class((i % 2) as u32),
+            })
+        })
+        .collect()
+}
+
 /// The tiny vocabulary in id order.
 pub fn tiny_vocab() -> Vec<String> {
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

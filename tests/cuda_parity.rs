@@ -10,13 +10,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_distill::distill::{
-    build_student, LayerMap, Stage, StageKind, StudentInit, Target, TeacherParts, TrainExample,
-    TrainSettings, Trainer,
+    build_student, LayerMap, Stage, StageKind, StudentInit, TeacherParts, TrainSettings, Trainer,
 };
 use candle_distill::model::{load_classifier, BertInput, BuildOptions, Outputs};
 use candle_distill::rng::Rng;
 use candle_distill::run::{Opened, RunDir};
-use candle_distill::testing::{tiny_config, write_random_classifier, TINY_WORDS};
+use candle_distill::testing::{tiny_config, tiny_train_examples, write_random_classifier};
 use candle_distill::train::Schedule;
 
 fn cuda() -> Option<Device> {
@@ -139,19 +138,7 @@ fn train_on(device: &Device, root: &Path) -> HashMap<String, Tensor> {
         model: root.join("student").display().to_string(),
     };
     let student = build_student(&init, &parts, &["a".into(), "b".into()], 3, device).unwrap();
-    let mut rng = Rng::new(9);
-    let examples: Vec<TrainExample> = (0..32)
-        .map(|i| {
-            let n = 2 + rng.below(10);
-            let text: Vec<&str> = (0..n)
-                .map(|_| TINY_WORDS[rng.below(TINY_WORDS.len())])
-                .collect();
-            TrainExample {
-                encoded: tok.encode(&text.join(" "), None, 24).unwrap(),
-                target: Target::Class(i % 2),
-            }
-        })
-        .collect();
+    let examples = tiny_train_examples(&tok, 32, 9).unwrap();
     let run_dir = root.join(format!("{device:?}").replace([':', ' ', '(', ')'], "_"));
     let run = match RunDir::open(&run_dir, "recipe", false).unwrap() {
         Opened::Fresh(r) | Opened::Resume(r) => r,

@@ -8,14 +8,13 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use candle_distill::distill::cache::model_logits;
 use candle_distill::distill::{
-    build_student, LayerMap, Stage, StageKind, Student, StudentInit, Target, TeacherParts,
-    TrainExample, TrainSettings, Trainer,
+    build_student, LayerMap, Stage, StageKind, Student, StudentInit, TeacherParts, TrainExample,
+    TrainSettings, Trainer,
 };
 use candle_distill::model::{build_classifier, BertForSequenceClassification, BuildOptions};
-use candle_distill::rng::Rng;
 use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{
-    tiny_config, write_random_classifier, write_tiny_tokenizer, TINY_WORDS,
+    tiny_config, tiny_train_examples, write_random_classifier, write_tiny_tokenizer,
 };
 use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
 use candle_distill::train::parallel::{AllReduce, ThreadAllReduce};
@@ -58,20 +57,8 @@ fn setup(dir: &Path) -> Setup {
     student_config.attention_probs_dropout_prob = 0.0;
     let student_dir = dir.join("student");
     write_random_classifier(&student_dir, &student_config, 11).unwrap();
-    let mut rng = Rng::new(9);
     // 90 rows at batch 8: the last batch has 2 rows, fewer than three workers.
-    let examples: Vec<TrainExample> = (0..90)
-        .map(|i| {
-            let n = 2 + rng.below(10);
-            let text: Vec<&str> = (0..n)
-                .map(|_| TINY_WORDS[rng.below(TINY_WORDS.len())])
-                .collect();
-            TrainExample {
-                encoded: tok.encode(&text.join(" "), None, 24).unwrap(),
-                target: Target::Class(i % 2),
-            }
-        })
-        .collect();
+    let examples = tiny_train_examples(&tok, 90, 9).unwrap();
     let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
     let logits = model_logits(&teacher, &enc, 16, tok.pad_id(), &dev).unwrap();
     Setup {

@@ -6,31 +6,14 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use candle_distill::distill::cache::model_logits;
 use candle_distill::distill::{
-    build_student, LayerMap, Progress, Stage, StageKind, StudentInit, Target, TeacherParts,
-    TrainExample, TrainSettings, Trainer,
+    build_student, LayerMap, Progress, Stage, StageKind, StudentInit, TeacherParts, TrainSettings,
+    Trainer,
 };
 use candle_distill::model::{build_classifier, BuildOptions};
-use candle_distill::rng::Rng;
 use candle_distill::run::{Opened, RunDir};
-use candle_distill::testing::{tiny_config, write_tiny_tokenizer, TINY_WORDS};
+use candle_distill::testing::{tiny_config, tiny_train_examples, write_tiny_tokenizer};
 use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
 use candle_distill::train::Schedule;
-
-fn data(tok: &TextTokenizer) -> Vec<TrainExample> {
-    let mut rng = Rng::new(9);
-    (0..90)
-        .map(|i| {
-            let n = 2 + rng.below(10);
-            let text: Vec<&str> = (0..n)
-                .map(|_| TINY_WORDS[rng.below(TINY_WORDS.len())])
-                .collect();
-            TrainExample {
-                encoded: tok.encode(&text.join(" "), None, 24).unwrap(),
-                target: Target::Class(i % 2),
-            }
-        })
-        .collect()
-}
 
 /// Runs intermediate then prediction stages; `kill_at` interrupts the given stage once.
 fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String, Tensor> {
@@ -65,7 +48,7 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
         intermediate: 32,
     };
     let labels = vec!["a".to_string(), "b".to_string()];
-    let examples = data(&tok);
+    let examples = tiny_train_examples(&tok, 90, 9).unwrap();
     let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
     let logits = model_logits(&teacher.model, &enc, 16, tok.pad_id(), &dev).unwrap();
     let settings = TrainSettings {
