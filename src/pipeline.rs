@@ -2,6 +2,7 @@
 //! checked before any distillation), student, stages with resume, best checkpoint,
 //! export, report and plots.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -38,8 +39,9 @@ pub struct TaskData {
     /// MNLI's mismatched dev set, scored separately, never merged.
     pub dev_mismatched: Option<Dataset>,
     pub max_seq_len: usize,
-    /// The run's augmented files (one per method), once [`augment_task`] made them.
-    pub augmented: Vec<PathBuf>,
+    /// The run's augmented rows (all methods, each text pair once), once
+    /// [`augment_task`] made them; read once for every stage that trains on them.
+    pub augmented: Option<Dataset>,
 }
 
 pub fn data_source(spec: &str) -> DataSource {
@@ -84,7 +86,7 @@ pub fn load_task_data(recipe: &Recipe) -> Result<TaskData> {
         train,
         dev,
         dev_mismatched,
-        augmented: Vec::new(),
+        augmented: None,
         max_seq_len: recipe
             .task
             .max_seq_len
@@ -260,22 +262,25 @@ pub fn run_stages(
     Ok(summaries)
 }
 
-/// The rows a stage trains on, before encoding.
-pub fn stage_dataset(spec: &StageSpec, data: &TaskData) -> Result<Dataset> {
-    match &spec.data {
-        StageData::Train => Ok(data.train.clone()),
-        StageData::Unlabeled { path } => crate::data::load_unlabeled(path, &Default::default()),
+/// The rows a stage trains on, before encoding: the run's own data borrowed, files read.
+pub fn stage_dataset<'a>(spec: &StageSpec, data: &'a TaskData) -> Result<Cow<'a, Dataset>> {
+    Ok(match &spec.data {
+        StageData::Train => Cow::Borrowed(&data.train),
+        StageData::Unlabeled { path } => {
+            Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
+        }
         StageData::Augmented { path: Some(path) } if is_jsonl(path) => {
-            augmented_dataset(std::slice::from_ref(path))
+            Cow::Owned(augmented_dataset(std::slice::from_ref(path))?)
         }
         StageData::Augmented { path: Some(path) } => {
-            crate::data::load_unlabeled(path, &Default::default())
+            Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
         }
-        StageData::Augmented { path: None } if data.augmented.is_empty() => Err(Error::msg(
-            "a stage trains on the run's augmented data, but no augmentation ran (the recipe needs an [augment] table)",
-        )),
-        StageData::Augmented { path: None } => augmented_dataset(&data.augmented),
-    }
+        StageData::Augmented { path: None } => Cow::Borrowed(data.augmented.as_ref().ok_or_else(|| {
+            Error::msg(
+                "a stage trains on the run's augmented data, but no augmentation ran (the recipe needs an [augment] table)",
+            )
+        })?),
+    })
 }
 
 fn is_jsonl(path: &Path) -> bool {
@@ -333,6 +338,7 @@ pub fn augment_task(
         device,
         show_progress: true,
     };
+    let mut files = Vec::new();
     for job in crate::augment::job::augment_cached(&rows, settings, &ctx)? {
         let o = &job.outcome;
         tracing::info!(
@@ -343,8 +349,9 @@ pub fn augment_task(
             o.path.display(),
             if o.reused { ", reused" } else { "" }
         );
-        data.augmented.push(o.path.clone());
+        files.push(o.path.clone());
     }
+    data.augmented = Some(augmented_dataset(&files)?);
     Ok(())
 }
 
