@@ -21,6 +21,26 @@ pub const TINY_WORDS: &[&str] = &[
     "they", "we", "you", "i", ".", ",", "!", "?", "'", "s",
 ];
 
+/// A random 4-layer, 32-wide teacher with labels `a` and `b`, built in memory on
+/// `device`, and its config. Deterministic in `seed`.
+pub fn tiny_teacher(
+    device: &Device,
+    seed: u64,
+) -> Result<(BertConfig, crate::model::BertForSequenceClassification)> {
+    let mut config = tiny_config(32, 4, 4, 64);
+    config.set_labels(&["a".into(), "b".into()]);
+    let built = build_classifier(
+        "tiny-teacher",
+        &config,
+        Default::default(),
+        &BuildOptions {
+            init_seed: Some(seed),
+            ..BuildOptions::inference(device)
+        },
+    )?;
+    Ok((config, built.model))
+}
+
 /// `n` random sentences of 2 to 11 tiny-vocabulary words (at most 24 tokens), labelled
 /// 0, 1, 0, 1...: training data for trainer tests. Deterministic in `seed`.
 pub fn tiny_train_examples(

@@ -150,13 +150,9 @@ fn train_on(device: &Device, root: &Path) -> HashMap<String, Tensor> {
         batch_size: 8,
         warmup_ratio: 0.0,
         schedule: Schedule::Constant,
-        weight_decay: 0.01,
-        max_grad_norm: Some(1.0),
-        eval_every: 0,
-        patience: None,
-        group_by_length: true,
         checkpoint_every: 100,
         log_every: 1,
+        ..Default::default()
     };
     let trainer = Trainer {
         teacher: Some(&teacher.built.model),

@@ -11,14 +11,13 @@ use candle_distill::distill::{
     build_student, LayerMap, Stage, StageKind, Student, StudentInit, TeacherParts, TrainExample,
     TrainSettings, Trainer,
 };
-use candle_distill::model::{build_classifier, BertForSequenceClassification, BuildOptions};
+use candle_distill::model::BertForSequenceClassification;
 use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{
-    tiny_config, tiny_train_examples, write_random_classifier, write_tiny_tokenizer,
+    tiny_config, tiny_teacher, tiny_train_examples, write_random_classifier, write_tiny_tokenizer,
 };
 use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
 use candle_distill::train::parallel::{AllReduce, ThreadAllReduce};
-use candle_distill::train::Schedule;
 
 struct Setup {
     tok: TextTokenizer,
@@ -37,19 +36,7 @@ fn setup(dir: &Path) -> Setup {
         ..Default::default()
     })
     .unwrap();
-    let mut teacher_config = tiny_config(32, 4, 4, 64);
-    teacher_config.set_labels(&["a".into(), "b".into()]);
-    let teacher = build_classifier(
-        "t",
-        &teacher_config,
-        Default::default(),
-        &BuildOptions {
-            init_seed: Some(5),
-            ..BuildOptions::inference(&dev)
-        },
-    )
-    .unwrap()
-    .model;
+    let (teacher_config, teacher) = tiny_teacher(&dev, 5).unwrap();
     // Without dropout, so that one replica and several see the same network.
     let mut student_config = tiny_config(16, 2, 4, 32);
     student_config.set_labels(&["a".into(), "b".into()]);
@@ -80,18 +67,11 @@ fn train(s: &Setup, run_dir: &Path, parallel: Option<&dyn AllReduce>) -> HashMap
     };
     let settings = TrainSettings {
         epochs: 2,
-        max_steps: None,
         learning_rate: 1e-3,
         batch_size: 8,
-        warmup_ratio: 0.1,
-        schedule: Schedule::Linear,
-        weight_decay: 0.01,
-        max_grad_norm: Some(1.0),
-        eval_every: 0,
-        patience: None,
-        group_by_length: true,
         checkpoint_every: 5,
         log_every: 1,
+        ..Default::default()
     };
     let trainer = Trainer {
         teacher: Some(&s.teacher),

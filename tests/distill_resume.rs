@@ -9,11 +9,9 @@ use candle_distill::distill::{
     build_student, LayerMap, Progress, Stage, StageKind, StudentInit, TeacherParts, TrainSettings,
     Trainer,
 };
-use candle_distill::model::{build_classifier, BuildOptions};
 use candle_distill::run::{Opened, RunDir};
-use candle_distill::testing::{tiny_config, tiny_train_examples, write_tiny_tokenizer};
+use candle_distill::testing::{tiny_teacher, tiny_train_examples, write_tiny_tokenizer};
 use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
-use candle_distill::train::Schedule;
 
 /// Runs intermediate then prediction stages; `kill_at` interrupts the given stage once.
 fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String, Tensor> {
@@ -23,18 +21,7 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
         ..Default::default()
     })
     .unwrap();
-    let mut config = tiny_config(32, 4, 4, 64);
-    config.set_labels(&["a".into(), "b".into()]);
-    let teacher = build_classifier(
-        "t",
-        &config,
-        Default::default(),
-        &BuildOptions {
-            init_seed: Some(5),
-            ..BuildOptions::inference(&dev)
-        },
-    )
-    .unwrap();
+    let (config, teacher) = tiny_teacher(&dev, 5).unwrap();
     let tensors = HashMap::new();
     let parts = TeacherParts {
         config: &config,
@@ -50,21 +37,14 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
     let labels = vec!["a".to_string(), "b".to_string()];
     let examples = tiny_train_examples(&tok, 90, 9).unwrap();
     let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
-    let logits = model_logits(&teacher.model, &enc, 16, tok.pad_id(), &dev).unwrap();
+    let logits = model_logits(&teacher, &enc, 16, tok.pad_id(), &dev).unwrap();
     let settings = TrainSettings {
         epochs: 3,
-        max_steps: None,
         learning_rate: 1e-3,
         batch_size: 8,
-        warmup_ratio: 0.1,
-        schedule: Schedule::Linear,
-        weight_decay: 0.01,
-        max_grad_norm: Some(1.0),
-        eval_every: 0,
-        patience: None,
-        group_by_length: true,
         checkpoint_every: 4,
         log_every: 1,
+        ..Default::default()
     };
     let stages = [
         (StageKind::Intermediate, None),
@@ -95,7 +75,7 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
             {
                 // The previous stage finished: start from its final weights.
                 let trainer = Trainer {
-                    teacher: Some(&teacher.model),
+                    teacher: Some(&teacher),
                     student: &student,
                     evaluator: None,
                     run: &run,
@@ -107,7 +87,7 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
                 trainer.restore_student().unwrap();
             }
             let trainer = Trainer {
-                teacher: Some(&teacher.model),
+                teacher: Some(&teacher),
                 student: &student,
                 evaluator: None,
                 run: &run,

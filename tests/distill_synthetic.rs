@@ -13,7 +13,6 @@ use candle_distill::rng::Rng;
 use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{tiny_config, write_tiny_tokenizer};
 use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
-use candle_distill::train::Schedule;
 
 const POSITIVE: &[&str] = &[
     "good", "great", "fun", "love", "best", "funny", "nice", "happy",
@@ -93,18 +92,11 @@ impl Evaluator for Agreement<'_> {
 fn settings(epochs: usize, lr: f64, batch: usize) -> TrainSettings {
     TrainSettings {
         epochs,
-        max_steps: None,
         learning_rate: lr,
         batch_size: batch,
-        warmup_ratio: 0.1,
-        schedule: Schedule::Linear,
-        weight_decay: 0.01,
-        max_grad_norm: Some(1.0),
-        eval_every: 0,
-        patience: None,
-        group_by_length: true,
         checkpoint_every: 1000,
         log_every: 5,
+        ..Default::default()
     }
 }
 

@@ -78,6 +78,28 @@ pub struct TrainSettings {
     pub log_every: usize,
 }
 
+/// A recipe stage's defaults (3 epochs, lr 5e-5, batch 32, 10% warm-up then linear decay,
+/// weight decay 0.01, clipping at 1.0, length grouping, a checkpoint every 200 steps).
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            epochs: 3,
+            max_steps: None,
+            learning_rate: 5e-5,
+            batch_size: 32,
+            warmup_ratio: 0.1,
+            schedule: Schedule::Linear,
+            weight_decay: 0.01,
+            max_grad_norm: Some(1.0),
+            eval_every: 0,
+            patience: None,
+            group_by_length: true,
+            checkpoint_every: 200,
+            log_every: 10,
+        }
+    }
+}
+
 /// Scores of one evaluation; `main` selects the best checkpoint (higher is better).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
