@@ -63,6 +63,31 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// Parses a comma-separated list of devices (`cuda:0,cuda:1`): one data-parallel
+/// replica on each. A single device is a list of one.
+pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
+    let parts: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::invalid(
+            "--device",
+            spec,
+            "expected one device or a comma-separated list (cuda:0,cuda:1)",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in &parts {
+        let p = p.to_ascii_lowercase();
+        if p != "cpu" && !seen.insert(p.clone()) {
+            return Err(Error::invalid(
+                "--device",
+                spec,
+                format!("`{p}` is listed twice; each GPU holds one replica"),
+            ));
+        }
+    }
+    parts.into_iter().map(parse_device).collect()
+}
+
 /// Parses `f32`, `f16` or `bf16`.
 pub fn parse_dtype(spec: &str) -> Result<DType> {
     match spec.trim().to_ascii_lowercase().as_str() {
@@ -99,6 +124,11 @@ mod tests {
             let err = parse_device("cuda:0").unwrap_err().to_string();
             assert!(err.contains("--features cuda"), "{err}");
         }
+        assert_eq!(parse_devices("cpu, cpu").unwrap().len(), 2);
+        let err = parse_devices("cpu,").unwrap_err().to_string();
+        assert!(err.contains("comma-separated"), "{err}");
+        let err = parse_devices("cuda:0,cuda:0").unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
         assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
         assert!(parse_dtype("int8").is_err());
     }

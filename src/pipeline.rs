@@ -16,6 +16,9 @@ use crate::data::{
     load_dataset, DataSource, Dataset, EncodedDataset, Label, LoadOptions, Predictions, Split, Task,
 };
 use crate::distill::cache::{cache_key, cached_logits, files_identity, model_logits};
+use crate::distill::replicas::{
+    local_group, node_group, on_every_replica, start_message, Group, Replica,
+};
 use crate::distill::{
     build_student, Evaluator, Progress, Scores, Stage, StageKind, StageSummary, Student,
     StudentInit, Target, TeacherParts, TrainExample, Trainer,
@@ -28,7 +31,9 @@ use crate::model::{build_classifier, BertForSequenceClassification, BuildOptions
 use crate::recipe::{FinetuneWhen, Recipe, StageData, StageSpec};
 use crate::run::{Opened, RunDir};
 use crate::tokenizer::{Encoded, TextTokenizer};
+use crate::train::cluster::{NodeSpec, Rendezvous};
 use crate::{Error, Result};
+use sha2::Digest;
 
 /// Task data of a run, loaded once.
 pub struct TaskData {
@@ -42,6 +47,17 @@ pub struct TaskData {
     /// The run's augmented rows (all methods, each text pair once), once
     /// [`augment_task`] made them; read once for every stage that trains on them.
     pub augmented: Option<Dataset>,
+}
+
+impl TaskData {
+    /// The student's output labels: the task's classes, or one score.
+    pub fn labels(&self) -> Vec<String> {
+        if self.task.is_regression() {
+            vec!["score".to_string()]
+        } else {
+            self.dev.label_names.clone()
+        }
+    }
 }
 
 pub fn data_source(spec: &str) -> DataSource {
@@ -182,20 +198,24 @@ pub fn chance_score(task: Task, dev: &Dataset) -> Result<f64> {
     Ok(task_metrics(task, &constant, &dev.gold()?)?.score)
 }
 
-/// Runs the stages of `specs` on `student`, resuming from the run folder's checkpoint.
-#[allow(clippy::too_many_arguments)]
+/// Runs the stages of `specs`, resuming from the run folder's checkpoint: on every
+/// replica at once when there are several (data-parallel), else on the one.
+/// Teacher logits are cached in the run folder under `logit_cache` (the teacher's
+/// identity); nodes other than node 0 pass none and compute their own.
 pub fn run_stages(
     run: &RunDir,
     specs: &[StageSpec],
     recipe: &Recipe,
-    student: &Student,
-    teacher: Option<(&BertForSequenceClassification, &str)>,
+    replicas: &[Replica],
+    logit_cache: Option<&str>,
     data: &TaskData,
     evaluator: Option<&dyn Evaluator>,
-    device: &Device,
 ) -> Result<Vec<StageSummary>> {
+    let first = replicas
+        .first()
+        .ok_or_else(|| Error::msg("no replica to train"))?;
     let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json")?;
-    let pad_id = student.tokenizer.pad_id();
+    let pad_id = first.student.tokenizer.pad_id();
     let mut summaries = Vec::new();
     let mut restored = false;
     for (index, spec) in specs.iter().enumerate() {
@@ -206,40 +226,36 @@ pub fn run_stages(
                 continue;
             }
         }
-        let trainer = Trainer {
-            teacher: teacher.map(|t| t.0),
-            student,
-            evaluator,
-            run,
-            device: device.clone(),
-            pad_id,
-            interrupt_after: None,
-            parallel: None,
-        };
         let resume = saved.clone().filter(|p| p.stage == index);
         if saved.is_some() && resume.is_none() && !restored {
             // A previous stage finished before the interruption: continue from its weights.
-            trainer.restore_student()?;
+            for r in replicas {
+                trainer_for(r, run, evaluator, pad_id).restore_student()?;
+            }
         }
         restored = true;
-        let examples = stage_examples(spec, data, &student.tokenizer)?;
+        let examples = stage_examples(spec, data, &first.student.tokenizer)?;
         let losses = spec.losses();
-        let teacher_logits = match teacher {
-            Some((t, identity)) if losses.needs_teacher_logits() => {
+        let teacher_logits = match first.teacher {
+            Some(t) if losses.needs_teacher_logits() => {
                 let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
-                let key = cache_key(
-                    identity,
-                    &enc,
-                    &format!("logits max_len={}", data.max_seq_len),
-                );
-                Some(cached_logits(&run.path("cache"), &key, || {
-                    model_logits(t, &enc, 64, pad_id, device)
-                })?)
+                let compute = || model_logits(t, &enc, 64, pad_id, &first.device);
+                Some(match logit_cache {
+                    Some(identity) => {
+                        let key = cache_key(
+                            identity,
+                            &enc,
+                            &format!("logits max_len={}", data.max_seq_len),
+                        );
+                        cached_logits(&run.path("cache"), &key, compute)?
+                    }
+                    None => compute()?,
+                })
             }
             _ => None,
         };
         let is_final = index + 1 == specs.len();
-        let settings = spec.settings(&recipe.eval, is_final);
+        let settings = spec.settings(recipe, is_final);
         let stage = Stage {
             index,
             name: &name,
@@ -253,13 +269,38 @@ pub fn run_stages(
             seed: recipe.seed,
         };
         tracing::info!(
-            "stage {name}: {} examples, {} epochs",
+            "stage {name}: {} examples, {} epochs{}",
             examples.len(),
-            settings.epochs
+            settings.epochs,
+            match replicas.len() {
+                1 => String::new(),
+                n => format!(", {n} local replicas"),
+            }
         );
-        summaries.push(trainer.run_stage(&stage, resume)?);
+        summaries.push(on_every_replica(replicas, |r| {
+            trainer_for(r, run, evaluator, pad_id).run_stage(&stage, resume.clone())
+        })?);
     }
     Ok(summaries)
+}
+
+/// The trainer of one replica; only the leader gets the evaluator.
+fn trainer_for<'a>(
+    r: &Replica<'a>,
+    run: &'a RunDir,
+    evaluator: Option<&'a dyn Evaluator>,
+    pad_id: u32,
+) -> Trainer<'a> {
+    Trainer {
+        teacher: r.teacher,
+        student: r.student,
+        evaluator: evaluator.filter(|_| r.is_leader()),
+        run,
+        device: r.device.clone(),
+        pad_id,
+        interrupt_after: None,
+        parallel: r.parallel,
+    }
 }
 
 /// The rows a stage trains on, before encoding: the run's own data borrowed, files read.
@@ -497,6 +538,7 @@ pub fn default_finetune_stage() -> StageSpec {
         max_grad_norm: Some(1.0),
         group_by_length: true,
         checkpoint_every: 200,
+        precision: None,
     }
 }
 
@@ -532,11 +574,7 @@ pub fn finetune(
     let init = StudentInit::Checkpoint {
         model: model.to_string(),
     };
-    let labels = if data.task.is_regression() {
-        vec!["score".to_string()]
-    } else {
-        data.dev.label_names.clone()
-    };
+    let labels = data.labels();
     let trainee = build_student(&init, &parts, &labels, recipe.seed, device)?;
     let evaluator = GlueEvaluator::new(
         &data.dev,
@@ -545,24 +583,166 @@ pub fn finetune(
         recipe.eval.batch_size,
         device,
     )?;
+    let alone = Replica {
+        student: &trainee,
+        teacher: None,
+        device: device.clone(),
+        parallel: None,
+    };
     run_stages(
         &run,
         std::slice::from_ref(spec),
         recipe,
-        &trainee,
+        &[alone],
         None,
         data,
         Some(&evaluator),
-        device,
     )?;
     run.write_plot()?;
     Ok(best)
 }
 
-/// Runs a recipe end to end.
+/// Runs a recipe end to end (on every device of `recipe.device` at once when it lists
+/// several).
 pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> Result<RunReport> {
+    lead_run(recipe, recipe_path, force, None)
+}
+
+/// One node of a run over several machines. Node 0 runs the recipe as [`run_recipe`]
+/// does and returns the report; the others wait for it to reach the training stages,
+/// train their replicas with it, and return `None`. The run folder must be on storage
+/// every node sees (the other nodes read the fine-tuned teacher, the augmented data and
+/// resume checkpoints from it; only node 0 writes).
+pub fn run_recipe_on_node(
+    recipe: &Recipe,
+    recipe_path: Option<&Path>,
+    force: bool,
+    node: &NodeSpec,
+) -> Result<Option<RunReport>> {
+    let devices = crate::device::parse_devices(&recipe.device)?;
+    let identity = format!(
+        "{:x}",
+        sha2::Sha256::digest(
+            format!(
+                "{}\n{}",
+                recipe.output_dir(recipe_path).display(),
+                recipe.resolved_toml()?
+            )
+            .as_bytes()
+        )
+    );
+    let rendezvous = Rendezvous::join(node, devices.len(), &identity)?;
+    if node.node_rank == 0 {
+        lead_run(recipe, recipe_path, force, Some((node, rendezvous))).map(Some)
+    } else {
+        follow_run(recipe, recipe_path, node, rendezvous, &devices).map(|()| None)
+    }
+}
+
+/// One student per device, all with the same initial weights (same source and seed).
+fn local_students(
+    recipe: &Recipe,
+    parts: &TeacherParts,
+    labels: &[String],
+    devices: &[Device],
+) -> Result<Vec<Student>> {
+    devices
+        .iter()
+        .map(|d| build_student(&recipe.student, parts, labels, recipe.seed, d))
+        .collect()
+}
+
+/// The teacher on each device.
+fn local_teachers(
+    recipe: &Recipe,
+    spec: &str,
+    config: &crate::model::BertConfig,
+    tensors: &HashMap<String, Tensor>,
+    devices: &[Device],
+) -> Result<Vec<BertForSequenceClassification>> {
+    let dtype = crate::device::parse_dtype(&recipe.teacher.dtype)?;
+    devices
+        .iter()
+        .map(|d| {
+            Ok(build_classifier(
+                spec,
+                config,
+                tensors.clone(),
+                &BuildOptions {
+                    dtype,
+                    ..BuildOptions::inference(d)
+                },
+            )?
+            .model)
+        })
+        .collect()
+}
+
+fn replicas<'a>(
+    students: &'a [Student],
+    teachers: &'a [BertForSequenceClassification],
+    devices: &[Device],
+    group: &'a Group,
+) -> Vec<Replica<'a>> {
+    students
+        .iter()
+        .zip(teachers)
+        .zip(devices)
+        .zip(group.handles())
+        .map(|(((student, teacher), device), parallel)| Replica {
+            student,
+            teacher: Some(teacher),
+            device: device.clone(),
+            parallel,
+        })
+        .collect()
+}
+
+/// A node other than node 0: the same data, teacher and students, trained with node
+/// 0's replicas; nothing written to the shared run folder.
+fn follow_run(
+    recipe: &Recipe,
+    recipe_path: Option<&Path>,
+    node: &NodeSpec,
+    mut rendezvous: Rendezvous,
+    devices: &[Device],
+) -> Result<()> {
+    tracing::info!(
+        "node {}: waiting for node 0 to start training",
+        node.node_rank
+    );
+    let start = rendezvous.wait_start()?;
+    let run = RunDir::attach(&recipe.output_dir(recipe_path), &recipe.resolved_toml()?)?;
+    let mut data = load_task_data(recipe)?;
+    let files = ModelFiles::resolve(&start.teacher)?;
+    let config = files.read_config()?;
+    let tokenizer = files.read_tokenizer()?;
+    let tensors = files.read_weights()?;
+    // Node 0 finished the augmentation: this reads its output.
+    augment_task(recipe, &run, &mut data, &devices[0])?;
+    let parts = TeacherParts {
+        config: &config,
+        tensors: &tensors,
+        tokenizer: &tokenizer,
+    };
+    let students = local_students(recipe, &parts, &data.labels(), devices)?;
+    let teachers = local_teachers(recipe, &start.teacher, &config, &tensors, devices)?;
+    let group = node_group(devices, node, rendezvous, &start)?;
+    let replicas = replicas(&students, &teachers, devices, &group);
+    run_stages(&run, &recipe.stages, recipe, &replicas, None, &data, None)?;
+    tracing::info!("node {}: training finished", node.node_rank);
+    Ok(())
+}
+
+fn lead_run(
+    recipe: &Recipe,
+    recipe_path: Option<&Path>,
+    force: bool,
+    cluster: Option<(&NodeSpec, Rendezvous)>,
+) -> Result<RunReport> {
     let started = Instant::now();
-    let device = crate::device::parse_device(&recipe.device)?;
+    let devices = crate::device::parse_devices(&recipe.device)?;
+    let device = devices[0].clone();
     let out = recipe.output_dir(recipe_path);
     let run = match RunDir::open(&out, &recipe.resolved_toml()?, force)? {
         Opened::Fresh(r) => r,
@@ -576,16 +756,8 @@ pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> R
     let teacher_config = teacher_files.read_config()?;
     let tokenizer = teacher_files.read_tokenizer()?;
     let tensors = teacher_files.read_weights()?;
-    let teacher_dtype = crate::device::parse_dtype(&recipe.teacher.dtype)?;
-    let teacher = build_classifier(
-        &teacher_spec,
-        &teacher_config,
-        tensors.clone(),
-        &BuildOptions {
-            dtype: teacher_dtype,
-            ..BuildOptions::inference(&device)
-        },
-    )?;
+    let teachers = local_teachers(recipe, &teacher_spec, &teacher_config, &tensors, &devices)?;
+    let teacher = &teachers[0];
     let evaluator = GlueEvaluator::new(
         &data.dev,
         &tokenizer,
@@ -595,7 +767,7 @@ pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> R
     )?;
 
     // Pre-flight: a teacher near chance level wastes hours (TinyBERT #52: RTE 30.7).
-    let teacher_dev = evaluator.metrics(&teacher.model)?;
+    let teacher_dev = evaluator.metrics(teacher)?;
     let chance = chance_score(data.task, &data.dev)?;
     tracing::info!(
         "teacher dev {} = {:.4} (chance {:.4})",
@@ -621,23 +793,28 @@ pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> R
         tensors: &tensors,
         tokenizer: &tokenizer,
     };
-    let labels = if data.task.is_regression() {
-        vec!["score".to_string()]
-    } else {
-        data.dev.label_names.clone()
+    let students = local_students(recipe, &parts, &data.labels(), &devices)?;
+    let student = &students[0];
+    let group = match cluster {
+        None => local_group(&devices)?,
+        Some((node, mut rendezvous)) => {
+            let start = start_message(&devices, &teacher_spec)?;
+            rendezvous.start(&start)?;
+            node_group(&devices, node, rendezvous, &start)?
+        }
     };
-    let student = build_student(&recipe.student, &parts, &labels, recipe.seed, &device)?;
+    let replicas = replicas(&students, &teachers, &devices, &group);
     let identity = files_identity(&teacher_files);
     let stages = run_stages(
         &run,
         &recipe.stages,
         recipe,
-        &student,
-        Some((&teacher.model, &identity)),
+        &replicas,
+        Some(&identity),
         &data,
         Some(&evaluator),
-        &device,
     )?;
+    drop(replicas);
     run.write_plot()?;
 
     // The best dev student of the final stage is the result.
@@ -674,9 +851,9 @@ pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> R
             parameters: tensor_params(&tensors),
             layers: teacher_config.num_hidden_layers,
             hidden_size: teacher_config.hidden_size,
-            dev_mismatched: mismatched(&teacher.model)?,
+            dev_mismatched: mismatched(teacher)?,
             dev: teacher_dev,
-            latency_ms_batch32: latency_ms(&teacher.model, &sample, tokenizer.pad_id(), &device)?,
+            latency_ms_batch32: latency_ms(teacher, &sample, tokenizer.pad_id(), &device)?,
         },
         student: ModelSummary {
             model: student.description.clone(),

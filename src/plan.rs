@@ -13,6 +13,7 @@ use crate::distill::StudentInit;
 use crate::model::{BertConfig, ModelFiles};
 use crate::pipeline::load_task_data;
 use crate::recipe::{Recipe, StageData};
+use crate::train::Precision;
 use crate::{Error, Result};
 
 #[derive(Debug, Serialize)]
@@ -157,7 +158,7 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
             }
             _ => crate::pipeline::stage_dataset(spec, &data)?.len(),
         };
-        let settings = spec.settings(&recipe.eval, i + 1 == recipe.stages.len());
+        let settings = spec.settings(recipe, i + 1 == recipe.stages.len());
         let per_epoch = examples.div_ceil(spec.batch_size);
         let steps = settings
             .max_steps
@@ -219,9 +220,14 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
                 .min(examples * settings.epochs),
             learning_rate: settings.learning_rate,
             schedule: format!(
-                "{:?}, warm-up {:.0}%",
+                "{:?}, warm-up {:.0}%{}",
                 settings.schedule,
-                settings.warmup_ratio * 100.0
+                settings.warmup_ratio * 100.0,
+                match settings.precision {
+                    Precision::F32 => "",
+                    Precision::Bf16 => ", bf16 compute",
+                    Precision::F16 => ", f16 compute with loss scaling",
+                }
             )
             .to_lowercase(),
         });

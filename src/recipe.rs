@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::job::AugmentSettings;
 use crate::distill::{LayerMap, LossWeights, StageKind, StudentInit, TrainSettings};
-use crate::train::Schedule;
+use crate::train::{Precision, Schedule};
 use crate::{Error, Result};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -28,6 +28,10 @@ pub struct Recipe {
     /// `cpu`, `cuda[:N]`, `metal` or `auto`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Compute dtype of every training stage (`f32`, `bf16`, `f16`; weights stay in
+    /// f32); a stage's own `precision` wins.
+    #[serde(default)]
+    pub precision: Precision,
     /// Run folder; defaults to `runs/<name>`.
     #[serde(default)]
     pub output: Option<PathBuf>,
@@ -211,6 +215,9 @@ pub struct StageSpec {
     pub group_by_length: bool,
     #[serde(default = "default_ckpt")]
     pub checkpoint_every: usize,
+    /// Compute dtype of this stage; defaults to the recipe's `precision`.
+    #[serde(default)]
+    pub precision: Option<Precision>,
 }
 
 fn default_epochs() -> usize {
@@ -255,7 +262,8 @@ impl StageSpec {
 
     /// Optimisation settings, with the kind's defaults for schedule and warm-up:
     /// constant LR for intermediate stages (TinyBERT), 10% warm-up + linear decay otherwise.
-    pub fn settings(&self, eval: &EvalSpec, is_final: bool) -> TrainSettings {
+    pub fn settings(&self, recipe: &Recipe, is_final: bool) -> TrainSettings {
+        let eval = &recipe.eval;
         let intermediate = matches!(self.kind, StageKind::Intermediate | StageKind::General);
         TrainSettings {
             epochs: self.epochs,
@@ -277,6 +285,8 @@ impl StageSpec {
             group_by_length: self.group_by_length,
             checkpoint_every: self.checkpoint_every,
             log_every: 10,
+            precision: self.precision.unwrap_or(recipe.precision),
+            initial_loss_scale: crate::train::LossScale::INITIAL,
         }
     }
 }
@@ -501,14 +511,8 @@ epochs = 2
     fn parses_with_defaults_and_round_trips() {
         let r = Recipe::parse(MINIMAL, "r.toml", &[]).unwrap();
         assert_eq!(r.stages[0].losses(), LossWeights::intermediate());
-        assert_eq!(
-            r.stages[1].settings(&r.eval, true).schedule,
-            Schedule::Linear
-        );
-        assert_eq!(
-            r.stages[0].settings(&r.eval, false).schedule,
-            Schedule::Constant
-        );
+        assert_eq!(r.stages[1].settings(&r, true).schedule, Schedule::Linear);
+        assert_eq!(r.stages[0].settings(&r, false).schedule, Schedule::Constant);
         let again = Recipe::parse(&r.resolved_toml().unwrap(), "resolved", &[]).unwrap();
         assert_eq!(again, r);
     }

@@ -64,6 +64,27 @@ impl RunDir {
         }))
     }
 
+    /// The run folder another process (node 0 of a multi-node run) opened for
+    /// `recipe_text`, to read from: nothing is created or changed.
+    pub fn attach(root: &Path, recipe_text: &str) -> Result<RunDir> {
+        let recipe_path = root.join(RECIPE_FILE);
+        let existing = std::fs::read_to_string(&recipe_path).map_err(|e| {
+            Error::msg(format!(
+                "{}: {e}; every node must see node 0's run folder (shared storage, same path)",
+                recipe_path.display()
+            ))
+        })?;
+        if existing != recipe_text {
+            return Err(Error::msg(format!(
+                "{} holds another recipe than this node's",
+                recipe_path.display()
+            )));
+        }
+        Ok(RunDir {
+            root: root.to_path_buf(),
+        })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -12,9 +12,14 @@ use candle_distill::distill::{
 use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{tiny_teacher, tiny_train_examples, write_tiny_tokenizer};
 use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
+use candle_distill::train::Precision;
 
 /// Runs intermediate then prediction stages; `kill_at` interrupts the given stage once.
-fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String, Tensor> {
+fn run(
+    dir: &std::path::Path,
+    kill_at: Option<(usize, usize)>,
+    precision: Precision,
+) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
     let tok = TextTokenizer::from_files(&TokenizerFiles {
         tokenizer_json: Some(dir.parent().unwrap().join("tok/tokenizer.json")),
@@ -44,6 +49,9 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
         batch_size: 8,
         checkpoint_every: 4,
         log_every: 1,
+        precision,
+        // Far above what f16 gradients can hold: the first steps overflow and are skipped.
+        initial_loss_scale: 2f64.powi(40),
         ..Default::default()
     };
     let stages = [
@@ -132,31 +140,34 @@ fn run(dir: &std::path::Path, kill_at: Option<(usize, usize)>) -> HashMap<String
     }
 }
 
+fn assert_same(straight: &HashMap<String, Tensor>, resumed: &HashMap<String, Tensor>, label: &str) {
+    for (name, t) in straight {
+        let diff = (t - &resumed[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(
+            diff, 0.0,
+            "{name} differs after resuming from a kill in {label}"
+        );
+    }
+}
+
 #[test]
 fn interrupted_runs_resume_to_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_tokenizer(&dir.path().join("tok")).unwrap();
-    let straight = run(&dir.path().join("a"), None);
+    let straight = run(&dir.path().join("a"), None, Precision::F32);
     // Killed mid-epoch in the first stage (step 14: after the checkpoint at step 12).
-    let resumed = run(&dir.path().join("b"), Some((0, 14)));
+    let resumed = run(&dir.path().join("b"), Some((0, 14)), Precision::F32);
     // Killed in the second stage.
-    let resumed2 = run(&dir.path().join("c"), Some((1, 19)));
-    for (name, t) in &straight {
-        for (label, other) in [("stage 1", &resumed), ("stage 2", &resumed2)] {
-            let diff = (t - &other[name])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(
-                diff, 0.0,
-                "{name} differs after resuming from a kill in {label}"
-            );
-        }
-    }
+    let resumed2 = run(&dir.path().join("c"), Some((1, 19)), Precision::F32);
+    assert_same(&straight, &resumed, "stage 1");
+    assert_same(&straight, &resumed2, "stage 2");
     let metrics_a = std::fs::read_to_string(dir.path().join("a/metrics.jsonl")).unwrap();
     let metrics_b = std::fs::read_to_string(dir.path().join("b/metrics.jsonl")).unwrap();
     let strip = |s: &str| s.lines().count();
@@ -164,5 +175,27 @@ fn interrupted_runs_resume_to_identical_weights() {
         strip(&metrics_a),
         strip(&metrics_b),
         "metrics log has duplicated or missing lines"
+    );
+}
+
+/// f16 mixed precision resumes with its loss scale and skipped-step count: the
+/// optimizer's step (bias correction) and the next scale come back as they were.
+#[test]
+fn f16_runs_resume_with_their_loss_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_tokenizer(&dir.path().join("tok")).unwrap();
+    let straight = run(&dir.path().join("a"), None, Precision::F16);
+    // Killed after skipped (overflowed) steps and later clean ones.
+    let resumed = run(&dir.path().join("b"), Some((0, 30)), Precision::F16);
+    assert_same(&straight, &resumed, "stage 1 (f16)");
+    let progress: Progress = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("a/checkpoints/last/progress.json")).unwrap(),
+    )
+    .unwrap();
+    let scale = progress.loss_scale.expect("f16 runs keep a loss scale");
+    println!("final loss scale {scale:?}");
+    assert!(
+        scale.skipped > 0 && scale.scale < 2f64.powi(40),
+        "{scale:?}"
     );
 }

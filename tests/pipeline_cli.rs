@@ -6,104 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_distill::rng::Rng;
-use candle_distill::testing::{tiny_config, write_random_classifier};
+mod common;
 
-const POSITIVE: &[&str] = &[
-    "good", "great", "fun", "love", "best", "funny", "nice", "happy",
-];
-const NEGATIVE: &[&str] = &[
-    "bad", "awful", "dull", "hate", "worst", "boring", "poor", "sad",
-];
-const NEUTRAL: &[&str] = &[
-    "the", "movie", "film", "story", "was", "it", "a", "and", "plot", "actor",
-];
-
-fn write_sst2(dir: &Path) {
-    let mut rng = Rng::new(3);
-    let mut make = |n: usize| {
-        let mut out = String::from("sentence\tlabel\n");
-        let mut made = 0;
-        while made < n {
-            let len = 3 + rng.below(6);
-            let (mut p, mut q) = (0, 0);
-            let words: Vec<&str> = (0..len)
-                .map(|_| match rng.below(3) {
-                    0 => {
-                        p += 1;
-                        POSITIVE[rng.below(POSITIVE.len())]
-                    }
-                    1 => {
-                        q += 1;
-                        NEGATIVE[rng.below(NEGATIVE.len())]
-                    }
-                    _ => NEUTRAL[rng.below(NEUTRAL.len())],
-                })
-                .collect();
-            if p != q {
-                out += &format!("{} \t{}\n", words.join(" "), (p > q) as u8);
-                made += 1;
-            }
-        }
-        out
-    };
-    std::fs::create_dir_all(dir.join("SST-2")).unwrap();
-    std::fs::write(dir.join("SST-2/train.tsv"), make(480)).unwrap();
-    std::fs::write(dir.join("SST-2/dev.tsv"), make(120)).unwrap();
-}
-
-fn recipe(root: &Path) -> PathBuf {
-    let text = format!(
-        r#"version = 1
-name = "tiny"
-seed = 5
-[teacher]
-model = "{teacher}"
-[teacher.finetune_settings]
-kind = "finetune"
-epochs = 4
-learning_rate = 3e-3
-batch_size = 16
-checkpoint_every = 10
-[task]
-name = "sst2"
-data = "{glue}"
-max_seq_len = 24
-[student]
-from = "random"
-layers = 2
-hidden = 16
-heads = 4
-intermediate = 32
-[[stages]]
-name = "intermediate"
-kind = "intermediate"
-epochs = 3
-learning_rate = 3e-3
-batch_size = 16
-checkpoint_every = 7
-[[stages]]
-name = "prediction"
-kind = "prediction"
-epochs = 3
-learning_rate = 3e-3
-batch_size = 16
-checkpoint_every = 7
-"#,
-        teacher = root.join("teacher").display(),
-        glue = root.join("glue").display()
-    );
-    let path = root.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    write_random_classifier(&dir.path().join("teacher"), &tiny_config(32, 2, 4, 64), 1).unwrap();
-    write_sst2(&dir.path().join("glue"));
-    dir
-}
+use candle_distill::testing::tiny_config;
+use common::tiny_run::{recipe, setup};
 
 fn cli() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));

@@ -96,6 +96,10 @@ fn bad_recipes_name_the_key_and_the_file() {
             "train_limit",
         ),
         (good.replace("version = 1", "version = 2"), "version"),
+        (
+            good.replace("version = 1", "version = 1\nprecision = \"fp8\""),
+            "fp8",
+        ),
         // The run's augmented data, but nothing says how to augment.
         (
             good.replace(

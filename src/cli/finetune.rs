@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_distill::recipe::{Recipe, StageSpec};
+use candle_distill::train::Precision;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,6 +47,10 @@ pub struct Args {
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute dtype of the training steps: f32, bf16 or f16 (weights stay in f32;
+    /// f16 uses dynamic loss scaling).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: Precision,
     /// Overwrite a non-empty output folder.
     #[arg(long)]
     pub force: bool,
@@ -60,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     stage.weight_decay = args.weight_decay;
     stage.max_grad_norm = Some(args.max_grad_norm);
     stage.checkpoint_every = args.checkpoint_every;
+    stage.precision = Some(args.precision);
     let recipe = finetune_recipe(&args, stage)?;
     let report = candle_distill::pipeline::finetune_to_folder(&recipe, &args.out, args.force)
         .with_context(|| format!("fine-tuning {} on {}", args.model, args.task))?;
@@ -81,4 +87,9 @@ fn finetune_recipe(args: &Args, stage: StageSpec) -> anyhow::Result<Recipe> {
     recipe.task.train_limit = args.train_limit;
     recipe.stages = vec![stage];
     Ok(recipe)
+}
+
+fn parse_precision(text: &str) -> Result<Precision, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_ascii_lowercase()))
+        .map_err(|_| format!("`{text}`: expected f32, bf16 or f16"))
 }

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod losses;
 pub mod mapping;
+pub mod replicas;
 pub mod student;
 pub mod trainer;
 

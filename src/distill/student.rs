@@ -48,12 +48,50 @@ pub struct Student {
 impl Student {
     /// The student's hidden state `j` mapped to the teacher's width.
     pub fn project(&self, j: usize, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        match self.projections.get(j) {
-            Some(p) => p.forward(hidden),
-            None => Ok(hidden.clone()),
-        }
+        project(&self.projections, j, hidden)
     }
 
+    /// The model and projections computing in `dtype` (mixed precision): each weight is
+    /// cast from its f32 variable on every call, so the casts are part of the graph and
+    /// gradients reach the f32 variables. Cheap: one pass over the weights.
+    pub fn cast(&self, dtype: DType) -> Result<(BertForSequenceClassification, Vec<Linear>)> {
+        let tensors = self
+            .varmap
+            .data()
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
+            .collect::<candle_core::Result<HashMap<_, _>>>()?;
+        let device = tensors
+            .values()
+            .next()
+            .map_or(Device::Cpu, |t| t.device().clone());
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, &device);
+        let model = BertForSequenceClassification::new(vb.clone(), &self.config)?;
+        let projections = self
+            .projections
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                let (to, from) = p.weight().dims2()?;
+                Ok(Linear::new(vb.pp(format!("fit_denses.{j}")), from, to)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((model, projections))
+    }
+}
+
+/// Hidden state `j` through projection `j`, or unchanged when there are none (the
+/// student is as wide as the teacher).
+pub fn project(projections: &[Linear], j: usize, hidden: &Tensor) -> candle_core::Result<Tensor> {
+    match projections.get(j) {
+        Some(p) => p.forward(hidden),
+        None => Ok(hidden.clone()),
+    }
+}
+
+impl Student {
     /// Student parameters without the training-only projections.
     pub fn model_parameters(&self) -> usize {
         self.varmap

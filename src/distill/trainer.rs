@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::{self, LossWeights};
 use super::mapping::{self, LayerMap};
-use super::student::Student;
+use super::student::{project, Student};
+use crate::model::bert::Linear;
 use crate::model::{BertForSequenceClassification, ClassifierOutput, Outputs};
 use crate::rng::Rng;
 use crate::run::{CheckpointFile, RunDir};
 use crate::tokenizer::{pad_batch_to, Encoded};
 use crate::train::parallel::{shard_range, AllReduce};
-use crate::train::{lr_at, AdamW, AdamWConfig, Schedule};
+use crate::train::{lr_at, AdamW, AdamWConfig, LossScale, Precision, Schedule};
 use crate::{Error, Result};
 
 /// The gold target of one example.
@@ -76,6 +77,15 @@ pub struct TrainSettings {
     /// Write the resume checkpoint every N steps (and at each epoch end).
     pub checkpoint_every: usize,
     pub log_every: usize,
+    /// Compute dtype of the training steps; the weights stay in f32.
+    pub precision: Precision,
+    /// The f16 loss scale at the start of the stage.
+    #[serde(default = "initial_loss_scale")]
+    pub initial_loss_scale: f64,
+}
+
+fn initial_loss_scale() -> f64 {
+    LossScale::INITIAL
 }
 
 /// A recipe stage's defaults (3 epochs, lr 5e-5, batch 32, 10% warm-up then linear decay,
@@ -96,6 +106,8 @@ impl Default for TrainSettings {
             group_by_length: true,
             checkpoint_every: 200,
             log_every: 10,
+            precision: Precision::F32,
+            initial_loss_scale: LossScale::INITIAL,
         }
     }
 }
@@ -108,7 +120,7 @@ pub struct Scores {
 }
 
 /// Evaluates the student on held-out data (GLUE dev, say).
-pub trait Evaluator {
+pub trait Evaluator: Sync {
     fn evaluate(&self, model: &BertForSequenceClassification) -> Result<Scores>;
 }
 
@@ -127,6 +139,9 @@ pub struct Progress {
     pub evals_since_best: usize,
     pub metrics_len: u64,
     pub finished: bool,
+    /// The f16 loss scale (mixed precision in f16 only).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,6 +272,7 @@ impl Trainer<'_> {
         stage: &Stage,
         pairs: &[(usize, usize)],
         input: &crate::model::BertInput,
+        projections: &[Linear],
         student_out: &ClassifierOutput,
         teacher_out: Option<&ClassifierOutput>,
         teacher_logits: Option<&Tensor>,
@@ -297,7 +313,7 @@ impl Trainer<'_> {
                 let mut mse: Option<Tensor> = None;
                 let mut cos: Option<Tensor> = None;
                 for &(s, tl) in pairs {
-                    let projected = self.student.project(s, &s_enc.hidden_states[s])?;
+                    let projected = project(projections, s, &s_enc.hidden_states[s])?;
                     let target = &t_enc.hidden_states[tl];
                     if w.hidden > 0.0 {
                         let l = losses::hidden_mse(&projected, target)?;
@@ -322,7 +338,7 @@ impl Trainer<'_> {
                 }
             }
             if w.embedding > 0.0 {
-                let projected = self.student.project(0, &s_enc.hidden_states[0])?;
+                let projected = project(projections, 0, &s_enc.hidden_states[0])?;
                 add(
                     "embedding",
                     w.embedding,
@@ -516,7 +532,8 @@ impl Trainer<'_> {
                     "optimizer.safetensors",
                     &self.device,
                 )?;
-                optimizer.load_state(&opt_state, p.step)?;
+                let skipped = p.loss_scale.as_ref().map_or(0, |s| s.skipped);
+                optimizer.load_state(&opt_state, p.step - skipped)?;
                 self.restore_student()?;
                 if leader {
                     self.run.truncate_metrics(p.metrics_len)?;
@@ -540,6 +557,10 @@ impl Trainer<'_> {
                 evals_since_best: 0,
                 metrics_len: self.run.metrics_len(),
                 finished: false,
+                loss_scale: settings.precision.needs_loss_scaling().then(|| LossScale {
+                    scale: settings.initial_loss_scale,
+                    ..Default::default()
+                }),
             },
         };
         let started = Instant::now();
@@ -591,6 +612,7 @@ impl Trainer<'_> {
                     warmup,
                 );
                 optimizer.set_lr(lr);
+                let loss_scale = progress.loss_scale.as_ref().map_or(1.0, |s| s.scale);
                 // With several workers, the logged loss parts are the leader's share's.
                 let (mut grads, mut loss_value, parts) = if mine.is_empty() {
                     // No rows here (a batch smaller than the group): no gradient of its own.
@@ -614,27 +636,54 @@ impl Trainer<'_> {
                         }
                         None => None,
                     };
-                    let student_out =
-                        self.student
-                            .model
-                            .forward(&input, want, Some(dropout_rng))?;
+                    let cast;
+                    let (model, projections) = match settings.precision {
+                        Precision::F32 => (&self.student.model, &self.student.projections),
+                        p => {
+                            cast = self.student.cast(p.compute_dtype())?;
+                            (&cast.0, &cast.1)
+                        }
+                    };
+                    let student_out = model.forward(&input, want, Some(dropout_rng))?;
                     let targets = self.targets(&batch)?;
                     let (loss, parts) = self.batch_loss(
                         stage,
                         &pairs,
                         &input,
+                        projections,
                         &student_out,
                         teacher_out.as_ref(),
                         cached_logits.as_ref(),
                         targets.as_ref(),
                     )?;
                     let loss = if share == 1.0 { loss } else { (loss * share)? };
-                    (loss.backward()?, scalar(&loss)?, parts)
+                    let grads = if loss_scale == 1.0 {
+                        loss.backward()?
+                    } else {
+                        (&loss * loss_scale)?.backward()?
+                    };
+                    (grads, scalar(&loss)?, parts)
                 };
                 if let Some(p) = parallel {
                     loss_value = sum_over_workers(p, &optimizer, &mut grads, loss_value)?;
                 }
-                let grad_norm = optimizer.step(&grads, settings.max_grad_norm)?;
+                let grad_norm = match &mut progress.loss_scale {
+                    None => Some(optimizer.step(&grads, settings.max_grad_norm)?),
+                    Some(scaler) => {
+                        let norm =
+                            optimizer.step_scaled(&grads, settings.max_grad_norm, scaler.scale)?;
+                        if norm.is_none() && scaler.scale <= LossScale::MIN {
+                            return Err(Error::msg(format!(
+                                "stage `{}`: f16 gradients overflow even at loss scale 1 (step {}): the loss \
+                                 diverged; lower the learning rate or train in bf16",
+                                stage.name,
+                                progress.step + 1
+                            )));
+                        }
+                        scaler.update(norm.is_none());
+                        norm
+                    }
+                };
                 last_loss = loss_value;
                 progress.step += 1;
                 if self.interrupt_after == Some(progress.step) {
@@ -650,10 +699,15 @@ impl Trainer<'_> {
                     && (progress.step % settings.log_every.max(1) == 0
                         || progress.step == total_steps)
                 {
-                    self.run.log(&serde_json::json!({
+                    let mut record = serde_json::json!({
                         "stage": stage.name, "step": progress.step, "epoch": progress.epoch,
                         "loss": last_loss, "losses": parts, "lr": lr, "grad_norm": grad_norm,
-                    }))?;
+                    });
+                    if let Some(s) = &progress.loss_scale {
+                        record["loss_scale"] = s.scale.into();
+                        record["skipped_steps"] = s.skipped.into();
+                    }
+                    self.run.log(&record)?;
                 }
                 let epoch_end = progress.step_in_epoch == batches.len();
                 let last_step = progress.step >= total_steps;

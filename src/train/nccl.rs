@@ -45,6 +45,22 @@ impl NcclAllReduce {
     }
 }
 
+/// The id as bytes, for node 0 to send to the other nodes.
+pub fn id_to_bytes(id: &NcclId) -> Vec<u8> {
+    id.internal().iter().map(|&c| c as u8).collect()
+}
+
+/// The id node 0 sent.
+pub fn id_from_bytes(bytes: &[u8]) -> Result<NcclId> {
+    let internal: [u8; 128] = bytes.try_into().map_err(|_| {
+        Error::msg(format!(
+            "NCCL: a group id has 128 bytes, node 0 sent {}",
+            bytes.len()
+        ))
+    })?;
+    Ok(NcclId::uninit(internal.map(|b| b as std::ffi::c_char)))
+}
+
 /// Sums one contiguous f32 buffer over the group.
 struct SumOp<'a>(&'a Comm);
 

@@ -97,7 +97,7 @@ struct Update {
     bias2: f32,
     /// Multiplies the parameter before the step (1 - lr * wd, or 1 without decay).
     keep: f32,
-    /// Gradient scale from clipping.
+    /// Gradient scale: clipping, divided by the loss scale.
     scale: f32,
 }
 
@@ -234,17 +234,33 @@ impl AdamW {
     /// One update. `max_grad_norm` clips the global gradient norm first (as
     /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
     pub fn step(&mut self, grads: &GradStore, max_grad_norm: Option<f64>) -> Result<f64> {
-        let norm = self.grad_norm(grads)?;
-        if !norm.is_finite() {
-            return Err(Error::msg(format!(
-                "gradient norm is {norm} at step {}: the loss diverged (lower the learning rate)",
+        match self.step_scaled(grads, max_grad_norm, 1.0)? {
+            Some(norm) => Ok(norm),
+            None => Err(Error::msg(format!(
+                "gradient norm is not finite at step {}: the loss diverged (lower the learning rate)",
                 self.step + 1
-            )));
+            ))),
         }
-        let scale = match max_grad_norm {
+    }
+
+    /// As [`AdamW::step`], for the gradients of a loss multiplied by `loss_scale` (mixed
+    /// precision): they are divided by it first. When they are not finite (an f16
+    /// overflow) nothing is updated, the step is not counted, and `None` is returned.
+    pub fn step_scaled(
+        &mut self,
+        grads: &GradStore,
+        max_grad_norm: Option<f64>,
+        loss_scale: f64,
+    ) -> Result<Option<f64>> {
+        let norm = self.grad_norm(grads)? / loss_scale;
+        if !norm.is_finite() {
+            return Ok(None);
+        }
+        let clip = match max_grad_norm {
             Some(max) if norm > max => max / (norm + 1e-6),
             _ => 1.0,
         };
+        let scale = clip / loss_scale;
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -288,7 +304,7 @@ impl AdamW {
                 }
             }
         }
-        Ok(norm)
+        Ok(Some(norm))
     }
 
     /// Moments by parameter name, for checkpoints.
@@ -467,6 +483,41 @@ mod tests {
         for (a, b) in x.iter().zip(&y) {
             assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    /// A loss scaled by S gives the update of the unscaled loss; gradients that
+    /// overflowed leave the weights and the step count alone.
+    #[test]
+    fn scaled_gradients_are_unscaled_and_overflow_skips_the_step() {
+        let dev = Device::Cpu;
+        let run = |scale: f64, blow_up: bool| {
+            let w = Var::new(&[1.0f32, -2.0, 0.5], &dev).unwrap();
+            let mut opt =
+                AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default()).unwrap();
+            let loss = (w.as_tensor().sqr().unwrap().sum_all().unwrap() * scale).unwrap();
+            let loss = if blow_up {
+                (loss * f64::INFINITY).unwrap()
+            } else {
+                loss
+            };
+            let norm = opt
+                .step_scaled(&loss.backward().unwrap(), Some(1.0), scale)
+                .unwrap();
+            (
+                norm,
+                w.as_tensor().to_vec1::<f32>().unwrap(),
+                opt.step_count(),
+            )
+        };
+        let (plain_norm, plain, _) = run(1.0, false);
+        let (scaled_norm, scaled, steps) = run(1024.0, false);
+        assert!((plain_norm.unwrap() - scaled_norm.unwrap()).abs() < 1e-9);
+        assert_eq!(plain, scaled);
+        assert_eq!(steps, 1);
+        let (norm, untouched, steps) = run(1024.0, true);
+        assert_eq!(norm, None);
+        assert_eq!(untouched, vec![1.0, -2.0, 0.5]);
+        assert_eq!(steps, 0);
     }
 
     #[test]

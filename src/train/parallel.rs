@@ -23,6 +23,10 @@ pub trait AllReduce: Send + Sync {
     fn is_leader(&self) -> bool {
         self.rank() == 0
     }
+
+    /// This worker failed: wake the others, blocked or about to block in a collective,
+    /// with an error instead of leaving them waiting forever.
+    fn abort(&self) {}
 }
 
 /// The rows of a global batch that worker `rank` of `world` trains on: contiguous
@@ -51,6 +55,7 @@ struct Shared {
 
 struct Round {
     generation: u64,
+    aborted: bool,
     slots: Vec<Option<Vec<Tensor>>>,
     result: Option<Arc<Result<Vec<Tensor>, String>>>,
 }
@@ -62,6 +67,7 @@ impl ThreadAllReduce {
             world,
             state: Mutex::new(Round {
                 generation: 0,
+                aborted: false,
                 slots: (0..world).map(|_| None).collect(),
                 result: None,
             }),
@@ -76,6 +82,7 @@ impl ThreadAllReduce {
     }
 }
 
+/// Sums on rank 0's device (replicas may sit on different GPUs).
 fn sum_in_rank_order(slots: &mut [Option<Vec<Tensor>>]) -> Result<Vec<Tensor>, String> {
     let mut parts = slots.iter_mut().map(|s| s.take().unwrap_or_default());
     let mut total = parts.next().unwrap_or_default();
@@ -89,6 +96,7 @@ fn sum_in_rank_order(slots: &mut [Option<Vec<Tensor>>]) -> Result<Vec<Tensor>, S
             ));
         }
         for (t, p) in total.iter_mut().zip(part) {
+            let p = p.to_device(t.device()).map_err(|e| e.to_string())?;
             *t = t.add(&p).map_err(|e| e.to_string())?;
         }
     }
@@ -110,7 +118,13 @@ impl AllReduce for ThreadAllReduce {
             .state
             .lock()
             .map_err(|_| Error::msg("a data-parallel worker panicked"))?;
+        if round.aborted {
+            return Err(Error::msg(
+                "all-reduce: another data-parallel worker failed",
+            ));
+        }
         let generation = round.generation;
+        let device = tensors.first().map(|t| t.device().clone());
         round.slots[self.rank] = Some(tensors);
         if round.slots.iter().all(Option::is_some) {
             let sum = sum_in_rank_order(&mut round.slots);
@@ -119,6 +133,11 @@ impl AllReduce for ThreadAllReduce {
             shared.turned.notify_all();
         } else {
             while round.generation == generation {
+                if round.aborted {
+                    return Err(Error::msg(
+                        "all-reduce: another data-parallel worker failed",
+                    ));
+                }
                 round = shared
                     .turned
                     .wait(round)
@@ -132,10 +151,24 @@ impl AllReduce for ThreadAllReduce {
             .clone()
             .ok_or_else(|| Error::msg("all-reduce finished without a result"))?;
         drop(round);
-        match result.as_ref() {
-            Ok(sum) => Ok(sum.clone()),
-            Err(e) => Err(Error::msg(format!("all-reduce: {e}"))),
+        match (result.as_ref(), device) {
+            (Ok(sum), Some(device)) => Ok(sum
+                .iter()
+                .map(|t| t.to_device(&device))
+                .collect::<candle_core::Result<_>>()?),
+            (Ok(sum), None) => Ok(sum.clone()),
+            (Err(e), _) => Err(Error::msg(format!("all-reduce: {e}"))),
         }
+    }
+
+    fn abort(&self) {
+        // Even with the lock poisoned by a panicking worker, mark the round and wake all.
+        let mut round = match self.shared.state.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        round.aborted = true;
+        self.shared.turned.notify_all();
     }
 }
 
@@ -186,5 +219,33 @@ mod tests {
             assert_eq!(b, &vec![vec![3.0]]);
         }
         assert!(results.iter().all(|r| r == &results[0]));
+    }
+
+    /// A worker that fails aborts the group: the others get an error, not a hang.
+    #[test]
+    fn an_aborting_worker_wakes_the_others_with_an_error() {
+        let mut group = ThreadAllReduce::group(3).into_iter();
+        let failing = group.next().unwrap();
+        let waiting: Vec<_> = group
+            .map(|comm| {
+                std::thread::spawn(move || {
+                    let t = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+                    comm.all_reduce_sum(vec![t])
+                        .map(|_| ())
+                        .unwrap_err()
+                        .to_string()
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        failing.abort();
+        for w in waiting {
+            assert!(w
+                .join()
+                .unwrap()
+                .contains("another data-parallel worker failed"));
+        }
+        let t = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+        assert!(failing.all_reduce_sum(vec![t]).is_err());
     }
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod reference;
+pub mod tiny_run;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

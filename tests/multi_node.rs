@@ -1,0 +1,137 @@
+//! Data-parallel runs from the command line: two replicas in one process
+//! (`--device cpu,cpu`) and two processes joined over TCP as two nodes (`--nnodes 2`)
+//! train the same student to the last bit (same ranks, same shares, sums in rank
+//! order); the second node waits while node 0 fine-tunes the teacher, then trains with
+//! it; only node 0 writes. A node started with another recipe is refused.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::tiny_run::{recipe, setup};
+
+fn cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn student(run: &Path) -> HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(
+        run.join("checkpoints/last/student.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+    .collect()
+}
+
+fn check(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Node `rank` of two; `timeout`: seconds to wait for the other.
+fn node(recipe: &Path, out: &Path, rank: usize, port: u16, timeout: u32) -> Command {
+    let mut c = cli();
+    c.arg("run").arg(recipe).arg("--out").arg(out);
+    c.args(["--nnodes", "2", "--node-rank", &rank.to_string()]);
+    c.args(["--master-port", &port.to_string()]);
+    c.args(["--join-timeout", &timeout.to_string()]);
+    c
+}
+
+#[test]
+fn two_nodes_over_tcp_train_what_two_local_replicas_train() {
+    let dir = setup();
+    let recipe = recipe(dir.path());
+
+    let local = dir.path().join("local");
+    let o = cli()
+        .arg("run")
+        .arg(&recipe)
+        .args(["--device", "cpu,cpu", "--out"])
+        .arg(&local)
+        .output()
+        .unwrap();
+    check(&o, "run --device cpu,cpu");
+    let log = std::fs::read_to_string(local.join("metrics.jsonl")).unwrap();
+    assert!(log.contains("\"stage\":\"prediction\""), "{log}");
+
+    // Node 1 first: it waits for node 0, which then fine-tunes the teacher before
+    // starting it.
+    let nodes = dir.path().join("nodes");
+    let port = free_port();
+    let follower = node(&recipe, &nodes, 1, port, 120)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let leader = node(&recipe, &nodes, 0, port, 120).output().unwrap();
+    let follower = follower.wait_with_output().unwrap();
+    check(&leader, "node 0");
+    check(&follower, "node 1");
+    assert!(String::from_utf8_lossy(&leader.stdout).contains("run folder:"));
+    assert!(String::from_utf8_lossy(&follower.stdout).contains("node 1 of 2: training finished"));
+    assert!(nodes.join("report.json").is_file());
+
+    let (a, b) = (student(&local), student(&nodes));
+    assert_eq!(a.len(), b.len());
+    for (name, x) in &a {
+        assert_eq!(
+            x, &b[name],
+            "{name}: two nodes differ from two local replicas"
+        );
+    }
+    // The same metrics lines (losses of the same steps), logged once, by node 0.
+    let strip_time = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("seconds");
+                }
+                v
+            })
+            .collect()
+    };
+    let node_log = std::fs::read_to_string(nodes.join("metrics.jsonl")).unwrap();
+    assert_eq!(strip_time(&log), strip_time(&node_log));
+}
+
+#[test]
+fn a_node_with_another_recipe_is_refused() {
+    let dir = setup();
+    let recipe = recipe(dir.path());
+    let out = dir.path().join("run");
+    let port = free_port();
+    let follower = node(&recipe, &out, 1, port, 60)
+        .args(["--set", "seed=6"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let leader = node(&recipe, &out, 0, port, 3).output().unwrap();
+    let follower = follower.wait_with_output().unwrap();
+    assert!(!leader.status.success() && !follower.status.success());
+    let err = String::from_utf8_lossy(&follower.stderr);
+    assert!(
+        err.contains("node 0 refused node 1") && err.contains("different recipe"),
+        "{err}"
+    );
+    let err = String::from_utf8_lossy(&leader.stderr);
+    assert!(err.contains("did not join"), "{err}");
+}
