@@ -63,6 +63,102 @@ pub fn tiny_train_examples(
         .collect()
 }
 
+/// What the trainer tests distil from: the tiny tokenizer (written under `dir/tok`),
+/// the tiny teacher, `rows` training sentences and the teacher's logits on them.
+pub struct TinyDistillation {
+    pub tokenizer: crate::tokenizer::TextTokenizer,
+    pub teacher_config: BertConfig,
+    pub teacher: crate::model::BertForSequenceClassification,
+    pub examples: Vec<crate::distill::TrainExample>,
+    pub logits: candle_core::Tensor,
+}
+
+impl TinyDistillation {
+    pub fn new(dir: &Path, rows: usize, device: &Device) -> Result<Self> {
+        let tok_dir = dir.join("tok");
+        if !tok_dir.join("tokenizer.json").is_file() {
+            write_tiny_tokenizer(&tok_dir)?;
+        }
+        let tokenizer =
+            crate::tokenizer::TextTokenizer::from_files(&crate::tokenizer::TokenizerFiles {
+                tokenizer_json: Some(tok_dir.join("tokenizer.json")),
+                ..Default::default()
+            })?;
+        let (teacher_config, teacher) = tiny_teacher(device, 5)?;
+        let examples = tiny_train_examples(&tokenizer, rows, 9)?;
+        let encoded: Vec<&crate::tokenizer::Encoded> =
+            examples.iter().map(|e| &e.encoded).collect();
+        let logits = crate::distill::cache::model_logits(
+            &teacher,
+            &encoded,
+            16,
+            tokenizer.pad_id(),
+            device,
+        )?;
+        Ok(TinyDistillation {
+            tokenizer,
+            teacher_config,
+            teacher,
+            examples,
+            logits,
+        })
+    }
+
+    /// A student built from `init` against this teacher (labels `a`, `b`; seed 3).
+    pub fn student(
+        &self,
+        init: &crate::distill::StudentInit,
+        device: &Device,
+    ) -> Result<crate::distill::Student> {
+        let none = std::collections::HashMap::new();
+        let parts = crate::distill::TeacherParts {
+            config: &self.teacher_config,
+            tensors: &none,
+            tokenizer: &self.tokenizer,
+        };
+        crate::distill::build_student(init, &parts, &["a".into(), "b".into()], 3, device)
+    }
+}
+
+/// TinyBERT's two task stages with `trainer`: intermediate, then prediction (on
+/// `logits` when given, else on the teacher's live outputs). `adjust` may change each
+/// stage before it runs.
+pub fn run_two_stages(
+    trainer: &crate::distill::Trainer,
+    settings: &crate::distill::TrainSettings,
+    data: &[crate::distill::TrainExample],
+    logits: Option<&candle_core::Tensor>,
+    seed: u64,
+    adjust: impl Fn(&mut crate::distill::Stage),
+) -> Result<()> {
+    use crate::distill::{LayerMap, Stage, StageKind};
+    let layer_map = LayerMap::default();
+    for (index, kind) in [StageKind::Intermediate, StageKind::Prediction]
+        .into_iter()
+        .enumerate()
+    {
+        let mut stage = Stage {
+            index,
+            name: if index == 0 {
+                "intermediate"
+            } else {
+                "prediction"
+            },
+            kind,
+            losses: kind.default_losses(),
+            layer_map: &layer_map,
+            settings,
+            data,
+            teacher_logits: if index == 1 { logits } else { None },
+            keep_best: false,
+            seed,
+        };
+        adjust(&mut stage);
+        trainer.run_stage(&stage, None)?;
+    }
+    Ok(())
+}
+
 /// The tiny vocabulary in id order.
 pub fn tiny_vocab() -> Vec<String> {
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_distill::distill::{
-    build_student, LayerMap, Stage, StageKind, StudentInit, TeacherParts, TrainSettings, Trainer,
-};
+use candle_distill::distill::{build_student, StudentInit, TeacherParts, TrainSettings, Trainer};
 use candle_distill::model::{load_classifier, BertInput, BuildOptions, Outputs};
 use candle_distill::rng::Rng;
 use candle_distill::run::{Opened, RunDir};
-use candle_distill::testing::{tiny_config, tiny_train_examples, write_random_classifier};
+use candle_distill::testing::{
+    run_two_stages, tiny_config, tiny_train_examples, write_random_classifier,
+};
 use candle_distill::train::Schedule;
 
 fn cuda() -> Option<Device> {
@@ -164,28 +164,7 @@ fn train_on(device: &Device, root: &Path) -> HashMap<String, Tensor> {
         interrupt_after: None,
         parallel: None,
     };
-    for (index, kind) in [StageKind::Intermediate, StageKind::Prediction]
-        .into_iter()
-        .enumerate()
-    {
-        let stage = Stage {
-            index,
-            name: if index == 0 {
-                "intermediate"
-            } else {
-                "prediction"
-            },
-            kind,
-            losses: kind.default_losses(),
-            layer_map: &LayerMap::default(),
-            settings: &settings,
-            data: &examples,
-            teacher_logits: None,
-            keep_best: false,
-            seed: 7,
-        };
-        trainer.run_stage(&stage, None).unwrap();
-    }
+    run_two_stages(&trainer, &settings, &examples, None, 7, |_| {}).unwrap();
     let data = student.varmap.data().lock().unwrap();
     data.iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))

@@ -1,42 +1,27 @@
 //! Data-parallel training through the `AllReduce` trait, with the in-process back end:
 //! two (and three) replicas, each on its share of every batch, end with the weights of
-//! one replica trained on the whole batches. Same trainer code as a multi-GPU run.
+//! one replica trained on the whole batches, even when the other replicas were built
+//! with other weights. Same trainer code as a multi-GPU run.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use candle_distill::distill::cache::model_logits;
-use candle_distill::distill::{
-    build_student, LayerMap, Stage, StageKind, Student, StudentInit, TeacherParts, TrainExample,
-    TrainSettings, Trainer,
-};
-use candle_distill::model::BertForSequenceClassification;
+use candle_core::Device;
+use candle_distill::distill::{Student, StudentInit, TrainSettings, Trainer};
 use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{
-    tiny_config, tiny_teacher, tiny_train_examples, write_random_classifier, write_tiny_tokenizer,
+    run_two_stages, tiny_config, write_random_classifier, TinyDistillation,
 };
-use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
 use candle_distill::train::parallel::{AllReduce, ThreadAllReduce};
 
 struct Setup {
-    tok: TextTokenizer,
-    teacher: BertForSequenceClassification,
-    teacher_config: candle_distill::model::BertConfig,
+    tiny: TinyDistillation,
     student_dir: String,
-    examples: Vec<TrainExample>,
-    logits: Tensor,
 }
 
 fn setup(dir: &Path) -> Setup {
-    let dev = Device::Cpu;
-    write_tiny_tokenizer(&dir.join("tok")).unwrap();
-    let tok = TextTokenizer::from_files(&TokenizerFiles {
-        tokenizer_json: Some(dir.join("tok/tokenizer.json")),
-        ..Default::default()
-    })
-    .unwrap();
-    let (teacher_config, teacher) = tiny_teacher(&dev, 5).unwrap();
+    // 90 rows at batch 8: the last batch has 2 rows, fewer than three workers.
+    let tiny = TinyDistillation::new(dir, 90, &Device::Cpu).unwrap();
     // Without dropout, so that one replica and several see the same network.
     let mut student_config = tiny_config(16, 2, 4, 32);
     student_config.set_labels(&["a".into(), "b".into()]);
@@ -44,17 +29,9 @@ fn setup(dir: &Path) -> Setup {
     student_config.attention_probs_dropout_prob = 0.0;
     let student_dir = dir.join("student");
     write_random_classifier(&student_dir, &student_config, 11).unwrap();
-    // 90 rows at batch 8: the last batch has 2 rows, fewer than three workers.
-    let examples = tiny_train_examples(&tok, 90, 9).unwrap();
-    let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
-    let logits = model_logits(&teacher, &enc, 16, tok.pad_id(), &dev).unwrap();
     Setup {
-        tok,
-        teacher,
-        teacher_config,
+        tiny,
         student_dir: student_dir.display().to_string(),
-        examples,
-        logits,
     }
 }
 
@@ -62,6 +39,12 @@ fn setup(dir: &Path) -> Setup {
 fn train(s: &Setup, run_dir: &Path, parallel: Option<&dyn AllReduce>) -> HashMap<String, Vec<f32>> {
     let dev = Device::Cpu;
     let student = build(s);
+    if parallel.is_some_and(|p| p.rank() > 0) {
+        // Replicas built elsewhere may differ: the leader's weights win.
+        for var in student.varmap.all_vars() {
+            var.set(&(var.as_tensor() + 0.01).unwrap()).unwrap();
+        }
+    }
     let run = match RunDir::open(run_dir, "recipe", false).unwrap() {
         Opened::Fresh(r) | Opened::Resume(r) => r,
     };
@@ -74,55 +57,37 @@ fn train(s: &Setup, run_dir: &Path, parallel: Option<&dyn AllReduce>) -> HashMap
         ..Default::default()
     };
     let trainer = Trainer {
-        teacher: Some(&s.teacher),
+        teacher: Some(&s.tiny.teacher),
         student: &student,
         evaluator: None,
         run: &run,
         device: dev.clone(),
-        pad_id: s.tok.pad_id(),
+        pad_id: s.tiny.tokenizer.pad_id(),
         interrupt_after: None,
         parallel,
     };
-    for (index, kind) in [StageKind::Intermediate, StageKind::Prediction]
-        .into_iter()
-        .enumerate()
-    {
-        let mut losses = kind.default_losses();
-        if kind == StageKind::Prediction {
-            losses.hard = 0.5;
-        }
-        let stage = Stage {
-            index,
-            name: if index == 0 {
-                "intermediate"
-            } else {
-                "prediction"
-            },
-            kind,
-            losses,
-            layer_map: &LayerMap::default(),
-            settings: &settings,
-            data: &s.examples,
-            teacher_logits: (index == 1).then_some(&s.logits),
-            keep_best: false,
-            seed: 7,
-        };
-        trainer.run_stage(&stage, None).unwrap();
-    }
+    // Prediction with hard labels too: the gold targets are sharded with the rows.
+    run_two_stages(
+        &trainer,
+        &settings,
+        &s.tiny.examples,
+        Some(&s.tiny.logits),
+        7,
+        |stage| {
+            if stage.index == 1 {
+                stage.losses.hard = 0.5;
+            }
+        },
+    )
+    .unwrap();
     weights(&student)
 }
 
 fn build(s: &Setup) -> Student {
-    let tensors = HashMap::new();
-    let parts = TeacherParts {
-        config: &s.teacher_config,
-        tensors: &tensors,
-        tokenizer: &s.tok,
-    };
     let init = StudentInit::Checkpoint {
         model: s.student_dir.clone(),
     };
-    build_student(&init, &parts, &["a".into(), "b".into()], 3, &Device::Cpu).unwrap()
+    s.tiny.student(&init, &Device::Cpu).unwrap()
 }
 
 fn weights(student: &Student) -> HashMap<String, Vec<f32>> {

@@ -4,14 +4,11 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use candle_distill::distill::cache::model_logits;
 use candle_distill::distill::{
-    build_student, LayerMap, Progress, Stage, StageKind, StudentInit, TeacherParts, TrainSettings,
-    Trainer,
+    LayerMap, Progress, Stage, StageKind, StudentInit, TrainSettings, Trainer,
 };
 use candle_distill::run::{Opened, RunDir};
-use candle_distill::testing::{tiny_teacher, tiny_train_examples, write_tiny_tokenizer};
-use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
+use candle_distill::testing::{write_tiny_tokenizer, TinyDistillation};
 use candle_distill::train::Precision;
 
 /// Runs intermediate then prediction stages; `kill_at` interrupts the given stage once.
@@ -21,28 +18,15 @@ fn run(
     precision: Precision,
 ) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
-    let tok = TextTokenizer::from_files(&TokenizerFiles {
-        tokenizer_json: Some(dir.parent().unwrap().join("tok/tokenizer.json")),
-        ..Default::default()
-    })
-    .unwrap();
-    let (config, teacher) = tiny_teacher(&dev, 5).unwrap();
-    let tensors = HashMap::new();
-    let parts = TeacherParts {
-        config: &config,
-        tensors: &tensors,
-        tokenizer: &tok,
-    };
+    let tiny = TinyDistillation::new(dir.parent().unwrap(), 90, &dev).unwrap();
     let init = StudentInit::Random {
         layers: 2,
         hidden: 16,
         heads: 4,
         intermediate: 32,
     };
-    let labels = vec!["a".to_string(), "b".to_string()];
-    let examples = tiny_train_examples(&tok, 90, 9).unwrap();
-    let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
-    let logits = model_logits(&teacher, &enc, 16, tok.pad_id(), &dev).unwrap();
+    let (teacher, examples, logits) = (&tiny.teacher, &tiny.examples, &tiny.logits);
+    let tok = &tiny.tokenizer;
     let settings = TrainSettings {
         epochs: 3,
         learning_rate: 1e-3,
@@ -56,12 +40,12 @@ fn run(
     };
     let stages = [
         (StageKind::Intermediate, None),
-        (StageKind::Prediction, Some(&logits)),
+        (StageKind::Prediction, Some(logits)),
     ];
     let mut attempt = 0;
     loop {
         // Each attempt is a fresh process: rebuild everything from the recipe.
-        let student = build_student(&init, &parts, &labels, 3, &dev).unwrap();
+        let student = tiny.student(&init, &dev).unwrap();
         let run = match RunDir::open(dir, "recipe", false).unwrap() {
             Opened::Fresh(r) | Opened::Resume(r) => r,
         };
@@ -83,7 +67,7 @@ fn run(
             {
                 // The previous stage finished: start from its final weights.
                 let trainer = Trainer {
-                    teacher: Some(&teacher),
+                    teacher: Some(teacher),
                     student: &student,
                     evaluator: None,
                     run: &run,
@@ -95,7 +79,7 @@ fn run(
                 trainer.restore_student().unwrap();
             }
             let trainer = Trainer {
-                teacher: Some(&teacher),
+                teacher: Some(teacher),
                 student: &student,
                 evaluator: None,
                 run: &run,
@@ -115,7 +99,7 @@ fn run(
                 losses: kind.default_losses(),
                 layer_map: &LayerMap::default(),
                 settings: &settings,
-                data: &examples,
+                data: examples,
                 teacher_logits: *teacher_logits,
                 keep_best: false,
                 seed: 17,

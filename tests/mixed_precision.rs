@@ -4,14 +4,10 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
-use candle_distill::distill::cache::model_logits;
-use candle_distill::distill::{
-    build_student, LayerMap, Stage, StageKind, StudentInit, TeacherParts, TrainSettings, Trainer,
-};
+use candle_core::{DType, Device};
+use candle_distill::distill::{StudentInit, TrainSettings, Trainer};
 use candle_distill::run::{Opened, RunDir};
-use candle_distill::testing::{tiny_teacher, tiny_train_examples, write_tiny_tokenizer};
-use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
+use candle_distill::testing::{run_two_stages, TinyDistillation};
 use candle_distill::train::Precision;
 
 type Weights = HashMap<String, Vec<f32>>;
@@ -39,19 +35,7 @@ fn weights(varmap: &candle_nn::VarMap) -> Weights {
 /// Intermediate then prediction stages on the tiny teacher, in `precision`.
 fn train(dir: &std::path::Path, precision: Precision) -> Trained {
     let dev = Device::Cpu;
-    write_tiny_tokenizer(&dir.join("tok")).unwrap();
-    let tok = TextTokenizer::from_files(&TokenizerFiles {
-        tokenizer_json: Some(dir.join("tok/tokenizer.json")),
-        ..Default::default()
-    })
-    .unwrap();
-    let (config, teacher) = tiny_teacher(&dev, 5).unwrap();
-    let tensors = HashMap::new();
-    let parts = TeacherParts {
-        config: &config,
-        tensors: &tensors,
-        tokenizer: &tok,
-    };
+    let tiny = TinyDistillation::new(dir, 64, &dev).unwrap();
     // Narrower than the teacher, so the projections train too.
     let init = StudentInit::Random {
         layers: 2,
@@ -59,12 +43,8 @@ fn train(dir: &std::path::Path, precision: Precision) -> Trained {
         heads: 4,
         intermediate: 32,
     };
-    let labels = vec!["a".to_string(), "b".to_string()];
-    let student = build_student(&init, &parts, &labels, 3, &dev).unwrap();
+    let student = tiny.student(&init, &dev).unwrap();
     let initial = weights(&student.varmap);
-    let examples = tiny_train_examples(&tok, 64, 9).unwrap();
-    let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
-    let logits: Tensor = model_logits(&teacher, &enc, 16, tok.pad_id(), &dev).unwrap();
     let settings = TrainSettings {
         epochs: 2,
         learning_rate: 1e-3,
@@ -77,37 +57,24 @@ fn train(dir: &std::path::Path, precision: Precision) -> Trained {
         Opened::Fresh(r) | Opened::Resume(r) => r,
     };
     let trainer = Trainer {
-        teacher: Some(&teacher),
+        teacher: Some(&tiny.teacher),
         student: &student,
         evaluator: None,
         run: &run,
         device: dev.clone(),
-        pad_id: tok.pad_id(),
+        pad_id: tiny.tokenizer.pad_id(),
         interrupt_after: None,
         parallel: None,
     };
-    for (index, kind, cached) in [
-        (0, StageKind::Intermediate, None),
-        (1, StageKind::Prediction, Some(&logits)),
-    ] {
-        let stage = Stage {
-            index,
-            name: if index == 0 {
-                "intermediate"
-            } else {
-                "prediction"
-            },
-            kind,
-            losses: kind.default_losses(),
-            layer_map: &LayerMap::default(),
-            settings: &settings,
-            data: &examples,
-            teacher_logits: cached,
-            keep_best: false,
-            seed: 17,
-        };
-        trainer.run_stage(&stage, None).unwrap();
-    }
+    run_two_stages(
+        &trainer,
+        &settings,
+        &tiny.examples,
+        Some(&tiny.logits),
+        17,
+        |_| {},
+    )
+    .unwrap();
     let metrics = std::fs::read_to_string(run.path("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -563,6 +563,9 @@ impl Trainer<'_> {
                 }),
             },
         };
+        if let Some(p) = parallel {
+            broadcast_weights(p, &optimizer)?;
+        }
         let started = Instant::now();
         let mut last_loss = f64::NAN;
         let mut stopped_early = false;
@@ -864,6 +867,27 @@ fn sum_over_workers(
         grads.insert(v.as_tensor(), g);
     }
     Ok(loss as f64)
+}
+
+/// Every replica starts the stage from the leader's weights: replicas built apart (on
+/// other machines, other devices) cannot drift from a difference in initialisation.
+fn broadcast_weights(parallel: &dyn AllReduce, optimizer: &AdamW) -> Result<()> {
+    let vars: Vec<&candle_core::Var> = optimizer.vars().collect();
+    // A sum of the leader's values and zeros is the leader's values, exactly.
+    let mine = vars
+        .iter()
+        .map(|v| {
+            if parallel.is_leader() {
+                Ok(v.as_tensor().clone())
+            } else {
+                v.as_tensor().zeros_like()
+            }
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for (v, t) in vars.iter().zip(parallel.all_reduce_sum(mine)?) {
+        v.set(&t)?;
+    }
+    Ok(())
 }
 
 /// The leader's yes or no, on every worker.
