@@ -471,7 +471,7 @@ fn prepare_teacher(
     recipe: &Recipe,
     run: &RunDir,
     data: &TaskData,
-    device: &Device,
+    devices: &[Device],
 ) -> Result<(ModelFiles, String)> {
     let files = ModelFiles::resolve(&recipe.teacher.model)?;
     let config = files.read_config()?;
@@ -515,7 +515,7 @@ fn prepare_teacher(
         recipe,
         data,
         &run.path("teacher-finetune"),
-        device,
+        devices,
     )?;
     let spec = dir.display().to_string();
     Ok((ModelFiles::resolve(&spec)?, spec))
@@ -542,14 +542,15 @@ pub fn default_finetune_stage() -> StageSpec {
     }
 }
 
-/// Fine-tunes `model` on the task in its own run folder; returns the best dev checkpoint.
+/// Fine-tunes `model` on the task in its own run folder, data-parallel over `devices`
+/// when there are several; returns the best dev checkpoint.
 pub fn finetune(
     model: &str,
     spec: &StageSpec,
     recipe: &Recipe,
     data: &TaskData,
     dir: &Path,
-    device: &Device,
+    devices: &[Device],
 ) -> Result<PathBuf> {
     let identity = serde_json::json!({"model": model, "stage": spec, "task": &recipe.task, "seed": recipe.seed});
     let text =
@@ -575,25 +576,23 @@ pub fn finetune(
         model: model.to_string(),
     };
     let labels = data.labels();
-    let trainee = build_student(&init, &parts, &labels, recipe.seed, device)?;
+    let trainees = devices
+        .iter()
+        .map(|d| build_student(&init, &parts, &labels, recipe.seed, d))
+        .collect::<Result<Vec<_>>>()?;
     let evaluator = GlueEvaluator::new(
         &data.dev,
         &tokenizer,
         data.max_seq_len,
         recipe.eval.batch_size,
-        device,
+        &devices[0],
     )?;
-    let alone = Replica {
-        student: &trainee,
-        teacher: None,
-        device: device.clone(),
-        parallel: None,
-    };
+    let group = local_group(devices)?;
     run_stages(
         &run,
         std::slice::from_ref(spec),
         recipe,
-        &[alone],
+        &replicas(&trainees, None, devices, &group),
         None,
         data,
         Some(&evaluator),
@@ -678,20 +677,22 @@ fn local_teachers(
         .collect()
 }
 
+/// Replica `i`: student `i`, teacher `i` (when there are teachers), device `i`, and
+/// the group's handle `i`.
 fn replicas<'a>(
     students: &'a [Student],
-    teachers: &'a [BertForSequenceClassification],
+    teachers: Option<&'a [BertForSequenceClassification]>,
     devices: &[Device],
     group: &'a Group,
 ) -> Vec<Replica<'a>> {
     students
         .iter()
-        .zip(teachers)
+        .enumerate()
         .zip(devices)
         .zip(group.handles())
-        .map(|(((student, teacher), device), parallel)| Replica {
+        .map(|(((i, student), device), parallel)| Replica {
             student,
-            teacher: Some(teacher),
+            teacher: teachers.and_then(|t| t.get(i)),
             device: device.clone(),
             parallel,
         })
@@ -728,7 +729,7 @@ fn follow_run(
     let students = local_students(recipe, &parts, &data.labels(), devices)?;
     let teachers = local_teachers(recipe, &start.teacher, &config, &tensors, devices)?;
     let group = node_group(devices, node, rendezvous, &start)?;
-    let replicas = replicas(&students, &teachers, devices, &group);
+    let replicas = replicas(&students, Some(&teachers), devices, &group);
     run_stages(&run, &recipe.stages, recipe, &replicas, None, &data, None)?;
     tracing::info!("node {}: training finished", node.node_rank);
     Ok(())
@@ -752,7 +753,7 @@ fn lead_run(
         }
     };
     let mut data = load_task_data(recipe)?;
-    let (teacher_files, teacher_spec) = prepare_teacher(recipe, &run, &data, &device)?;
+    let (teacher_files, teacher_spec) = prepare_teacher(recipe, &run, &data, &devices)?;
     let teacher_config = teacher_files.read_config()?;
     let tokenizer = teacher_files.read_tokenizer()?;
     let tensors = teacher_files.read_weights()?;
@@ -803,7 +804,7 @@ fn lead_run(
             node_group(&devices, node, rendezvous, &start)?
         }
     };
-    let replicas = replicas(&students, &teachers, &devices, &group);
+    let replicas = replicas(&students, Some(&teachers), &devices, &group);
     let identity = files_identity(&teacher_files);
     let stages = run_stages(
         &run,
@@ -1059,7 +1060,8 @@ pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<Fi
             out.display()
         )));
     }
-    let device = crate::device::parse_device(&recipe.device)?;
+    let devices = crate::device::parse_devices(&recipe.device)?;
+    let device = devices[0].clone();
     let data = load_task_data(recipe)?;
     let spec = recipe
         .stages
@@ -1072,7 +1074,7 @@ pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<Fi
         recipe,
         &data,
         &training,
-        &device,
+        &devices,
     )?;
     publish_checkpoint(&best, &recipe.teacher.model, &data, out)?;
     let model = crate::model::load_classifier(

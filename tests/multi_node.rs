@@ -1,8 +1,8 @@
 //! Data-parallel runs from the command line: two replicas in one process
 //! (`--device cpu,cpu`) and two processes joined over TCP as two nodes (`--nnodes 2`)
 //! train the same student to the last bit (same ranks, same shares, sums in rank
-//! order); the second node waits while node 0 fine-tunes the teacher, then trains with
-//! it; only node 0 writes. A node started with another recipe is refused.
+//! order); only node 0 writes. The teacher is fine-tuned first by `finetune` on two
+//! local replicas. A node started with another recipe is refused.
 
 mod common;
 
@@ -59,12 +59,27 @@ fn node(recipe: &Path, out: &Path, rank: usize, port: u16, timeout: u32) -> Comm
 fn two_nodes_over_tcp_train_what_two_local_replicas_train() {
     let dir = setup();
     let recipe = recipe(dir.path());
+    // One fine-tuned teacher for both runs (data-parallel fine-tuning works too).
+    let teacher = dir.path().join("teacher-sst2");
+    let o = cli()
+        .arg("finetune")
+        .arg("--model")
+        .arg(dir.path().join("teacher"))
+        .args(["--task", "sst2", "--data"])
+        .arg(dir.path().join("glue"))
+        .args(["--epochs", "4", "--lr", "3e-3", "--batch-size", "16"])
+        .args(["--max-seq-len", "24", "--device", "cpu,cpu", "--out"])
+        .arg(&teacher)
+        .output()
+        .unwrap();
+    check(&o, "finetune --device cpu,cpu");
+    let set_teacher = format!("teacher.model={}", teacher.display());
 
     let local = dir.path().join("local");
     let o = cli()
         .arg("run")
         .arg(&recipe)
-        .args(["--device", "cpu,cpu", "--out"])
+        .args(["--set", &set_teacher, "--device", "cpu,cpu", "--out"])
         .arg(&local)
         .output()
         .unwrap();
@@ -72,16 +87,19 @@ fn two_nodes_over_tcp_train_what_two_local_replicas_train() {
     let log = std::fs::read_to_string(local.join("metrics.jsonl")).unwrap();
     assert!(log.contains("\"stage\":\"prediction\""), "{log}");
 
-    // Node 1 first: it waits for node 0, which then fine-tunes the teacher before
-    // starting it.
+    // Node 1 first: it waits for node 0, which checks the teacher before starting it.
     let nodes = dir.path().join("nodes");
     let port = free_port();
     let follower = node(&recipe, &nodes, 1, port, 120)
+        .args(["--set", &set_teacher])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let leader = node(&recipe, &nodes, 0, port, 120).output().unwrap();
+    let leader = node(&recipe, &nodes, 0, port, 120)
+        .args(["--set", &set_teacher])
+        .output()
+        .unwrap();
     let follower = follower.wait_with_output().unwrap();
     check(&leader, "node 0");
     check(&follower, "node 1");

@@ -45,6 +45,8 @@ pub struct Args {
     pub train_limit: Option<usize>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// cpu, cuda:1, metal, auto, or a list (cuda:0,cuda:1): one data-parallel replica
+    /// on each.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Compute dtype of the training steps: f32, bf16 or f16 (weights stay in f32;
