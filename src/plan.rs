@@ -26,6 +26,8 @@ pub struct Plan {
     pub train_examples: usize,
     pub dev_examples: usize,
     pub max_seq_len: usize,
+    /// The recipe's devices: one data-parallel replica on each (per node).
+    pub devices: Vec<String>,
     pub stages: Vec<StagePlan>,
 }
 
@@ -240,6 +242,11 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
         train_examples: data.train.len(),
         dev_examples: data.dev.len(),
         max_seq_len: seq,
+        devices: recipe
+            .device
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .collect(),
         stages,
     })
 }
@@ -279,6 +286,15 @@ impl Plan {
             "task      {}: {} train, {} dev, max_seq_len {}\n",
             self.task, self.train_examples, self.dev_examples, self.max_seq_len
         );
+        if self.devices.len() > 1 {
+            s += &format!(
+                "devices   {}: {} data-parallel replicas, each on its share of every batch\n",
+                self.devices.join(", "),
+                self.devices.len()
+            );
+        } else {
+            s += &format!("device    {}\n", self.devices.join(""));
+        }
         for (i, st) in self.stages.iter().enumerate() {
             s += &format!(
                 "\nstage {} `{}` ({}) on {}\n",

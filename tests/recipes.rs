@@ -56,6 +56,10 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
             "augment={ method = \"both\", n_aug = 4, samples = 2 }",
             "--set",
             "stages.0.data={ source = \"augmented\" }",
+            "--set",
+            "device=cpu,cpu",
+            "--set",
+            "stages.1.precision=bf16",
         ])
         .output()
         .unwrap();
@@ -72,6 +76,8 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
     );
     assert!(text.contains("4000 train, 872 dev"), "{text}");
     assert!(text.contains("375 steps"), "{text}");
+    assert!(text.contains("2 data-parallel replicas"), "{text}");
+    assert!(text.contains("bf16 compute"), "{text}");
     assert!(
         text.contains("student (B, 12, L, L) vs teacher (B, 12, L, L)"),
         "{text}"
