@@ -5,8 +5,9 @@
 #      steps (<= 1e-3), tests/cuda_parity.rs;
 #   3. the distillation step (BERT-base teacher + TinyBERT-4 student, batch 32, seq 128)
 #      beside PyTorch eager on the same GPU, benches/distill.rs with BENCH_DEVICE=cuda:0.
-# It builds there, so it needs cargo on that machine (and nvcc, or it installs the PyPI
-# CUDA 13.0 tool chain as .ci/cuda-build-check.sh does). Output goes to $OUT when set.
+# With cargo there it builds there. Without, it runs the binaries `.ci/gpu-build.sh
+# --bundle` made on the machine that sent it (carry target/gpu-bin.tar.xz), with the
+# CUDA libraries of the PyTorch installed there. Output goes to $OUT when set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-target/gpu-check}"
@@ -16,22 +17,34 @@ exec > >(tee "$out/gpu-check.log") 2>&1
 echo "== installed"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || echo "nvidia-smi: not found"
 command -v nvcc && nvcc --version | tail -n 1
-command -v cargo && cargo --version || { echo "cargo: not found; install a Rust toolchain (rustup) to run this check"; exit 2; }
+command -v cargo && cargo --version || echo "cargo: not found"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'transformers', transformers.__version__)" || echo "torch: not found"
-
-if ! command -v nvcc >/dev/null; then
-  prefix="$PWD/target/cuda-toolkit"
-  python3 -m pip install --quiet --no-deps --target "$prefix" \
-    nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
-    nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
-  export CUDA_HOME="$prefix/nvidia/cu13" PATH="$prefix/nvidia/cu13/bin:$PATH"
-fi
 cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d .)"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-${cap:-90}}"
+bench_env=(BENCH_DEVICE=cuda:0 BENCH_STEP_BATCH=32 PYTHON="${PYTHON:-python3}" CANDLE_DISTILL_ROOT="$PWD")
 
-echo "== CUDA against the CPU"
-cargo test --release --features cuda --test cuda_parity -- --nocapture --test-threads 1
-
-echo "== distillation step on the GPU, beside PyTorch eager"
-BENCH_DEVICE=cuda:0 BENCH_STEP_BATCH=32 PYTHON="${PYTHON:-python3}" \
-  cargo bench --features cuda --bench distill -- --only step,teacher,student
+if ! command -v cargo >/dev/null && [ ! -d target/gpu-bin ] && [ -f target/gpu-bin.tar.xz ]; then
+  tar -C target -xJf target/gpu-bin.tar.xz
+fi
+if command -v cargo >/dev/null; then
+  source .ci/cuda-env.sh
+  echo "== CUDA against the CPU (built here)"
+  cargo test --features cuda --test cuda_parity -- --nocapture --test-threads 1
+  echo "== distillation step on the GPU, beside PyTorch eager"
+  env "${bench_env[@]}" cargo bench --features cuda --bench distill -- --only step,teacher,student
+elif [ -x target/gpu-bin/cuda_parity ]; then
+  # The CUDA 13 libraries PyTorch's wheels installed (site-packages/nvidia/*/lib).
+  libs="$(python3 -c 'import glob, os, nvidia; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/**/lib*.so*", recursive=True)})))' 2>/dev/null)"
+  export LD_LIBRARY_PATH="${libs:+$libs:}${LD_LIBRARY_PATH:-}"
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  for b in target/gpu-bin/*; do
+    echo "$b:"; ldd "$b" | grep -E "cuda|cublas|curand|nvrtc|nccl"
+  done
+  echo "== CUDA against the CPU (carried binary)"
+  target/gpu-bin/cuda_parity --nocapture --test-threads 1
+  echo "== distillation step on the GPU, beside PyTorch eager"
+  env "${bench_env[@]}" target/gpu-bin/distill --only step,teacher,student
+else
+  echo "no cargo here and no target/gpu-bin: run '.ci/gpu-build.sh --bundle' where cargo is and carry target/gpu-bin.tar.xz"
+  exit 2
+fi

@@ -12,7 +12,7 @@
 //! and BENCH_STEP_BATCH (default 16) sets the batch of the step measurements.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -265,12 +265,20 @@ fn measure_step(which: &str) -> Result<f64> {
     }
 }
 
+/// The repository: where it was built, or `CANDLE_DISTILL_ROOT` for a binary carried
+/// to another machine (.ci/gpu-check.sh).
+fn repo_root() -> PathBuf {
+    std::env::var_os("CANDLE_DISTILL_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn minilm_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-assets/all-MiniLM-L6-v2")
+    repo_root().join("target/test-assets/all-MiniLM-L6-v2")
 }
 
 fn sst2_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glue/SST-2/train.tsv")
+    repo_root().join("../shared/data/glue/SST-2/train.tsv")
 }
 
 /// Token ids of the first 4,000 SST-2 training sentences, truncated to 64.
@@ -441,7 +449,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut theirs = BTreeMap::new();
     if !args.iter().any(|a| a == "--no-python") {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_reference.py");
+        let script = repo_root().join("benches/pytorch_reference.py");
         let names: Vec<&str> = selected.iter().map(|(n, _)| *n).collect();
         eprintln!("pytorch: {} ...", names.join(","));
         match Command::new(&python)
