@@ -1,0 +1,225 @@
+//! Fine-tuning a pre-trained BERT on a task: the teacher inside a run, and the
+//! `finetune` command's model folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::distill::replicas::local_group;
+use crate::distill::{build_student, Progress, StageKind, StudentInit, TeacherParts};
+use crate::export::DatasetInfo;
+use crate::export::{export_classifier, ExportOptions, ExportSource};
+use crate::metrics::Metrics;
+use crate::model::{BuildOptions, ModelFiles};
+use crate::recipe::{Recipe, StageData, StageSpec};
+use crate::run::{Opened, RunDir};
+use crate::{Error, Result};
+
+use super::nodes::replicas;
+use super::stages::run_stages;
+use super::{load_task_data, GlueEvaluator, TaskData};
+
+pub fn default_finetune_stage() -> StageSpec {
+    StageSpec {
+        name: Some("finetune".into()),
+        kind: StageKind::Finetune,
+        data: StageData::Train,
+        losses: None,
+        layer_map: Default::default(),
+        epochs: 3,
+        max_steps: None,
+        learning_rate: 5e-5,
+        batch_size: 32,
+        warmup_ratio: Some(0.1),
+        schedule: None,
+        weight_decay: 0.01,
+        max_grad_norm: Some(1.0),
+        group_by_length: true,
+        checkpoint_every: 200,
+        precision: None,
+    }
+}
+
+/// Fine-tunes `model` on the task in its own run folder, data-parallel over `devices`
+/// when there are several; returns the best dev checkpoint.
+pub fn finetune(
+    model: &str,
+    spec: &StageSpec,
+    recipe: &Recipe,
+    data: &TaskData,
+    dir: &Path,
+    devices: &[Device],
+) -> Result<PathBuf> {
+    let identity = serde_json::json!({"model": model, "stage": spec, "task": &recipe.task, "seed": recipe.seed});
+    let text =
+        serde_json::to_string_pretty(&identity).map_err(|e| Error::msg(e.to_string()))? + "\n";
+    let run = match RunDir::open(dir, &text, false)? {
+        Opened::Fresh(r) | Opened::Resume(r) => r,
+    };
+    let best = run.root().join("checkpoints/best");
+    let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json")?;
+    if saved.as_ref().is_some_and(|p| p.finished) && best.is_dir() {
+        return Ok(best);
+    }
+    let files = ModelFiles::resolve(model)?;
+    let config = files.read_config()?;
+    let tokenizer = files.read_tokenizer()?;
+    let tensors = files.read_weights()?;
+    let parts = TeacherParts {
+        config: &config,
+        tensors: &tensors,
+        tokenizer: &tokenizer,
+    };
+    let init = StudentInit::Checkpoint {
+        model: model.to_string(),
+    };
+    let labels = data.labels();
+    let trainees = devices
+        .iter()
+        .map(|d| build_student(&init, &parts, &labels, recipe.seed, d))
+        .collect::<Result<Vec<_>>>()?;
+    let evaluator = GlueEvaluator::new(
+        &data.dev,
+        &tokenizer,
+        data.max_seq_len,
+        recipe.eval.batch_size,
+        &devices[0],
+    )?;
+    let group = local_group(devices)?;
+    run_stages(
+        &run,
+        std::slice::from_ref(spec),
+        recipe,
+        &replicas(&trainees, None, devices, &group),
+        None,
+        data,
+        Some(&evaluator),
+    )?;
+    run.write_plot()?;
+    Ok(best)
+}
+
+/// Result of `candle-distill finetune`.
+#[derive(Debug, Serialize)]
+pub struct FinetuneReport {
+    pub model: String,
+    pub task: String,
+    pub out: PathBuf,
+    pub dev: Metrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_mismatched: Option<Metrics>,
+    pub seconds: f64,
+}
+
+/// Fine-tunes `recipe.teacher.model` on the task; `out` becomes a Hugging Face model
+/// folder (the best dev checkpoint) with the training state in `out/training/`, so
+/// the same command resumes after a kill.
+pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<FinetuneReport> {
+    let started = Instant::now();
+    let training = out.join("training");
+    if force && out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    if out.is_dir()
+        && !training.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::msg(format!(
+            "{} exists and is not a fine-tuning folder; choose another --out or pass --force",
+            out.display()
+        )));
+    }
+    let devices = crate::device::parse_devices(&recipe.device)?;
+    let device = devices[0].clone();
+    let data = load_task_data(recipe)?;
+    let spec = recipe
+        .stages
+        .first()
+        .cloned()
+        .unwrap_or_else(default_finetune_stage);
+    let best = finetune(
+        &recipe.teacher.model,
+        &spec,
+        recipe,
+        &data,
+        &training,
+        &devices,
+    )?;
+    publish_checkpoint(&best, &recipe.teacher.model, &data, out)?;
+    let model = crate::model::load_classifier(
+        &out.display().to_string(),
+        &BuildOptions::inference(&device),
+    )?;
+    let evaluator = GlueEvaluator::new(
+        &data.dev,
+        &model.tokenizer,
+        data.max_seq_len,
+        recipe.eval.batch_size,
+        &device,
+    )?;
+    let dev = evaluator.metrics(&model.built.model)?;
+    let dev_mismatched = match &data.dev_mismatched {
+        Some(d) => Some(
+            GlueEvaluator::new(
+                d,
+                &model.tokenizer,
+                data.max_seq_len,
+                recipe.eval.batch_size,
+                &device,
+            )?
+            .metrics(&model.built.model)?,
+        ),
+        None => None,
+    };
+    let report = FinetuneReport {
+        model: recipe.teacher.model.clone(),
+        task: data.task.to_string(),
+        out: out.to_path_buf(),
+        dev,
+        dev_mismatched,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    crate::io::write_json(&training.join("report.json"), &report)?;
+    Ok(report)
+}
+
+/// Exports a best checkpoint (checked) and moves its files into the model folder `out`,
+/// each by an atomic rename, beside the `training/` state.
+fn publish_checkpoint(best: &Path, source_model: &str, data: &TaskData, out: &Path) -> Result<()> {
+    let mut source = ExportSource::from_checkpoint(&best.display().to_string())?;
+    source.card.model_name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    source.card.teacher = None;
+    source.card.dataset = Some(DatasetInfo {
+        id: "nyu-mll/glue".into(),
+        config: Some(data.task.name().to_string()),
+        split: Some("validation".into()),
+        name: Some(format!(
+            "GLUE {} (fine-tuned from {source_model})",
+            data.task
+        )),
+    });
+    let staging = out.join("training").join("export");
+    let options = ExportOptions {
+        force: true,
+        check_examples: data
+            .dev
+            .examples
+            .iter()
+            .take(32)
+            .map(|e| (e.text_a.clone(), e.text_b.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let report = export_classifier(&source, &staging, &options)?;
+    for file in &report.files {
+        let from = staging.join(file);
+        let to = out.join(file);
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+    }
+    Ok(())
+}

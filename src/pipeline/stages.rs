@@ -1,0 +1,242 @@
+//! The training stages of a run: their data (the task's, a file's, or the run's
+//! augmented rows), teacher logits, and every replica training them at once.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::data::{Dataset, Label, Split};
+use crate::distill::cache::{cache_key, cached_logits, model_logits};
+use crate::distill::replicas::{on_every_replica, Replica};
+use crate::distill::{
+    Evaluator, Progress, Stage, StageKind, StageSummary, Target, TrainExample, Trainer,
+};
+use crate::recipe::{Recipe, StageData, StageSpec};
+use crate::run::RunDir;
+use crate::tokenizer::{Encoded, TextTokenizer};
+use crate::{Error, Result};
+
+use super::{encode, TaskData};
+
+/// Runs the stages of `specs`, resuming from the run folder's checkpoint: on every
+/// replica at once when there are several (data-parallel), else on the one.
+/// Teacher logits are cached in the run folder under `logit_cache` (the teacher's
+/// identity); nodes other than node 0 pass none and compute their own.
+pub fn run_stages(
+    run: &RunDir,
+    specs: &[StageSpec],
+    recipe: &Recipe,
+    replicas: &[Replica],
+    logit_cache: Option<&str>,
+    data: &TaskData,
+    evaluator: Option<&dyn Evaluator>,
+) -> Result<Vec<StageSummary>> {
+    let first = replicas
+        .first()
+        .ok_or_else(|| Error::msg("no replica to train"))?;
+    let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json")?;
+    let pad_id = first.student.tokenizer.pad_id();
+    let mut summaries = Vec::new();
+    let mut restored = false;
+    for (index, spec) in specs.iter().enumerate() {
+        let name = spec.display_name(index);
+        if let Some(p) = &saved {
+            if p.stage > index || (p.stage == index && p.finished) {
+                tracing::info!("stage {name}: already finished, skipping");
+                continue;
+            }
+        }
+        let resume = saved.clone().filter(|p| p.stage == index);
+        if saved.is_some() && resume.is_none() && !restored {
+            // A previous stage finished before the interruption: continue from its weights.
+            for r in replicas {
+                trainer_for(r, run, evaluator, pad_id).restore_student()?;
+            }
+        }
+        restored = true;
+        let examples = stage_examples(spec, data, &first.student.tokenizer)?;
+        let losses = spec.losses();
+        let teacher_logits = match first.teacher {
+            Some(t) if losses.needs_teacher_logits() => {
+                let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
+                let compute = || model_logits(t, &enc, 64, pad_id, &first.device);
+                Some(match logit_cache {
+                    Some(identity) => {
+                        let key = cache_key(
+                            identity,
+                            &enc,
+                            &format!("logits max_len={}", data.max_seq_len),
+                        );
+                        cached_logits(&run.path("cache"), &key, compute)?
+                    }
+                    None => compute()?,
+                })
+            }
+            _ => None,
+        };
+        let is_final = index + 1 == specs.len();
+        let settings = spec.settings(recipe, is_final);
+        let stage = Stage {
+            index,
+            name: &name,
+            kind: spec.kind,
+            losses,
+            layer_map: &spec.layer_map,
+            settings: &settings,
+            data: &examples,
+            teacher_logits: teacher_logits.as_ref(),
+            keep_best: is_final,
+            seed: recipe.seed,
+        };
+        tracing::info!(
+            "stage {name}: {} examples, {} epochs{}",
+            examples.len(),
+            settings.epochs,
+            match replicas.len() {
+                1 => String::new(),
+                n => format!(", {n} local replicas"),
+            }
+        );
+        summaries.push(on_every_replica(replicas, |r| {
+            trainer_for(r, run, evaluator, pad_id).run_stage(&stage, resume.clone())
+        })?);
+    }
+    Ok(summaries)
+}
+
+/// The trainer of one replica; only the leader gets the evaluator.
+fn trainer_for<'a>(
+    r: &Replica<'a>,
+    run: &'a RunDir,
+    evaluator: Option<&'a dyn Evaluator>,
+    pad_id: u32,
+) -> Trainer<'a> {
+    Trainer {
+        teacher: r.teacher,
+        student: r.student,
+        evaluator: evaluator.filter(|_| r.is_leader()),
+        run,
+        device: r.device.clone(),
+        pad_id,
+        interrupt_after: None,
+        parallel: r.parallel,
+    }
+}
+
+/// The rows a stage trains on, before encoding: the run's own data borrowed, files read.
+pub fn stage_dataset<'a>(spec: &StageSpec, data: &'a TaskData) -> Result<Cow<'a, Dataset>> {
+    Ok(match &spec.data {
+        StageData::Train => Cow::Borrowed(&data.train),
+        StageData::Unlabeled { path } => {
+            Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
+        }
+        StageData::Augmented { path: Some(path) } if is_jsonl(path) => {
+            Cow::Owned(augmented_dataset(std::slice::from_ref(path))?)
+        }
+        StageData::Augmented { path: Some(path) } => {
+            Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
+        }
+        StageData::Augmented { path: None } => Cow::Borrowed(data.augmented.as_ref().ok_or_else(|| {
+            Error::msg(
+                "a stage trains on the run's augmented data, but no augmentation ran (the recipe needs an [augment] table)",
+            )
+        })?),
+    })
+}
+
+fn is_jsonl(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
+}
+
+/// Augmented files as unlabeled rows (the teacher labels them), each text pair once.
+fn augmented_dataset(paths: &[PathBuf]) -> Result<Dataset> {
+    let rows = crate::augment::job::read_augmented_files(paths)?;
+    Ok(Dataset {
+        task: None,
+        split: Split::Train,
+        label_names: Vec::new(),
+        regression: false,
+        examples: rows
+            .into_iter()
+            .enumerate()
+            .map(|(idx, r)| crate::data::Example {
+                idx,
+                text_a: r.text_a,
+                text_b: r.text_b,
+                label: Label::Unlabeled,
+            })
+            .collect(),
+        origin: paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
+        skipped: 0,
+    })
+}
+
+/// Augments the task's training text with the recipe's `[augment]` settings into
+/// `<run>/augmented/` (cached by content: a resumed run reuses or continues it).
+pub fn augment_task(
+    recipe: &Recipe,
+    run: &RunDir,
+    data: &mut TaskData,
+    device: &Device,
+) -> Result<()> {
+    let Some(settings) = &recipe.augment else {
+        return Ok(());
+    };
+    if !recipe.needs_augmentation() {
+        tracing::warn!("the recipe has an [augment] table but no stage uses data = {{ source = \"augmented\" }}");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = data.train.examples.iter().map(|e| e.texts()).collect();
+    let ctx = crate::augment::job::JobContext {
+        task: &recipe.task.name,
+        out_dir: &run.path("augmented"),
+        seed: recipe.seed,
+        device,
+        show_progress: true,
+    };
+    let mut files = Vec::new();
+    for job in crate::augment::job::augment_cached(&rows, settings, &ctx)? {
+        let o = &job.outcome;
+        tracing::info!(
+            "augmentation {}: {} rows from {} ({}){}",
+            job.method.as_str(),
+            o.manifest.output_rows,
+            o.manifest.input_rows,
+            o.path.display(),
+            if o.reused { ", reused" } else { "" }
+        );
+        files.push(o.path.clone());
+    }
+    data.augmented = Some(augmented_dataset(&files)?);
+    Ok(())
+}
+
+fn stage_examples(
+    spec: &StageSpec,
+    data: &TaskData,
+    tokenizer: &TextTokenizer,
+) -> Result<Vec<TrainExample>> {
+    let dataset = stage_dataset(spec, data)?;
+    let mut examples = encode(&dataset, tokenizer, data.max_seq_len)?;
+    if spec.kind == StageKind::Finetune || spec.losses().needs_labels() {
+        if examples.iter().any(|e| e.target == Target::None) {
+            return Err(Error::msg(format!(
+                "stage `{}` trains on gold labels but {} has unlabeled rows",
+                spec.display_name(0),
+                dataset.origin
+            )));
+        }
+    } else {
+        // Distillation stages learn from the teacher alone.
+        for e in &mut examples {
+            e.target = Target::None;
+        }
+    }
+    Ok(examples)
+}
