@@ -206,13 +206,7 @@ fn publish_checkpoint(best: &Path, source_model: &str, data: &TaskData, out: &Pa
     let staging = out.join("training").join("export");
     let options = ExportOptions {
         force: true,
-        check_examples: data
-            .dev
-            .examples
-            .iter()
-            .take(32)
-            .map(|e| (e.text_a.clone(), e.text_b.clone()))
-            .collect(),
+        check_examples: data.export_check_examples(),
         ..Default::default()
     };
     let report = export_classifier(&source, &staging, &options)?;

@@ -55,6 +55,16 @@ pub struct TaskData {
 }
 
 impl TaskData {
+    /// Dev sentences an export's logits are checked on against the trained model.
+    pub fn export_check_examples(&self) -> Vec<(String, Option<String>)> {
+        self.dev
+            .examples
+            .iter()
+            .take(32)
+            .map(|e| (e.text_a.clone(), e.text_b.clone()))
+            .collect()
+    }
+
     /// The student's output labels: the task's classes, or one score.
     pub fn labels(&self) -> Vec<String> {
         if self.task.is_regression() {
@@ -521,13 +531,7 @@ fn export_student(
     let options = ExportOptions {
         dtype: crate::device::parse_dtype(&recipe.export.dtype)?,
         force: true, // the run folder is ours; a resumed run re-exports the same student
-        check_examples: data
-            .dev
-            .examples
-            .iter()
-            .take(32)
-            .map(|e| (e.text_a.clone(), e.text_b.clone()))
-            .collect(),
+        check_examples: data.export_check_examples(),
         tolerance: None,
     };
     let exported = export_classifier(&source, &run.path("student"), &options)?;
