@@ -148,11 +148,20 @@ impl Rendezvous {
     }
 
     fn lead(spec: &NodeSpec, local_workers: usize, recipe: &str) -> Result<Rendezvous> {
-        let listener = TcpListener::bind(&spec.master).map_err(|e| {
+        // Every interface, as torchrun's store does: the name the other nodes use for
+        // node 0 need not be one of its own addresses (NAT, DNS aliases).
+        let port = spec
+            .master
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| {
+                Error::invalid("--master-port", spec.master.as_str(), "expected HOST:PORT")
+            })?;
+        let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
             Error::invalid(
-                "--master-addr",
-                spec.master.as_str(),
-                format!("node 0 cannot listen there: {e}"),
+                "--master-port",
+                port.to_string(),
+                format!("node 0 cannot listen on it: {e}"),
             )
         })?;
         listener.set_nonblocking(true).map_err(net("node 0"))?;
