@@ -317,17 +317,20 @@ fn prepare_teacher(
 /// Runs a recipe end to end (on every device of `recipe.device` at once when it lists
 /// several).
 pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> Result<RunReport> {
-    lead_run(recipe, recipe_path, force, None)
+    let devices = crate::device::parse_devices(&recipe.device)?;
+    lead_run(recipe, recipe_path, force, &devices, None)
 }
 
+/// The run on this process's `devices` (parsed once: each parse opens the devices
+/// anew), alone or as node 0 of `cluster`.
 pub(super) fn lead_run(
     recipe: &Recipe,
     recipe_path: Option<&Path>,
     force: bool,
+    devices: &[Device],
     cluster: Option<(&NodeSpec, Rendezvous)>,
 ) -> Result<RunReport> {
     let started = Instant::now();
-    let devices = crate::device::parse_devices(&recipe.device)?;
     let device = devices[0].clone();
     let out = recipe.output_dir(recipe_path);
     let run = match RunDir::open(&out, &recipe.resolved_toml()?, force)? {
@@ -338,11 +341,11 @@ pub(super) fn lead_run(
         }
     };
     let mut data = load_task_data(recipe)?;
-    let (teacher_files, teacher_spec) = prepare_teacher(recipe, &run, &data, &devices)?;
+    let (teacher_files, teacher_spec) = prepare_teacher(recipe, &run, &data, devices)?;
     let teacher_config = teacher_files.read_config()?;
     let tokenizer = teacher_files.read_tokenizer()?;
     let tensors = teacher_files.read_weights()?;
-    let teachers = local_teachers(recipe, &teacher_spec, &teacher_config, &tensors, &devices)?;
+    let teachers = local_teachers(recipe, &teacher_spec, &teacher_config, &tensors, devices)?;
     let teacher = &teachers[0];
     let evaluator = GlueEvaluator::new(
         &data.dev,
@@ -379,17 +382,17 @@ pub(super) fn lead_run(
         tensors: &tensors,
         tokenizer: &tokenizer,
     };
-    let students = local_students(recipe, &parts, &data.labels(), &devices)?;
+    let students = local_students(recipe, &parts, &data.labels(), devices)?;
     let student = &students[0];
     let group = match cluster {
-        None => local_group(&devices)?,
+        None => local_group(devices)?,
         Some((node, mut rendezvous)) => {
-            let start = start_message(&devices, &teacher_spec)?;
+            let start = start_message(devices, &teacher_spec)?;
             rendezvous.start(&start)?;
-            node_group(&devices, node, rendezvous, &start)?
+            node_group(devices, node, rendezvous, &start)?
         }
     };
-    let replicas = replicas(&students, Some(&teachers), &devices, &group);
+    let replicas = replicas(&students, Some(&teachers), devices, &group);
     let identity = files_identity(&teacher_files);
     let stages = run_stages(
         &run,

@@ -43,7 +43,14 @@ pub fn run_recipe_on_node(
     );
     let rendezvous = Rendezvous::join(node, devices.len(), &identity)?;
     if node.node_rank == 0 {
-        lead_run(recipe, recipe_path, force, Some((node, rendezvous))).map(Some)
+        lead_run(
+            recipe,
+            recipe_path,
+            force,
+            &devices,
+            Some((node, rendezvous)),
+        )
+        .map(Some)
     } else {
         follow_run(recipe, recipe_path, node, rendezvous, &devices).map(|()| None)
     }
