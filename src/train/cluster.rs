@@ -14,10 +14,10 @@ use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::parallel::AllReduce;
+use super::parallel::{flatten_f32, unflatten_like, AllReduce};
 use crate::{Error, Result};
 
 const PROTOCOL: u32 = 1;
@@ -381,16 +381,9 @@ impl AllReduce for TcpAllReduce {
     }
 
     fn all_reduce_sum(&self, tensors: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let parts = tensors
-            .iter()
-            .map(|t| {
-                t.to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_device(&Device::Cpu)?
-                    .to_vec1::<f32>()
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let mine: Vec<f32> = parts.concat();
+        let mine = flatten_f32(&tensors)?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<f32>()?;
         let mut link = self
             .link
             .lock()
@@ -433,18 +426,8 @@ impl AllReduce for TcpAllReduce {
                 total
             }
         };
-        let mut offset = 0;
-        tensors
-            .iter()
-            .map(|t| {
-                let n = t.elem_count();
-                let part = Tensor::from_slice(&total[offset..offset + n], t.shape(), &Device::Cpu)?
-                    .to_dtype(t.dtype())?
-                    .to_device(t.device())?;
-                offset += n;
-                Ok(part)
-            })
-            .collect()
+        let n = total.len();
+        unflatten_like(&Tensor::from_vec(total, n, &Device::Cpu)?, &tensors)
     }
 
     fn abort(&self) {

@@ -7,11 +7,11 @@
 use std::sync::Mutex;
 
 use candle_core::cuda::cudarc::nccl::safe::{Comm, ReduceOp};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, Device, Layout, Shape, Tensor};
 
 pub use candle_core::cuda::cudarc::nccl::safe::Id as NcclId;
 
-use super::parallel::AllReduce;
+use super::parallel::{flatten_f32, unflatten_like, AllReduce};
 use crate::{Error, Result};
 
 pub struct NcclAllReduce {
@@ -105,11 +105,7 @@ impl AllReduce for NcclAllReduce {
 
     fn all_reduce_sum(&self, tensors: Vec<Tensor>) -> Result<Vec<Tensor>> {
         // One collective for the whole list: flattened into one f32 buffer.
-        let flat = tensors
-            .iter()
-            .map(|t| t.to_dtype(DType::F32)?.flatten_all())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let flat = Tensor::cat(&flat, 0)?.contiguous()?;
+        let flat = flatten_f32(&tensors)?;
         let summed = {
             let comm = self
                 .comm
@@ -117,18 +113,6 @@ impl AllReduce for NcclAllReduce {
                 .map_err(|_| Error::msg("NCCL: a worker panicked"))?;
             flat.apply_op1_no_bwd(&SumOp(&comm))?
         };
-        let mut offset = 0;
-        tensors
-            .iter()
-            .map(|t| {
-                let n = t.elem_count();
-                let part = summed
-                    .narrow(0, offset, n)?
-                    .reshape(t.shape())?
-                    .to_dtype(t.dtype())?;
-                offset += n;
-                Ok(part)
-            })
-            .collect()
+        unflatten_like(&summed, &tensors)
     }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
@@ -27,6 +27,37 @@ pub trait AllReduce: Send + Sync {
     /// This worker failed: wake the others, blocked or about to block in a collective,
     /// with an error instead of leaving them waiting forever.
     fn abort(&self) {}
+}
+
+/// The tensors as one flat f32 vector, in order, on the first one's device: what a
+/// collective between processes sums in one go.
+pub fn flatten_f32(tensors: &[Tensor]) -> Result<Tensor> {
+    let flat = tensors
+        .iter()
+        .map(|t| t.to_dtype(DType::F32)?.flatten_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    if flat.is_empty() {
+        return Ok(Tensor::zeros(0, DType::F32, &Device::Cpu)?);
+    }
+    Ok(Tensor::cat(&flat, 0)?.contiguous()?)
+}
+
+/// `flat` (as [`flatten_f32`] made it from `like`) cut back into tensors with the
+/// shapes, dtypes and devices of `like`.
+pub fn unflatten_like(flat: &Tensor, like: &[Tensor]) -> Result<Vec<Tensor>> {
+    let mut offset = 0;
+    like.iter()
+        .map(|t| {
+            let n = t.elem_count();
+            let part = flat
+                .narrow(0, offset, n)?
+                .reshape(t.shape())?
+                .to_dtype(t.dtype())?
+                .to_device(t.device())?;
+            offset += n;
+            Ok(part)
+        })
+        .collect()
 }
 
 /// The rows of a global batch that worker `rank` of `world` trains on: contiguous
