@@ -46,11 +46,6 @@ pub struct Student {
 }
 
 impl Student {
-    /// The student's hidden state `j` mapped to the teacher's width.
-    pub fn project(&self, j: usize, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        project(&self.projections, j, hidden)
-    }
-
     /// The model and projections computing in `dtype` (mixed precision): each weight is
     /// cast from its f32 variable on every call, so the casts are part of the graph and
     /// gradients reach the f32 variables. Cheap: one pass over the weights.
@@ -80,18 +75,7 @@ impl Student {
             .collect::<Result<Vec<_>>>()?;
         Ok((model, projections))
     }
-}
 
-/// Hidden state `j` through projection `j`, or unchanged when there are none (the
-/// student is as wide as the teacher).
-pub fn project(projections: &[Linear], j: usize, hidden: &Tensor) -> candle_core::Result<Tensor> {
-    match projections.get(j) {
-        Some(p) => p.forward(hidden),
-        None => Ok(hidden.clone()),
-    }
-}
-
-impl Student {
     /// Student parameters without the training-only projections.
     pub fn model_parameters(&self) -> usize {
         self.varmap
@@ -102,6 +86,15 @@ impl Student {
             .filter(|(k, _)| !k.starts_with("fit_dense"))
             .map(|(_, v)| v.elem_count())
             .sum()
+    }
+}
+
+/// Hidden state `j` through projection `j`, or unchanged when there are none (the
+/// student is as wide as the teacher).
+pub fn project(projections: &[Linear], j: usize, hidden: &Tensor) -> candle_core::Result<Tensor> {
+    match projections.get(j) {
+        Some(p) => p.forward(hidden),
+        None => Ok(hidden.clone()),
     }
 }
 
