@@ -63,10 +63,16 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// The entries of a device list (`cuda:0, cuda:1`), unparsed: for showing a plan on a
+/// machine that does not have them.
+pub fn device_names(spec: &str) -> Vec<&str> {
+    spec.split(',').map(str::trim).collect()
+}
+
 /// Parses a comma-separated list of devices (`cuda:0,cuda:1`): one data-parallel
 /// replica on each. A single device is a list of one.
 pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
-    let parts: Vec<&str> = spec.split(',').map(str::trim).collect();
+    let parts = device_names(spec);
     if parts.iter().any(|p| p.is_empty()) {
         return Err(Error::invalid(
             "--device",

@@ -242,10 +242,9 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
         train_examples: data.train.len(),
         dev_examples: data.dev.len(),
         max_seq_len: seq,
-        devices: recipe
-            .device
-            .split(',')
-            .map(|d| d.trim().to_string())
+        devices: crate::device::device_names(&recipe.device)
+            .into_iter()
+            .map(String::from)
             .collect(),
         stages,
     })

@@ -51,7 +51,7 @@ pub struct Args {
     pub device: String,
     /// Compute dtype of the training steps: f32, bf16 or f16 (weights stay in f32;
     /// f16 uses dynamic loss scaling).
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Overwrite a non-empty output folder.
     #[arg(long)]
@@ -89,9 +89,4 @@ fn finetune_recipe(args: &Args, stage: StageSpec) -> anyhow::Result<Recipe> {
     recipe.task.train_limit = args.train_limit;
     recipe.stages = vec![stage];
     Ok(recipe)
-}
-
-fn parse_precision(text: &str) -> Result<Precision, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_ascii_lowercase()))
-        .map_err(|_| format!("`{text}`: expected f32, bf16 or f16"))
 }

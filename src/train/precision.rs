@@ -18,6 +18,20 @@ pub enum Precision {
     F16,
 }
 
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// `f32`, `bf16` or `f16`, as in recipes (for command-line flags).
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            _ => Err(format!("`{text}`: expected f32, bf16 or f16")),
+        }
+    }
+}
+
 impl Precision {
     pub fn compute_dtype(self) -> DType {
         match self {
@@ -92,6 +106,11 @@ mod tests {
             assert_eq!(serde_json::from_str::<Precision>(text).unwrap(), p);
         }
         assert!(serde_json::from_str::<Precision>("\"fp8\"").is_err());
+        assert_eq!("BF16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("fp8"
+            .parse::<Precision>()
+            .unwrap_err()
+            .contains("expected f32, bf16 or f16"));
         assert_eq!(Precision::Bf16.compute_dtype(), DType::BF16);
         assert!(Precision::F16.needs_loss_scaling() && !Precision::Bf16.needs_loss_scaling());
     }
