@@ -11,13 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tiny_run::{recipe, setup};
-
-fn cli() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));
-    c.env("RUST_LOG", "warn");
-    c
-}
+use common::tiny_run::{cli, recipe, setup, weights};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -28,14 +22,7 @@ fn free_port() -> u16 {
 }
 
 fn student(run: &Path) -> HashMap<String, Vec<f32>> {
-    candle_core::safetensors::load(
-        run.join("checkpoints/last/student.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap()
-    .into_iter()
-    .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-    .collect()
+    weights(&run.join("checkpoints/last/student.safetensors"))
 }
 
 fn check(o: &Output, what: &str) {

@@ -9,13 +9,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use candle_distill::testing::tiny_config;
-use common::tiny_run::{recipe, setup};
-
-fn cli() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));
-    c.env("RUST_LOG", "warn");
-    c
-}
+use common::tiny_run::{cli, recipe, setup, weights};
 
 fn run_to(recipe: &Path, out: &Path) -> std::process::Output {
     cli()
@@ -28,14 +22,7 @@ fn run_to(recipe: &Path, out: &Path) -> std::process::Output {
 }
 
 fn student_weights(run: &Path) -> std::collections::HashMap<String, Vec<f32>> {
-    candle_core::safetensors::load(
-        run.join("checkpoints/best/model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap()
-    .into_iter()
-    .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-    .collect()
+    weights(&run.join("checkpoints/best/model.safetensors"))
 }
 
 #[test]
@@ -273,14 +260,10 @@ fn a_killed_finetune_resumes_to_the_same_model() {
         "resume failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let load = |d: &Path| {
-        candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap()
-            .into_iter()
-            .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-            .collect::<std::collections::HashMap<_, _>>()
-    };
-    let (a, b) = (load(&straight), load(&killed));
+    let (a, b) = (
+        weights(&straight.join("model.safetensors")),
+        weights(&killed.join("model.safetensors")),
+    );
     assert_eq!(a.len(), b.len());
     for (name, values) in &a {
         assert_eq!(values, &b[name], "{name} differs after resuming");

@@ -2,7 +2,9 @@
 //! first), a synthetic SST-2 folder whose labels follow sentiment words, and a recipe
 //! with intermediate and prediction stages.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use candle_distill::rng::Rng;
 use candle_distill::testing::{tiny_config, write_random_classifier};
@@ -101,4 +103,20 @@ pub fn setup() -> tempfile::TempDir {
     write_random_classifier(&dir.path().join("teacher"), &tiny_config(32, 2, 4, 64), 1).unwrap();
     write_sst2(&dir.path().join("glue"));
     dir
+}
+
+/// The command under test, quiet but for warnings.
+pub fn cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Every tensor of a safetensors file, flattened to f32 values by name.
+pub fn weights(file: &Path) -> HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(file, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
 }
