@@ -59,7 +59,7 @@ fn mlm_filler(config: &BertConfig, tokenizer: TextTokenizer) -> BertMaskFiller {
         device: Device::Cpu,
         dtype: DType::F32,
         trainable: false,
-        init_seed: Some(0),
+        fresh: candle_distill::model::Fresh::Anything { seed: 0 },
     };
     let model = build_masked_lm("random", config, HashMap::new(), &options)
         .expect("build")

@@ -92,7 +92,7 @@ fn random_model(
         device: bench_device(),
         dtype: DType::F32,
         trainable,
-        init_seed: Some(seed),
+        fresh: candle_distill::model::Fresh::Anything { seed },
     };
     let built = build_classifier("random", config, HashMap::new(), &options)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;

@@ -164,7 +164,7 @@ pub fn bench(specs: &[String], opts: &BenchOptions) -> Result<BenchReport> {
         // its cost is what matters here, not its outputs.
         let build = BuildOptions {
             dtype: opts.dtype,
-            init_seed: Some(0),
+            fresh: crate::model::Fresh::TaskAdditions { seed: 0 },
             ..BuildOptions::inference(&opts.device)
         };
         let built = build_classifier(spec, &config, files.read_weights()?, &build)?;

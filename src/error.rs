@@ -45,6 +45,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The checkpoint does not make the model asked for: building it would leave the
+    /// `missing` tensors randomly initialised, beyond what the task adds.
+    #[error("{path}: {message}")]
+    CheckpointMismatch {
+        path: String,
+        missing: Vec<String>,
+        message: String,
+    },
+
     /// Anything else with a plain message (plans that cannot work, mismatched models, ...).
     #[error("{0}")]
     Msg(String),

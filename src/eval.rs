@@ -168,7 +168,7 @@ mod tests {
             "random",
             &config,
             Default::default(),
-            &BuildOptions::training(&Device::Cpu, 11),
+            &BuildOptions::random(&Device::Cpu, 11),
         )
         .unwrap();
         let data = sst2(&[
@@ -220,7 +220,7 @@ mod tests {
             "random",
             &permuted,
             Default::default(),
-            &BuildOptions::training(&Device::Cpu, 11),
+            &BuildOptions::random(&Device::Cpu, 11),
         )
         .unwrap();
         let err = evaluate(&built.model, &tokenizer, &data, &options)

@@ -34,7 +34,7 @@ pub fn tiny_teacher(
         &config,
         Default::default(),
         &BuildOptions {
-            init_seed: Some(seed),
+            fresh: crate::model::Fresh::Anything { seed },
             ..BuildOptions::inference(device)
         },
     )?;
@@ -214,7 +214,7 @@ pub fn write_random_classifier(dir: &Path, config: &BertConfig, seed: u64) -> Re
         "random",
         config,
         Default::default(),
-        &BuildOptions::training(&Device::Cpu, seed),
+        &BuildOptions::random(&Device::Cpu, seed),
     )?;
     let varmap = built.varmap.expect("trainable build has a varmap");
     write_varmap_model(dir, config, &varmap)
@@ -228,7 +228,7 @@ pub fn write_random_masked_lm(dir: &Path, config: &BertConfig, seed: u64) -> Res
         "random",
         &config,
         Default::default(),
-        &BuildOptions::training(&Device::Cpu, seed),
+        &BuildOptions::random(&Device::Cpu, seed),
     )?;
     let varmap = built.varmap.expect("trainable build has a varmap");
     write_varmap_model(dir, &config, &varmap)

@@ -64,7 +64,7 @@ fn half_precision_forward_is_finite_and_close() {
     let run = |dtype: DType| {
         let options = BuildOptions {
             dtype,
-            init_seed: Some(0),
+            fresh: candle_distill::model::Fresh::TaskAdditions { seed: 0 },
             ..BuildOptions::inference(&Device::Cpu)
         };
         let built =

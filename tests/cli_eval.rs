@@ -225,3 +225,103 @@ fn a_model_with_other_labels_is_refused_showing_both_maps() {
         "{err}"
     );
 }
+
+/// A tiny pre-trained encoder of another family as users hold one: no task head, its
+/// tensors under its own prefix (`mpnet.encoder...`), `model_type` not `bert`.
+fn write_other_family(dir: &Path, model_type: &str) {
+    write_model(dir, &["negative", "positive"]);
+    let path = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let renamed: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("classifier."))
+        .map(|(k, t)| (k.replacen("bert.", &format!("{model_type}."), 1), t))
+        .collect();
+    candle_core::safetensors::save(&renamed, &path).unwrap();
+    let config_path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["model_type"] = model_type.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+}
+
+fn stderr(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn finetune_refuses_a_checkpoint_that_would_train_as_a_random_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue, out) = (
+        tmp.path().join("mpnet"),
+        tmp.path().join("glue"),
+        tmp.path().join("out"),
+    );
+    write_other_family(&model, "mpnet");
+    write(&glue, "SST-2/train.tsv", SST_DEV);
+    write(&glue, "SST-2/dev.tsv", SST_DEV);
+    let run = Command::new(env!("CARGO_BIN_EXE_candle-distill"))
+        .args([
+            "finetune",
+            "--model",
+            model.to_str().unwrap(),
+            "--task",
+            "sst2",
+        ])
+        .args([
+            "--data",
+            glue.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--epochs", "1", "--batch-size", "2"])
+        .output()
+        .unwrap();
+    let err = stderr(&run);
+    assert!(err.contains("model_type `mpnet`"), "{err}");
+    assert!(err.contains("does not hold a BERT"), "{err}");
+    // 5 embedding tensors + 16 for the one layer would be random; the head and pooler
+    // the task adds are not counted.
+    assert!(err.contains("21 of the 25 tensors"), "{err}");
+    assert!(err.contains("`mpnet.embeddings"), "{err}");
+    assert_eq!(err.matches(model.to_str().unwrap()).count(), 1, "{err}");
+    assert!(!out.join("model.safetensors").exists());
+    let checkpoints = walk(&out)
+        .into_iter()
+        .filter(|p| p.ends_with("model.safetensors"));
+    assert_eq!(checkpoints.count(), 0, "nothing may have been trained");
+}
+
+#[test]
+fn eval_of_an_encoder_without_a_head_says_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue) = (tmp.path().join("encoder"), tmp.path().join("glue"));
+    write_other_family(&model, "bert");
+    write(&glue, "SST-2/dev.tsv", SST_DEV);
+    let err = stderr(&eval(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--data",
+        glue.to_str().unwrap(),
+    ]));
+    assert!(err.contains("no sequence-classification head"), "{err}");
+    assert!(err.contains("candle-distill finetune"), "{err}");
+    assert!(!err.contains("tensor '*'") && !err.contains("`*`"), "{err}");
+    assert_eq!(err.matches(model.to_str().unwrap()).count(), 1, "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

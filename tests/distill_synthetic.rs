@@ -121,7 +121,7 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         "teacher",
         &teacher_config,
         Default::default(),
-        &BuildOptions::training(&dev, 7),
+        &BuildOptions::random(&dev, 7),
     )
     .unwrap();
     let teacher_as_student = Student {

@@ -85,7 +85,7 @@ fn classification_loss_reaches_every_tensor() {
         "tiny",
         &config,
         Default::default(),
-        &BuildOptions::training(&dev, 1),
+        &BuildOptions::random(&dev, 1),
     )
     .unwrap();
     let input = batch(&dev);
@@ -107,7 +107,7 @@ fn masked_lm_loss_reaches_every_tensor() {
         "tiny",
         &config,
         Default::default(),
-        &BuildOptions::training(&dev, 2),
+        &BuildOptions::random(&dev, 2),
     )
     .unwrap();
     let input = batch(&dev);
@@ -128,7 +128,7 @@ fn intermediate_outputs_reach_every_encoder_tensor() {
         "tiny",
         &config,
         Default::default(),
-        &BuildOptions::training(&dev, 3),
+        &BuildOptions::random(&dev, 3),
     )
     .unwrap();
     let out = built

@@ -89,7 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         candle_distill::io::ensure_fresh_dir(out, args.force)?;
     }
     let loaded = load_classifier(&args.model, &BuildOptions::inference(&device))
-        .with_context(|| format!("loading the model {}", args.model))?;
+        .context("loading the model")?; // the error names the model
     let options = EvalOptions {
         batch_size: args.batch_size,
         max_seq_len: args.max_seq_len.unwrap_or(task.default_max_seq_len()),

@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     stage.precision = Some(args.precision);
     let recipe = finetune_recipe(&args, stage)?;
     let report = candle_distill::pipeline::finetune_to_folder(&recipe, &args.out, args.force)
-        .with_context(|| format!("fine-tuning {} on {}", args.model, args.task))?;
+        .with_context(|| format!("fine-tuning on {}", args.task))?; // errors name the model
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

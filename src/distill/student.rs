@@ -10,7 +10,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::bert::Linear;
-use crate::model::params::{var_builder, ParamSource};
+use crate::model::params::{var_builder, Fresh, ParamSource};
 use crate::model::{BertConfig, BertForSequenceClassification, ModelFiles};
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
@@ -177,7 +177,17 @@ pub fn build_student(
     config.set_labels(labels);
     config.architectures = Some(vec!["BertForSequenceClassification".into()]);
     let teacher_width = teacher.config.hidden_size;
-    let source = Arc::new(ParamSource::new("student", tensors, true, Some(seed)));
+    // Only a student asked for as random may be random; a checkpoint or the teacher's
+    // layers must supply every tensor but the head and the projections.
+    let (origin, fresh) = match init {
+        StudentInit::Checkpoint { model } => (model.clone(), Fresh::TaskAdditions { seed }),
+        StudentInit::TeacherLayers { .. } => (
+            format!("student ({description})"),
+            Fresh::TaskAdditions { seed },
+        ),
+        StudentInit::Random { .. } => ("student".to_string(), Fresh::Anything { seed }),
+    };
+    let source = Arc::new(ParamSource::new(&origin, tensors, true, fresh));
     let vb = var_builder(&source, DType::F32, device);
     let model = BertForSequenceClassification::new(vb.clone(), &config)?;
     let projections = if config.hidden_size != teacher_width {
@@ -187,7 +197,7 @@ pub fn build_student(
     } else {
         Vec::new()
     };
-    let report = source.report();
+    let report = source.checked_report(config.model_type.as_deref())?;
     if !report.created.is_empty() {
         tracing::info!(
             "student: freshly initialised {} tensors",

@@ -147,14 +147,9 @@ impl BertConfig {
             ));
         }
         self.activation(origin)?;
-        if let Some(model_type) = &self.model_type {
-            const KNOWN: [&str; 4] = ["bert", "roberta", "xlm-roberta", "electra"];
-            if !KNOWN.contains(&model_type.as_str()) {
-                tracing::warn!(
-                    "{origin}: model_type `{model_type}` is not `bert`; loading it as a BERT"
-                );
-            }
-        }
+        // A model_type other than `bert` is not refused here: whether the checkpoint's
+        // tensors make a BERT is checked when the model is built (model::params), and
+        // an error there names the model_type.
         self.labels(origin)?;
         Ok(())
     }

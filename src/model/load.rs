@@ -9,7 +9,7 @@ use candle_nn::VarMap;
 
 use super::bert::{BertForMaskedLM, BertForSequenceClassification};
 use super::config::BertConfig;
-use super::params::{var_builder, LoadReport, ParamSource};
+use super::params::{var_builder, Fresh, LoadReport, ParamSource};
 use super::weights::{read_weights, shards_from_index, WeightFiles};
 use crate::hub::{FileSource, Location, RepoKind};
 use crate::tokenizer::{TextTokenizer, TokenizerFiles};
@@ -97,27 +97,38 @@ pub struct BuildOptions {
     pub dtype: DType,
     /// Register every tensor as a trainable `Var`.
     pub trainable: bool,
-    /// Seed for tensors the checkpoint lacks (a new head); `None` makes them an error.
-    pub init_seed: Option<u64>,
+    /// Which tensors the checkpoint may lack (created from a seed); anything else
+    /// missing is an error naming them.
+    pub fresh: Fresh,
 }
 
 impl BuildOptions {
-    /// Frozen f32 on the CPU, every tensor required.
+    /// Frozen f32, every tensor required.
     pub fn inference(device: &Device) -> Self {
         BuildOptions {
             device: device.clone(),
             dtype: DType::F32,
             trainable: false,
-            init_seed: None,
+            fresh: Fresh::Nothing,
         }
     }
 
+    /// Trainable f32; a task head the checkpoint lacks is created from `seed`.
     pub fn training(device: &Device, seed: u64) -> Self {
         BuildOptions {
             device: device.clone(),
             dtype: DType::F32,
             trainable: true,
-            init_seed: Some(seed),
+            fresh: Fresh::TaskAdditions { seed },
+        }
+    }
+
+    /// Trainable f32 where every tensor the checkpoint lacks is drawn from `seed`: a
+    /// random model, for tests and for students asked to start from scratch.
+    pub fn random(device: &Device, seed: u64) -> Self {
+        BuildOptions {
+            fresh: Fresh::Anything { seed },
+            ..Self::training(device, seed)
         }
     }
 }
@@ -131,6 +142,7 @@ pub struct Built<M> {
 
 fn build<M>(
     origin: &str,
+    config: &BertConfig,
     tensors: HashMap<String, Tensor>,
     options: &BuildOptions,
     make: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<M>,
@@ -139,18 +151,14 @@ fn build<M>(
         origin,
         tensors,
         options.trainable,
-        options.init_seed,
+        options.fresh,
     ));
     let vb = var_builder(&source, options.dtype, &options.device);
-    let model = make(vb).map_err(|e| Error::Weights {
-        path: origin.to_string(),
-        name: "*".into(),
-        message: e.to_string(),
-    })?;
+    let model = make(vb).map_err(|e| Error::msg(format!("{origin}: {e}")))?;
     Ok(Built {
         model,
         varmap: source.varmap().cloned(),
-        report: source.report(),
+        report: source.checked_report(config.model_type.as_deref())?,
     })
 }
 
@@ -160,7 +168,7 @@ pub fn build_classifier(
     tensors: HashMap<String, Tensor>,
     options: &BuildOptions,
 ) -> Result<Built<BertForSequenceClassification>> {
-    build(origin, tensors, options, |vb| {
+    build(origin, config, tensors, options, |vb| {
         BertForSequenceClassification::new(vb, config)
     })
 }
@@ -171,7 +179,7 @@ pub fn build_masked_lm(
     tensors: HashMap<String, Tensor>,
     options: &BuildOptions,
 ) -> Result<Built<BertForMaskedLM>> {
-    build(origin, tensors, options, |vb| {
+    build(origin, config, tensors, options, |vb| {
         BertForMaskedLM::new(vb, config)
     })
 }
@@ -205,4 +213,153 @@ pub fn load_classifier(spec: &str, options: &BuildOptions) -> Result<LoadedClass
         tokenizer,
         built,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tiny_config;
+
+    /// A random one-layer classifier's tensors (25: 5 embedding, 16 layer, pooler 2,
+    /// classifier 2) and its config.
+    fn tiny_checkpoint() -> (BertConfig, HashMap<String, Tensor>) {
+        let mut config = tiny_config(16, 1, 2, 32);
+        config.set_labels(&["a".into(), "b".into()]);
+        let built = build_classifier(
+            "random",
+            &config,
+            HashMap::new(),
+            &BuildOptions::random(&Device::Cpu, 3),
+        )
+        .unwrap();
+        let varmap = built.varmap.unwrap();
+        let tensors = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        (config, tensors)
+    }
+
+    fn mismatch(err: Error) -> (Vec<String>, String) {
+        let text = err.to_string();
+        match err {
+            Error::CheckpointMismatch { missing, .. } => (missing, text),
+            other => panic!("expected a checkpoint mismatch, got {other}"),
+        }
+    }
+
+    #[test]
+    fn another_family_is_refused_instead_of_reinitialised() {
+        let (mut config, tensors) = tiny_checkpoint();
+        config.model_type = Some("mpnet".into());
+        let renamed: HashMap<_, _> = tensors
+            .into_iter()
+            .map(|(k, t)| (k.replacen("bert.", "mpnet.", 1), t))
+            .collect();
+        // Training may add the pooler; inference needs it from the checkpoint too.
+        for (options, rejected) in [
+            (BuildOptions::training(&Device::Cpu, 1), 21),
+            (BuildOptions::inference(&Device::Cpu), 23),
+        ] {
+            let err = build_classifier("ckpt/mpnet", &config, renamed.clone(), &options)
+                .err()
+                .expect("a foreign checkpoint must not build");
+            let (missing, text) = mismatch(err);
+            assert_eq!(missing.len(), rejected, "{text}");
+            assert!(
+                missing.iter().all(|n| n.starts_with("bert.")),
+                "{missing:?}"
+            );
+            assert!(text.starts_with("ckpt/mpnet: "), "{text}");
+            assert_eq!(text.matches("ckpt/mpnet").count(), 1, "{text}");
+            assert!(text.contains("model_type `mpnet`"), "{text}");
+            assert!(
+                text.contains(&format!("{rejected} of the 25 tensors")),
+                "{text}"
+            );
+            assert!(text.contains("It holds `mpnet."), "{text}");
+            assert!(text.contains("student.from = \"random\""), "{text}");
+        }
+        // Asked for explicitly, a random model builds from the same files.
+        let built = build_classifier(
+            "ckpt/mpnet",
+            &config,
+            renamed,
+            &BuildOptions::random(&Device::Cpu, 1),
+        )
+        .unwrap();
+        assert_eq!(built.report.created.len(), 23);
+    }
+
+    #[test]
+    fn one_missing_encoder_tensor_is_named() {
+        let (config, mut tensors) = tiny_checkpoint();
+        let gone = "bert.encoder.layer.0.attention.self.query.weight";
+        tensors.remove(gone).unwrap();
+        let err = build_classifier(
+            "ckpt",
+            &config,
+            tensors,
+            &BuildOptions::training(&Device::Cpu, 1),
+        )
+        .err()
+        .expect("a missing encoder tensor must not be created");
+        let (missing, text) = mismatch(err);
+        assert_eq!(missing, vec![gone.to_string()]);
+        assert!(text.contains("1 of the 25 tensors"), "{text}");
+        assert!(text.contains("model_type `bert`"), "{text}");
+    }
+
+    #[test]
+    fn the_task_head_and_pooler_are_created_for_training_only() {
+        let (config, mut tensors) = tiny_checkpoint();
+        tensors.retain(|k, _| !k.starts_with("classifier.") && !k.starts_with("bert.pooler."));
+        let built = build_classifier(
+            "encoder",
+            &config,
+            tensors.clone(),
+            &BuildOptions::training(&Device::Cpu, 1),
+        )
+        .unwrap();
+        assert_eq!(
+            built.report.created,
+            [
+                "bert.pooler.dense.bias",
+                "bert.pooler.dense.weight",
+                "classifier.bias",
+                "classifier.weight"
+            ]
+        );
+        assert_eq!(built.report.loaded, 21);
+        let err = build_classifier(
+            "encoder",
+            &config,
+            tensors,
+            &BuildOptions::inference(&Device::Cpu),
+        )
+        .err()
+        .expect("inference needs the head");
+        let (_, text) = mismatch(err);
+        assert!(text.contains("no sequence-classification head"), "{text}");
+        assert!(text.contains("candle-distill finetune"), "{text}");
+    }
+
+    #[test]
+    fn a_masked_lm_needs_its_head() {
+        let (config, tensors) = tiny_checkpoint();
+        let err = build_masked_lm(
+            "encoder",
+            &config,
+            tensors,
+            &BuildOptions::inference(&Device::Cpu),
+        )
+        .err()
+        .expect("an MLM without its head must not build");
+        let (missing, text) = mismatch(err);
+        assert!(missing.iter().all(|n| n.starts_with("cls.")), "{missing:?}");
+        assert!(text.contains("no masked-LM head"), "{text}");
+    }
 }

@@ -20,5 +20,5 @@ pub use load::{
     build_classifier, build_masked_lm, load_classifier, BuildOptions, Built, LoadedClassifier,
     ModelFiles,
 };
-pub use params::{LoadReport, ParamSource};
+pub use params::{Fresh, LoadReport, ParamSource};
 pub use weights::WeightFiles;

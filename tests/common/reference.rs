@@ -58,7 +58,8 @@ pub fn check_against_reference(dir: &std::path::Path) {
     let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
     let config = files.read_config().unwrap();
     let options = BuildOptions {
-        init_seed: Some(0), // the checkpoint has no classifier head; it is not compared
+        // The checkpoint has no classifier head; it is not compared.
+        fresh: candle_distill::model::Fresh::TaskAdditions { seed: 0 },
         ..BuildOptions::inference(&Device::Cpu)
     };
     let built =
