@@ -46,14 +46,27 @@ impl RunDir {
         if recipe_path.is_file() {
             let existing =
                 std::fs::read_to_string(&recipe_path).map_err(|e| Error::io(&recipe_path, e))?;
-            if existing != recipe_text {
+            if existing == recipe_text {
+                return Ok(Opened::Resume(RunDir {
+                    root: root.to_path_buf(),
+                }));
+            }
+            if holds_work(root)? {
                 return Err(Error::msg(format!(
                     "{} holds a run of a different recipe; resume it with that recipe, \
                      choose another output folder, or pass --force to start over",
                     root.display()
                 )));
             }
-            return Ok(Opened::Resume(RunDir {
+            // A start that failed before any work (no hub access, a typo in the recipe)
+            // must not lock its folder against the corrected recipe.
+            tracing::info!(
+                "{}: holds another recipe but no work of it (no checkpoint, metrics or \
+                 outputs); starting this recipe there",
+                root.display()
+            );
+            write_atomic(&recipe_path, recipe_text.as_bytes())?;
+            return Ok(Opened::Fresh(RunDir {
                 root: root.to_path_buf(),
             }));
         }
@@ -204,9 +217,62 @@ impl RunDir {
     }
 }
 
+/// Whether a run folder holds anything of its run beyond the files that describe it:
+/// a checkpoint, metrics, a cache, outputs, a sub-run with any of those.
+fn holds_work(dir: &Path) -> Result<bool> {
+    const DESCRIPTIONS: [&str; 2] = [RECIPE_FILE, "manifest.json"];
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let work = if path.is_dir() {
+            holds_work(&path)?
+        } else if name == METRICS_FILE {
+            entry.metadata().map_or(true, |m| m.len() > 0)
+        } else {
+            !DESCRIPTIONS.iter().any(|d| name == *d)
+        };
+        if work {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_without_work_is_taken_over_by_another_recipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        RunDir::open(&root, "a = 1\n", false).unwrap();
+        // What a first start that failed early leaves: the recipe, an empty metrics file,
+        // a sub-run's folder holding only its own description.
+        std::fs::write(root.join(METRICS_FILE), "").unwrap();
+        RunDir::open(&root.join("teacher-finetune"), "{}", false).unwrap();
+        assert!(matches!(
+            RunDir::open(&root, "a = 2\n", false).unwrap(),
+            Opened::Fresh(_)
+        ));
+        assert_eq!(
+            std::fs::read_to_string(root.join(RECIPE_FILE)).unwrap(),
+            "a = 2\n"
+        );
+        // Once the sub-run has a checkpoint, the folder is protected.
+        let sub = RunDir::attach(&root.join("teacher-finetune"), "{}").unwrap();
+        sub.write_checkpoint(
+            "last",
+            &[("progress.json", CheckpointFile::Json(serde_json::json!({})))],
+        )
+        .unwrap();
+        let err = RunDir::open(&root, "a = 3\n", false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("different recipe"), "{err}");
+    }
 
     #[test]
     fn reopening_with_the_same_recipe_resumes_and_another_is_refused() {
@@ -216,10 +282,11 @@ mod tests {
             RunDir::open(&root, "a = 1\n", false).unwrap(),
             Opened::Fresh(_)
         ));
-        assert!(matches!(
-            RunDir::open(&root, "a = 1\n", false).unwrap(),
-            Opened::Resume(_)
-        ));
+        let run = match RunDir::open(&root, "a = 1\n", false).unwrap() {
+            Opened::Resume(run) => run,
+            Opened::Fresh(_) => panic!("the same recipe resumes"),
+        };
+        run.log(&serde_json::json!({"step": 1})).unwrap();
         let err = RunDir::open(&root, "a = 2\n", false)
             .err()
             .unwrap()
