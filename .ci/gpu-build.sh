@@ -10,6 +10,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 CUDA_FROM_WHEELS=1 source .ci/cuda-env.sh
+# The binaries travel to a machine that may lack OpenBLAS: the pure-Rust CPU matmul.
+export CANDLE_DISTILL_BLAS=none
 cudarc="$(cargo metadata --format-version 1 --features cuda,nccl \
   | python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc").rsplit("/", 1)[0])')"
 # cudarc searches $CUDA_HOME/lib for the libraries it links; candle's kernels also link

@@ -80,6 +80,7 @@ fn tokenizer(dir: &Path) -> Option<TextTokenizer> {
 }
 
 fn main() {
+    candle_distill::runtime::init();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut table: Vec<(String, usize, f64, usize)> = Vec::new();
     let mlm_config = MlmConfig::default();

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_distill::distill::losses;
 use candle_distill::model::bert::Linear;
 use candle_distill::model::{
     build_classifier, BertConfig, BertForSequenceClassification, BertInput, BuildOptions,
@@ -181,15 +182,9 @@ impl Laps {
     }
 }
 
-/// TinyBERT's reference zeroes masked attention entries (<= -100) on both sides.
-fn zero_masked(scores: &Tensor) -> Result<Tensor> {
-    scores
-        .le(-100f32)?
-        .where_cond(&scores.zeros_like()?, scores)
-}
-
-/// Attention MSE over mapped layers, hidden MSE through the projection (embeddings
-/// included), and soft cross-entropy on logits at T = 1 when `logits`.
+/// The trainer's own TinyBERT losses (candle_distill::distill::losses): attention MSE
+/// over mapped layers, hidden MSE through the projection (embeddings included), and
+/// soft cross-entropy on logits at T = 1 when `logits`.
 fn distill_loss(
     s: &ClassifierOutput,
     t: &ClassifierOutput,
@@ -201,16 +196,14 @@ fn distill_loss(
     let mut terms = Vec::new();
     for (i, sa) in s.encoder.attention_scores.iter().enumerate() {
         let ta = &t.encoder.attention_scores[(i + 1) * every - 1];
-        terms.push(candle_nn::loss::mse(&zero_masked(sa)?, &zero_masked(ta)?)?);
+        terms.push(losses::attention_mse(sa, ta)?);
     }
     for (i, sh) in s.encoder.hidden_states.iter().enumerate() {
         let th = &t.encoder.hidden_states[i * every];
-        terms.push(candle_nn::loss::mse(&proj.forward(sh)?, th)?);
+        terms.push(losses::hidden_mse(&proj.forward(sh)?, th)?);
     }
     if logits {
-        let target = candle_nn::ops::softmax(&t.logits, D::Minus1)?;
-        let logp = candle_nn::ops::log_softmax(&s.logits, D::Minus1)?;
-        terms.push((target * logp)?.sum(D::Minus1)?.neg()?.mean_all()?);
+        terms.push(losses::soft_cross_entropy(&s.logits, &t.logits, 1.0)?);
     }
     Tensor::stack(&terms, 0)?.sum_all()
 }
@@ -220,20 +213,73 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time and minor page faults of this process so far, from /proc/self/stat
+/// (Linux; zeros elsewhere). On shared VMs system time and faults show the cost of
+/// memory churn and thread hand-offs that wall time alone hides.
+#[derive(Default, Clone, Copy)]
+struct Usage {
+    user_s: f64,
+    sys_s: f64,
+    minflt: f64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return Usage::default();
+        };
+        // Fields after the parenthesised command name; minflt, utime, stime are
+        // fields 10, 14 and 15 of the whole line.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        let tick = 100.0; // USER_HZ on Linux
+        let get = |i: usize| f.get(i - 3).copied().unwrap_or(0.0);
+        Usage {
+            user_s: get(14) / tick,
+            sys_s: get(15) / tick,
+            minflt: get(10),
+        }
+    }
+
+    /// Per-run mean of what was used since `start`.
+    fn since(start: Usage, runs: usize) -> Usage {
+        let end = Usage::now();
+        let n = runs.max(1) as f64;
+        Usage {
+            user_s: (end.user_s - start.user_s) / n,
+            sys_s: (end.sys_s - start.sys_s) / n,
+            minflt: (end.minflt - start.minflt) / n,
+        }
+    }
+}
+
+/// A row's wall seconds (the median run) and its per-run resource use.
+struct Timing {
+    seconds: f64,
+    usage: Usage,
+}
+
 /// Median seconds of `runs` calls after one warm-up call.
-fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     // GPU work is asynchronous: a run ends when the device is done.
     let device = bench_device();
     f()?;
     device.synchronize()?;
     let mut all = Vec::new();
+    let usage = Usage::now();
     for _ in 0..runs {
         let start = Instant::now();
         f()?;
         device.synchronize()?;
         all.push(start.elapsed().as_secs_f64());
     }
-    Ok(median(all))
+    Ok(Timing {
+        usage: Usage::since(usage, runs),
+        seconds: median(all),
+    })
 }
 
 fn teacher_forward(
@@ -243,7 +289,7 @@ fn teacher_forward(
     teacher.forward(input, Outputs::ALL, None)
 }
 
-fn measure_step(which: &str) -> Result<f64> {
+fn measure_step(which: &str) -> Result<Timing> {
     let mut rng = Rng::new(1);
     let input = random_input(step_batch(), 128, &mut rng)?;
     let (teacher, _) = random_model(&teacher_base(), false, 3)?;
@@ -327,13 +373,14 @@ fn batch_input(ids: &[Vec<u32>], rows: &[usize], pad_to: Option<usize>) -> Resul
     })
 }
 
-fn measure_epoch(grouped: bool) -> Result<f64> {
+fn measure_epoch(grouped: bool) -> Result<Timing> {
     let ids = sst2_ids()?;
     let lengths: Vec<usize> = ids.iter().map(|i| i.len()).collect();
     let plan = batches(&lengths, grouped);
     let pad_to = (!grouped).then_some(EPOCH_MAX_LEN);
     let (teacher, _) = random_model(&teacher_minilm(), false, 3)?;
     let mut student = Student::new(&student_config(3), 384)?;
+    let usage = Usage::now();
     let start = Instant::now();
     for rows in &plan {
         let input = batch_input(&ids, rows, pad_to)?;
@@ -341,10 +388,13 @@ fn measure_epoch(grouped: bool) -> Result<f64> {
         student.step(&input, &t, false)?;
     }
     bench_device().synchronize()?;
-    Ok(start.elapsed().as_secs_f64())
+    Ok(Timing {
+        seconds: start.elapsed().as_secs_f64(),
+        usage: Usage::since(usage, 1),
+    })
 }
 
-fn measure_inference(batch: usize) -> Result<f64> {
+fn measure_inference(batch: usize) -> Result<Timing> {
     let (model, _) = random_model(&student_config(4), false, 5)?;
     let input = random_input(batch, 64, &mut Rng::new(2))?;
     let runs = if batch == 1 { 50 } else { 10 };
@@ -359,7 +409,7 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 fn run_one(name: &str) -> Result<()> {
-    let seconds = match name {
+    let Timing { seconds, usage } = match name {
         "step" | "teacher" | "student" => measure_step(name)?,
         "epoch_pad64" => measure_epoch(false)?,
         "epoch_grouped" => measure_epoch(true)?,
@@ -367,14 +417,26 @@ fn run_one(name: &str) -> Result<()> {
         "infer_b32" => measure_inference(32)?,
         other => candle_core::bail!("unknown measurement `{other}`"),
     };
-    let peak = peak_rss_mb().map_or("null".to_string(), |p| format!("{p:.0}"));
-    println!("{{\"name\": \"{name}\", \"seconds\": {seconds:.4}, \"peak_mb\": {peak}}}");
+    let row = serde_json::json!({
+        "name": name,
+        "seconds": seconds,
+        "user_s": usage.user_s,
+        "sys_s": usage.sys_s,
+        "minflt": usage.minflt,
+        "peak_mb": peak_rss_mb(),
+    });
+    println!("{row}");
     Ok(())
 }
 
+/// One measurement as a child printed it: wall seconds, per-run user and system
+/// seconds and minor page faults, peak RSS.
 #[derive(Default, Clone, Copy)]
 struct Row {
     seconds: Option<f64>,
+    user_s: Option<f64>,
+    sys_s: Option<f64>,
+    minflt: Option<f64>,
     peak_mb: Option<f64>,
 }
 
@@ -391,6 +453,9 @@ fn parse_rows(stdout: &str) -> BTreeMap<String, Row> {
             name.to_string(),
             Row {
                 seconds: v.get("seconds").and_then(|s| s.as_f64()),
+                user_s: v.get("user_s").and_then(|s| s.as_f64()),
+                sys_s: v.get("sys_s").and_then(|s| s.as_f64()),
+                minflt: v.get("minflt").and_then(|s| s.as_f64()),
                 peak_mb: v.get("peak_mb").and_then(|s| s.as_f64()),
             },
         );
@@ -410,7 +475,16 @@ fn fmt_mb(m: Option<f64>) -> String {
     m.map_or("-".into(), |m| format!("{m:.0} MB"))
 }
 
+/// `user/sys` seconds and minor faults (k = thousands) of one side, per run.
+fn fmt_usage(r: &Row) -> String {
+    match (r.user_s, r.sys_s, r.minflt) {
+        (Some(u), Some(s), Some(f)) => format!("{u:.2}/{s:.2} s {:.0}k", f / 1e3),
+        _ => "-".into(),
+    }
+}
+
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    candle_distill::runtime::init();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--run") {
         let name = args.get(i + 1).ok_or("--run needs a measurement name")?;
@@ -472,8 +546,15 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     }
 
     println!(
-        "\n{:<58} {:>10} {:>10} {:>7} {:>9} {:>9}",
-        "shape", "ours", "PyTorch", "ratio", "peak ours", "peak torch"
+        "\n{:<58} {:>10} {:>10} {:>7} {:>9} {:>9} {:>20} {:>20}",
+        "shape",
+        "ours",
+        "PyTorch",
+        "ratio",
+        "peak ours",
+        "peak torch",
+        "ours user/sys flt",
+        "torch user/sys flt"
     );
     let mut names: Vec<(String, String)> = selected
         .iter()
@@ -499,17 +580,19 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             _ => "-".into(),
         };
         println!(
-            "{:<58} {:>10} {:>10} {:>7} {:>9} {:>9}",
+            "{:<58} {:>10} {:>10} {:>7} {:>9} {:>9} {:>20} {:>20}",
             what,
             fmt_time(o.seconds),
             fmt_time(t.seconds),
             ratio,
             fmt_mb(o.peak_mb),
-            fmt_mb(t.peak_mb)
+            fmt_mb(t.peak_mb),
+            fmt_usage(&o),
+            fmt_usage(&t)
         );
     }
     println!(
-        "(ratio = ours / PyTorch time; below 1 is faster. RAYON_NUM_THREADS={threads}; device {}; step rows at batch {})",
+        "(ratio = ours / PyTorch time; below 1 is faster. user/sys: CPU seconds per run, flt: minor page faults per run. RAYON_NUM_THREADS={threads}; device {}; step rows at batch {})",
         torch_device(),
         step_batch()
     );

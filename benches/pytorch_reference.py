@@ -1,8 +1,10 @@
 """PyTorch reference for benches/distill.rs: the same measurements, same shapes.
 
-Eager transformers BertForSequenceClassification (eager attention), random weights.
+transformers BertForSequenceClassification, random weights: eager attention where the
+distillation needs the pre-softmax scores, the default (sdpa) for inference rows.
 Each measurement runs in its own subprocess (peak RSS from /proc/self/status VmHWM)
-and prints one JSON line {"name", "seconds", "peak_mb"}; with onnxruntime installed,
+and prints one JSON line {"name", "seconds", "peak_mb", "user_s", "sys_s", "minflt"}
+(CPU seconds and minor page faults per timed run); with onnxruntime installed,
 the student inference rows are also measured through an ONNX export (ort_b1, ort_b32).
 
     python benches/pytorch_reference.py [--only step,teacher,...] [--threads 2]
@@ -34,7 +36,9 @@ STEP_BATCH = 16
 ALL = ["step", "teacher", "student", "epoch_pad64", "epoch_grouped", "infer_b1", "infer_b32"]
 
 
-def config(hidden, layers, heads, ffn, labels=2):
+def config(hidden, layers, heads, ffn, labels=2, attention="eager"):
+    """Eager attention where the pre-softmax scores are kept (distillation rows);
+    inference rows pass transformers' default, sdpa, as users get it."""
     from transformers import BertConfig
 
     return BertConfig(
@@ -44,7 +48,7 @@ def config(hidden, layers, heads, ffn, labels=2):
         num_attention_heads=heads,
         intermediate_size=ffn,
         num_labels=labels,
-        attn_implementation="eager",
+        attn_implementation=attention,
     )
 
 
@@ -144,16 +148,37 @@ def sync():
         torch.cuda.synchronize()
 
 
+class Usage:
+    """CPU seconds and minor page faults used since creation, per run (as the Rust side)."""
+
+    def __init__(self):
+        import resource
+
+        self.start = resource.getrusage(resource.RUSAGE_SELF)
+
+    def per_run(self, runs):
+        import resource
+
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "user_s": (end.ru_utime - self.start.ru_utime) / runs,
+            "sys_s": (end.ru_stime - self.start.ru_stime) / runs,
+            "minflt": (end.ru_minflt - self.start.ru_minflt) / runs,
+        }
+
+
 def timed(runs, f):
+    """(median seconds, per-run usage) of `runs` calls after one warm-up call."""
     f()
     sync()
     times = []
+    usage = Usage()
     for _ in range(runs):
         start = time.perf_counter()
         f()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), usage.per_run(runs)
 
 
 def measure_step(which):
@@ -222,6 +247,7 @@ def measure_epoch(grouped):
     plan = batches([len(i) for i in ids], grouped)
     teacher = model(config(384, 6, 12, 1536), 3).eval()
     student = Student(config(312, 3, 12, 1200), 384)
+    usage = Usage()
     start = time.perf_counter()
     for rows in plan:
         x, m = batch_input(ids, rows, None if grouped else EPOCH_MAX_LEN)
@@ -234,13 +260,13 @@ def measure_epoch(grouped):
         torch.nn.utils.clip_grad_norm_(student.params, 1.0)
         student.opt.step()
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, usage.per_run(1)
 
 
 def measure_inference(batch):
     import torch
 
-    m = model(config(312, 4, 12, 1200), 5).eval()
+    m = model(config(312, 4, 12, 1200, attention="sdpa"), 5).eval()
     ids, mask = random_input(batch, 64, 2)
     runs = 50 if batch == 1 else 10
 
@@ -290,16 +316,16 @@ def run_one(name, threads):
 
     torch.set_num_threads(threads)
     if name in ("step", "teacher", "student"):
-        seconds = measure_step(name)
+        seconds, usage = measure_step(name)
     elif name.startswith("epoch_"):
-        seconds = measure_epoch(name == "epoch_grouped")
+        seconds, usage = measure_epoch(name == "epoch_grouped")
     elif name.startswith("infer_b"):
-        seconds = measure_inference(int(name[len("infer_b") :]))
+        seconds, usage = measure_inference(int(name[len("infer_b") :]))
     elif name.startswith("ort_b"):
-        seconds = measure_ort(int(name[len("ort_b") :]), threads)
+        seconds, usage = measure_ort(int(name[len("ort_b") :]), threads)
     else:
         raise SystemExit(f"unknown measurement {name}")
-    print(json.dumps({"name": name, "seconds": round(seconds, 4), "peak_mb": round(peak_mb())}))
+    print(json.dumps({"name": name, "seconds": round(seconds, 4), "peak_mb": round(peak_mb()), **usage}))
 
 
 def main():

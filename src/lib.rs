@@ -20,6 +20,7 @@ pub mod progress;
 pub mod recipe;
 pub mod rng;
 pub mod run;
+pub mod runtime;
 pub mod testing;
 pub mod tokenizer;
 pub mod train;

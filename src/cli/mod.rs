@@ -65,6 +65,7 @@ fn init_logging(verbose: u8) {
 }
 
 pub fn main() -> ExitCode {
+    candle_distill::runtime::init();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result: anyhow::Result<()> = match cli.command {

@@ -5,6 +5,8 @@ use candle_core::{DType, Result, Tensor, D};
 use candle_nn::ops::{log_softmax, softmax};
 use serde::{Deserialize, Serialize};
 
+use crate::model::kernels;
+
 /// Entries at or below this are masked keys (the mask adds -10000) and count as 0.
 const MASKED_SCORE: f64 = -100.0;
 
@@ -20,9 +22,13 @@ fn zero_masked(scores: &Tensor) -> Result<Tensor> {
 /// TinyBERT attention loss for one layer pair: MSE of pre-softmax scores after
 /// setting masked entries (<= -100) to 0 on both sides.
 pub fn attention_mse(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
-    let s = zero_masked(&student.to_dtype(DType::F32)?)?;
-    let t = zero_masked(&teacher.to_dtype(DType::F32)?)?;
-    mse(&s, &t)
+    let s = student.to_dtype(DType::F32)?;
+    let t = teacher.to_dtype(DType::F32)?;
+    if kernels::applies(&s) && kernels::applies(&t) {
+        // One pass instead of eight whole-tensor ops over (batch, heads, seq, seq).
+        return kernels::masked_mse(&s, &t, MASKED_SCORE as f32);
+    }
+    mse(&zero_masked(&s)?, &zero_masked(&t)?)
 }
 
 /// Hidden-state (and embedding) loss: MSE over every element, padding included as in

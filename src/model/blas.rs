@@ -1,5 +1,6 @@
-//! f32 CPU matmul through OpenBLAS's `cblas_sgemm` (cargo feature `openblas`, linking
-//! the system library: Debian's `libopenblas-dev`), with its own backward.
+//! f32 CPU matmul through the system BLAS's `cblas_sgemm`, with its own backward:
+//! OpenBLAS (Debian's `libopenblas-dev`) or Accelerate on macOS, when build.rs finds one
+//! (`cfg(system_blas)`); the library is linked by build.rs.
 //!
 //! On this project's 2-core AVX2 machines the `gemm` crate candle uses reaches about
 //! 90-117 GFLOP/s where an optimised BLAS reaches about 150 (../shared/notes/candle.md);
@@ -10,12 +11,12 @@ use std::ffi::c_int;
 use std::sync::Once;
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;
 const TRANS: c_int = 112;
 
-#[link(name = "openblas")]
 extern "C" {
     #[allow(clippy::too_many_arguments)]
     fn cblas_sgemm(
@@ -34,17 +35,36 @@ extern "C" {
         c: *mut f32,
         ldc: c_int,
     );
+}
+
+#[cfg(not(blas_accelerate))]
+extern "C" {
     fn openblas_set_num_threads(n: c_int);
 }
 
-/// OpenBLAS follows candle's thread count (RAYON_NUM_THREADS / CANDLE_NUM_THREADS).
+/// OpenBLAS runs single-threaded: the parallelism is rayon's (see `cpu_fwd`).
 fn init_threads() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let n = candle_core::utils::get_num_threads().max(1);
+    #[cfg(not(blas_accelerate))]
+    {
+        static ONCE: Once = Once::new();
         // SAFETY: sets a global thread count; no pointers involved.
-        unsafe { openblas_set_num_threads(n as c_int) };
-    });
+        ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
+    }
+}
+
+/// Products under this many floating-point operations run on the calling thread.
+const SMALL_FLOP: usize = 1 << 21;
+
+/// Output rows per rayon task: whole batch entries when there are enough of them to
+/// share out, else blocks of rows large enough to be worth a task (about 4 MFLOP).
+fn rows_per_task(threads: usize, batch: usize, m: usize, n: usize, k: usize) -> usize {
+    let threads = threads.max(1);
+    if batch >= threads {
+        return m;
+    }
+    let by_work = (1 << 22) / (2 * n * k).max(1);
+    let by_threads = m.div_ceil(threads * 2 / batch.max(1)).max(1);
+    by_work.max(by_threads).clamp(1, m)
 }
 
 /// How one operand's (batch..., rows, cols) layout maps onto BLAS arguments.
@@ -124,18 +144,27 @@ impl CustomOp2 for Matmul {
         let mut c = vec![0f32; batch * m * n];
         if m * n * k > 0 {
             init_threads();
-            for i in 0..batch {
-                let pa = oa.offset + i * oa.batch_stride;
+            // One thread pool, rayon's: BLAS runs single-threaded inside rayon tasks,
+            // each on a block of output rows of one batch entry. Two pools on two cores
+            // (OpenBLAS's spinning beside rayon's) cost a second of system time per
+            // distillation step.
+            let rows = rows_per_task(rayon::current_num_threads(), batch, m, n, k);
+            let product = |(t, block): (usize, &mut [f32])| {
+                let per_entry = m.div_ceil(rows);
+                let (i, r0) = (t / per_entry, (t % per_entry) * rows);
+                let mr = block.len() / n;
+                let pa = oa.offset + i * oa.batch_stride + r0 * if oa.trans { 1 } else { oa.ld };
                 let pb = ob.offset + i * ob.batch_stride;
                 // SAFETY: the layouts were checked above: every index sgemm reads lies
-                // within the operand's storage (candle validated the layouts against it),
-                // and `c` holds batch * m * n floats.
+                // within the operand's storage (candle validated the layouts against it;
+                // rows r0..r0+mr of `a` are inside its m rows), and `block` holds mr * n
+                // floats of `c`.
                 unsafe {
                     cblas_sgemm(
                         ROW_MAJOR,
                         if oa.trans { TRANS } else { NO_TRANS },
                         if ob.trans { TRANS } else { NO_TRANS },
-                        m as c_int,
+                        mr as c_int,
                         n as c_int,
                         k as c_int,
                         1.0,
@@ -144,10 +173,16 @@ impl CustomOp2 for Matmul {
                         b[pb..].as_ptr(),
                         ob.ld as c_int,
                         0.0,
-                        c[i * m * n..].as_mut_ptr(),
+                        block.as_mut_ptr(),
                         n as c_int,
                     )
                 };
+            };
+            // Small products stay on the calling thread: waking a worker costs more.
+            if 2 * batch * m * n * k < SMALL_FLOP {
+                c.chunks_mut(rows * n).enumerate().for_each(product);
+            } else {
+                c.par_chunks_mut(rows * n).enumerate().for_each(product);
             }
         }
         Ok((CpuStorage::F32(c), Shape::from(out_dims)))
@@ -223,5 +258,36 @@ mod tests {
         let ours = matmul(&x.t().unwrap(), &y).unwrap();
         let plain = x.t().unwrap().matmul(&y).unwrap();
         assert!(max_diff(&ours, &plain) < 1e-5);
+    }
+
+    #[test]
+    fn large_products_split_into_row_blocks_match_candle() {
+        let dev = Device::Cpu;
+        let (m, k, n) = (301, 400, 300);
+        assert!(
+            rows_per_task(2, 1, m, n, k) < m,
+            "this product must be split"
+        );
+        assert!(2 * m * n * k >= SMALL_FLOP);
+        // Two threads, as on this project's machines, whatever this one has.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let at = Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            // Row blocks of a plain and of a transposed left operand, times a transposed right.
+            for left in [a, at.t().unwrap()] {
+                let ours = matmul(&left, &b.t().unwrap()).unwrap();
+                let plain = left.matmul(&b.t().unwrap()).unwrap();
+                assert!(max_diff(&ours, &plain) < 1e-3);
+            }
+            // A batch smaller than the thread count is split by rows within each entry.
+            let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev).unwrap();
+            let y = Tensor::randn(0f32, 1.0, (1, k, n), &dev).unwrap();
+            assert!(max_diff(&matmul(&x, &y).unwrap(), &x.matmul(&y).unwrap()) < 1e-3);
+        });
     }
 }

@@ -351,6 +351,136 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluErf)
 }
 
+// ---------------------------------------------------------------- masked MSE
+
+/// Elements per partial sum of [`masked_mse`]: fixed, so the reduction's order never
+/// depends on how rayon schedules the chunks (results are the same run to run).
+const MSE_CHUNK: usize = 1 << 15;
+
+/// `x` where it is above `floor`, else 0 (TinyBERT's treatment of masked scores).
+#[inline]
+fn above(x: f32, floor: f32) -> f32 {
+    if x > floor {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// mean((a' - b')^2), where x' zeroes entries at or below `floor`; gradient to `a` only
+/// (`b` is the teacher's, which never trains).
+struct MaskedMse {
+    floor: f32,
+}
+
+impl CustomOp2 for MaskedMse {
+    fn name(&self) -> &'static str {
+        "fused-masked-mse"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous_f32(a, al, self.name())?;
+        let b = contiguous_f32(b, bl, self.name())?;
+        if a.len() != b.len() || a.is_empty() {
+            bail!(
+                "{}: shapes {:?} and {:?}",
+                self.name(),
+                al.dims(),
+                bl.dims()
+            );
+        }
+        let floor = self.floor;
+        let partial: Vec<f64> = a
+            .par_chunks(MSE_CHUNK)
+            .zip(b.par_chunks(MSE_CHUNK))
+            .map(|(a, b)| {
+                let d = a
+                    .iter()
+                    .zip(b)
+                    .map(|(&a, &b)| above(a, floor) - above(b, floor));
+                sum8(d.map(|d| d * d)) as f64
+            })
+            .collect();
+        let mean = partial.iter().sum::<f64>() / a.len() as f64;
+        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let scale = 2.0 * grad.to_scalar::<f32>()? / a.elem_count() as f32;
+        let grad_a = a.apply_op2_no_bwd(
+            b,
+            &MaskedMseGrad {
+                floor: self.floor,
+                scale,
+            },
+        )?;
+        Ok((Some(grad_a), None))
+    }
+}
+
+/// d/da of [`MaskedMse`] times the upstream gradient: scale * (a' - b') where a > floor.
+struct MaskedMseGrad {
+    floor: f32,
+    scale: f32,
+}
+
+impl CustomOp2 for MaskedMseGrad {
+    fn name(&self) -> &'static str {
+        "fused-masked-mse-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous_f32(a, al, self.name())?;
+        let b = contiguous_f32(b, bl, self.name())?;
+        let (floor, scale) = (self.floor, self.scale);
+        let mut da = vec![0f32; a.len()];
+        da.par_iter_mut()
+            .zip(a.par_iter().zip(b.par_iter()))
+            .with_min_len(MIN_ELEMS_PER_TASK)
+            .for_each(|(d, (&a, &b))| {
+                *d = if a > floor {
+                    scale * (a - above(b, floor))
+                } else {
+                    0.0
+                }
+            });
+        Ok((CpuStorage::F32(da), al.shape().clone()))
+    }
+}
+
+/// mean((a' - b')^2) with entries at or below `floor` set to 0 on both sides, in one
+/// pass (and one for the gradient, which flows to `a` only). Both must satisfy
+/// [`applies`] and have the same shape.
+pub fn masked_mse(a: &Tensor, b: &Tensor, floor: f32) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        bail!(
+            "masked_mse: shapes {:?} and {:?} differ",
+            a.dims(),
+            b.dims()
+        );
+    }
+    a.contiguous()?
+        .apply_op2(&b.contiguous()?.detach(), MaskedMse { floor })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,5 +609,68 @@ mod tests {
             1e-5,
         );
         finite_differences(&x, |t| gelu_erf(t).unwrap(), &[0, 17, 999]);
+    }
+
+    #[test]
+    fn masked_mse_matches_plain_composition_and_finite_differences() {
+        let dev = Device::Cpu;
+        // Scores with masked keys (-10000) on both sides, in different places, and more
+        // elements than one partial-sum chunk.
+        let mask = |seed: f32| {
+            Tensor::arange(0f32, 3.0 * 70_000.0, &dev)
+                .unwrap()
+                .affine(0.37, seed as f64)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .gt(0.8)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .reshape((3, 70_000))
+                .unwrap()
+        };
+        let masked = |x: Tensor, m: Tensor| {
+            (x.broadcast_mul(&(1.0 - &m).unwrap()).unwrap() + (m * -10000.0).unwrap()).unwrap()
+        };
+        let a = Var::from_tensor(&masked(
+            Tensor::randn(0f32, 2.0, (3, 70_000), &dev).unwrap(),
+            mask(0.0),
+        ))
+        .unwrap();
+        let b = masked(
+            Tensor::randn(0f32, 2.0, (3, 70_000), &dev).unwrap(),
+            mask(1.0),
+        );
+        let plain = |a: &Tensor| {
+            let z = |x: &Tensor| x.mul(&x.gt(-100.0).unwrap().to_dtype(DType::F32).unwrap());
+            (z(a).unwrap() - z(&b).unwrap())
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+        };
+        let fused = masked_mse(a.as_tensor(), &b, -100.0).unwrap();
+        let expected = plain(a.as_tensor());
+        let (f, p) = (
+            fused.to_scalar::<f32>().unwrap(),
+            expected.to_scalar::<f32>().unwrap(),
+        );
+        assert!((f - p).abs() < 1e-5 * p, "{f} vs {p}");
+        let gf = fused.backward().unwrap();
+        let gp = expected.backward().unwrap();
+        let d = max_diff(
+            gf.get(a.as_tensor()).unwrap(),
+            gp.get(a.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-9, "gradient differs by {d}");
+        let small = Var::randn(0f32, 1.0, (4, 9), &dev).unwrap();
+        let target = Tensor::randn(0f32, 1.0, (4, 9), &dev).unwrap();
+        finite_differences(
+            &small,
+            |t| masked_mse(t, &target, -100.0).unwrap(),
+            &[0, 13, 35],
+        );
     }
 }

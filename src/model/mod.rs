@@ -1,7 +1,7 @@
 //! The BERT model, its config, and loading checkpoints from folders or the hub.
 
 pub mod bert;
-#[cfg(feature = "openblas")]
+#[cfg(system_blas)]
 pub mod blas;
 pub mod config;
 pub mod kernels;

@@ -45,10 +45,10 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     y.to_dtype(dtype)
 }
 
-/// `a @ b`: through OpenBLAS for f32 CPU tensors when built with the `openblas`
-/// feature, candle's matmul otherwise.
+/// `a @ b`: through the system BLAS for f32 CPU tensors when build.rs found one,
+/// candle's matmul otherwise.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
+    #[cfg(system_blas)]
     if kernels::applies(a) && kernels::applies(b) {
         return super::blas::matmul(a, b);
     }
