@@ -28,7 +28,19 @@ pub struct Plan {
     pub max_seq_len: usize,
     /// The recipe's devices: one data-parallel replica on each (per node).
     pub devices: Vec<String>,
+    /// The teacher's fine-tuning on the task, when the run does it first.
+    pub teacher_finetune: Option<FinetunePlan>,
     pub stages: Vec<StagePlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FinetunePlan {
+    /// Why: `teacher.finetune = "always"`, or the teacher has no head for the task.
+    pub reason: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub learning_rate: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +131,7 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
     let data = load_task_data(recipe)?;
     let teacher_files = ModelFiles::resolve(&recipe.teacher.model)?;
     let mut teacher = teacher_files.read_config()?;
+    let teacher_finetune = finetune_plan(recipe, &teacher, &data)?;
     let labels = data.task.num_outputs();
     teacher.num_labels = Some(labels);
     teacher.id2label = None;
@@ -246,8 +259,36 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
             .into_iter()
             .map(String::from)
             .collect(),
+        teacher_finetune,
         stages,
     })
+}
+
+/// The teacher's fine-tuning, as the run will do it (pipeline::teacher_needs_finetune).
+fn finetune_plan(
+    recipe: &Recipe,
+    teacher: &BertConfig,
+    data: &crate::pipeline::TaskData,
+) -> Result<Option<FinetunePlan>> {
+    if !crate::pipeline::teacher_needs_finetune(recipe, teacher, data)? {
+        return Ok(None);
+    }
+    let spec = crate::pipeline::teacher_finetune_stage(recipe);
+    let settings = spec.settings(recipe, true);
+    let per_epoch = data.train.len().div_ceil(spec.batch_size);
+    Ok(Some(FinetunePlan {
+        reason: match recipe.teacher.finetune {
+            crate::recipe::FinetuneWhen::Always => "teacher.finetune = \"always\"".into(),
+            _ => format!("it has no classifier head for {}", data.task),
+        },
+        epochs: settings.epochs,
+        batch_size: spec.batch_size,
+        steps: settings
+            .max_steps
+            .unwrap_or(usize::MAX)
+            .min(per_epoch * settings.epochs),
+        learning_rate: settings.learning_rate,
+    }))
 }
 
 impl Plan {
@@ -266,6 +307,12 @@ impl Plan {
             )
         };
         s += &format!("teacher   {}\n", m(&self.teacher));
+        if let Some(f) = &self.teacher_finetune {
+            s += &format!(
+                "          fine-tuned on {} train first ({}): {} epochs x batch {} = {} steps; lr {}\n",
+                self.task, f.reason, f.epochs, f.batch_size, f.steps, f.learning_rate
+            );
+        }
         s += &format!("student   {}\n", m(&self.student));
         s += &format!(
             "          {:.1}x fewer parameters, {:.1}x less compute\n",

@@ -325,3 +325,21 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn eval_on_a_dev_file_without_rows_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue) = (tmp.path().join("m"), tmp.path().join("glue"));
+    write_model(&model, &["negative", "positive"]);
+    write(&glue, "SST-2/dev.tsv", "sentence\tlabel\n");
+    let err = stderr(&eval(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--data",
+        glue.to_str().unwrap(),
+    ]));
+    assert!(err.contains("SST-2/dev.tsv"), "{err}");
+    assert!(err.contains("no examples"), "{err}");
+}

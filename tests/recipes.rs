@@ -70,6 +70,15 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
         text.contains("sst2 train augmented (both), at most 28000 rows"),
         "{text}"
     );
+    // MiniLM has no SST-2 head: the plan shows the run fine-tunes it first, with
+    // the quick start's settings (1 epoch of 4,000 sentences at batch 32).
+    assert!(
+        text.contains(
+            "fine-tuned on sst2 train first (it has no classifier head for sst2): \
+             1 epochs x batch 32 = 125 steps"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("student<-teacher: 0<-0 1<-2 2<-4 3<-6"),
         "{text}"

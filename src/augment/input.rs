@@ -8,8 +8,24 @@ use std::path::Path;
 
 use crate::{Error, Result};
 
-/// Rows of the selected text columns, in file order.
+/// Rows of the selected text columns, in file order; a file without rows is an error.
 pub fn read_text_rows(path: &Path, columns: &[String], header: bool) -> Result<Vec<Vec<String>>> {
+    let rows = read_rows(path, columns, header)?;
+    if rows.is_empty() {
+        return Err(no_rows(path));
+    }
+    Ok(rows)
+}
+
+fn no_rows(path: &Path) -> Error {
+    Error::invalid(
+        path.display(),
+        "rows",
+        "holds no rows to augment; expected at least one",
+    )
+}
+
+fn read_rows(path: &Path, columns: &[String], header: bool) -> Result<Vec<Vec<String>>> {
     if columns.is_empty() || columns.len() > 2 {
         return Err(Error::invalid(
             path.display(),
@@ -29,7 +45,7 @@ pub fn read_text_rows(path: &Path, columns: &[String], header: bool) -> Result<V
     let names: Vec<String> = if header {
         match lines.next() {
             Some((_, h)) => h.split('\t').map(|s| s.trim().to_string()).collect(),
-            None => return Ok(Vec::new()),
+            None => return Err(no_rows(path)),
         }
     } else {
         Vec::new()
@@ -121,5 +137,13 @@ mod tests {
             vec![vec!["hi"], vec!["yo"]]
         );
         assert!(read_text_rows(&jsonl, &cols(&["label"]), true).is_err());
+        for (name, text) in [("empty.tsv", "a\tb\n"), ("empty.jsonl", "\n")] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let err = read_text_rows(&path, &cols(&["a"]), true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains("no rows"), "{err}");
+        }
     }
 }

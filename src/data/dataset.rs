@@ -258,7 +258,25 @@ pub fn load_dataset(
             dataset.skipped
         );
     }
+    require_rows(&dataset)?;
     Ok(dataset)
+}
+
+/// An empty split, transfer set or input is an error naming its file: training or
+/// evaluating on nothing would otherwise "succeed" with no metrics.
+pub(crate) fn require_rows(dataset: &Dataset) -> Result<()> {
+    if !dataset.examples.is_empty() {
+        return Ok(());
+    }
+    let skipped = match dataset.skipped {
+        0 => String::new(),
+        n => format!(" ({n} malformed rows were left out)"),
+    };
+    Err(Error::invalid(
+        &dataset.origin,
+        "rows",
+        format!("holds no examples{skipped}; expected at least one data row"),
+    ))
 }
 
 /// Counts malformed rows, or turns the first one into an error naming `file:line`.

@@ -275,7 +275,7 @@ pub fn load_unlabeled(path: &Path, options: &LoadOptions) -> Result<Dataset> {
             label: Label::Unlabeled,
         });
     }
-    Ok(Dataset {
+    let dataset = Dataset {
         task: None,
         split: Split::Train,
         label_names: Vec::new(),
@@ -283,7 +283,9 @@ pub fn load_unlabeled(path: &Path, options: &LoadOptions) -> Result<Dataset> {
         examples,
         origin,
         skipped: errors.skipped,
-    })
+    };
+    super::dataset::require_rows(&dataset)?;
+    Ok(dataset)
 }
 
 #[cfg(test)]
@@ -408,5 +410,12 @@ mod tests {
         let ds = load_unlabeled(&path, &skip).unwrap();
         assert_eq!((ds.len(), ds.skipped), (2, 1));
         assert_eq!(ds.examples[1].text_b.as_deref(), Some("a two"));
+        // Nothing left to train on is an error naming the file, not an empty stage.
+        std::fs::write(&path, "\n\n").unwrap();
+        let err = load_unlabeled(&path, &skip).unwrap_err().to_string();
+        assert!(
+            err.contains("transfer.txt") && err.contains("no examples"),
+            "{err}"
+        );
     }
 }

@@ -32,7 +32,7 @@ use crate::export::{export_classifier, ExportOptions, ExportSource};
 use crate::export::{DatasetInfo, MetricRow, ModelCard, SpeedComparison, TeacherSize};
 use crate::metrics::{task_metrics, Metrics};
 use crate::model::{BertForSequenceClassification, BuildOptions, ModelFiles};
-use crate::recipe::{FinetuneWhen, Recipe};
+use crate::recipe::{FinetuneWhen, Recipe, StageSpec};
 use crate::run::{Opened, RunDir};
 use crate::tokenizer::{Encoded, TextTokenizer};
 use crate::train::cluster::{NodeSpec, Rendezvous};
@@ -259,6 +259,48 @@ fn latency_ms(
     Ok(start.elapsed().as_secs_f64() * 1000.0 / reps as f64)
 }
 
+/// Whether the run fine-tunes the teacher (`config`) on the task first: always, never,
+/// or (auto) when its head is not a classifier for the task's labels. A teacher used
+/// as it is must have the task's label map: a permuted or foreign one is an error.
+pub fn teacher_needs_finetune(
+    recipe: &Recipe,
+    config: &crate::model::BertConfig,
+    data: &TaskData,
+) -> Result<bool> {
+    let regression = data.task.is_regression();
+    let labels = || {
+        reconcile_labels(
+            &data.dev.label_names,
+            regression,
+            config,
+            &recipe.teacher.model,
+        )
+    };
+    let needs = match recipe.teacher.finetune {
+        FinetuneWhen::Always => true,
+        FinetuneWhen::Never => false,
+        FinetuneWhen::Auto => {
+            !(config.id2label.is_some()
+                && config.num_labels() == data.dev.num_outputs()
+                && labels()? == LabelMatch::Same)
+        }
+    };
+    if !needs {
+        // Refuses permuted or foreign label maps before any work.
+        labels()?;
+    }
+    Ok(needs)
+}
+
+/// The stage that fine-tunes the teacher: the recipe's settings, else the defaults.
+pub fn teacher_finetune_stage(recipe: &Recipe) -> StageSpec {
+    recipe
+        .teacher
+        .finetune_settings
+        .clone()
+        .unwrap_or_else(default_finetune_stage)
+}
+
 /// Loads or fine-tunes the teacher, then checks it is worth distilling from.
 fn prepare_teacher(
     recipe: &Recipe,
@@ -267,36 +309,10 @@ fn prepare_teacher(
     devices: &[Device],
 ) -> Result<(ModelFiles, String)> {
     let files = ModelFiles::resolve(&recipe.teacher.model)?;
-    let config = files.read_config()?;
-    let regression = data.task.is_regression();
-    let fine_tuned = config.id2label.is_some()
-        && config.num_labels() == data.dev.num_outputs()
-        && reconcile_labels(
-            &data.dev.label_names,
-            regression,
-            &config,
-            &recipe.teacher.model,
-        )? == LabelMatch::Same;
-    let needs = match recipe.teacher.finetune {
-        FinetuneWhen::Always => true,
-        FinetuneWhen::Never => false,
-        FinetuneWhen::Auto => !fine_tuned,
-    };
-    if !needs {
-        // Refuses permuted or foreign label maps before any work.
-        reconcile_labels(
-            &data.dev.label_names,
-            regression,
-            &config,
-            &recipe.teacher.model,
-        )?;
+    if !teacher_needs_finetune(recipe, &files.read_config()?, data)? {
         return Ok((files, recipe.teacher.model.clone()));
     }
-    let spec = recipe
-        .teacher
-        .finetune_settings
-        .clone()
-        .unwrap_or_else(default_finetune_stage);
+    let spec = teacher_finetune_stage(recipe);
     tracing::info!(
         "teacher {}: fine-tuning on {} first",
         recipe.teacher.model,
