@@ -49,9 +49,11 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
-/// Refuses to write into an existing non-empty directory unless `force` is set.
+/// Refuses to write into an existing non-empty directory unless `force` is set (its
+/// [`DirLock`] file does not count).
 pub fn ensure_fresh_dir(dir: &Path, force: bool) -> Result<()> {
-    if let Ok(mut entries) = std::fs::read_dir(dir) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut entries = entries.flatten().filter(|e| e.file_name() != DirLock::FILE);
         if entries.next().is_some() && !force {
             return Err(Error::msg(format!(
                 "{} exists and is not empty; choose another folder or pass --force to overwrite",
@@ -60,6 +62,50 @@ pub fn ensure_fresh_dir(dir: &Path, force: bool) -> Result<()> {
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// One process at a time in a folder (a run, a fine-tuning, an augmentation): an OS
+/// advisory lock (flock) on `<dir>/.lock`, held while this value lives. The OS drops
+/// it when the process ends, however it ends, so a killed run never blocks the next.
+/// (std's `File::try_lock` does this since Rust 1.89, so no crate is needed.)
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    pub const FILE: &'static str = ".lock";
+
+    /// Creates `dir` if needed and locks it, or says which process holds it.
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(Self::FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                // The holder's PID, for the error another process gets.
+                file.set_len(0).map_err(|e| Error::io(&path, e))?;
+                write!(file, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
+                Ok(DirLock { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                Err(Error::msg(format!(
+                    "{} is in use by another candle-distill process (pid {}); wait for it \
+                     to finish or stop it",
+                    dir.display(),
+                    holder.trim()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::io::{read_json, write_atomic, write_json};
+use crate::io::{read_json, write_atomic, write_json, DirLock};
 use crate::{Error, Result};
 
 pub const RECIPE_FILE: &str = "recipe.toml";
@@ -26,6 +26,9 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 
 pub struct RunDir {
     root: PathBuf,
+    /// Held by the process that opened the folder; `None` for a node attached to node
+    /// 0's folder (node 0 holds it).
+    _lock: Option<DirLock>,
 }
 
 /// What opening a run folder found.
@@ -38,18 +41,22 @@ pub enum Opened {
 impl RunDir {
     /// Creates `root` for `recipe_text`, or reopens it when it holds the same recipe.
     /// A folder holding another recipe, or other files, is refused unless `force`.
+    /// Another process working in the folder is an error naming it.
     pub fn open(root: &Path, recipe_text: &str, force: bool) -> Result<Opened> {
         let recipe_path = root.join(RECIPE_FILE);
-        if force && root.exists() {
-            std::fs::remove_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let lock = DirLock::acquire(root)?;
+        if force {
+            clear_except_lock(root)?;
         }
+        let run = RunDir {
+            root: root.to_path_buf(),
+            _lock: Some(lock),
+        };
         if recipe_path.is_file() {
             let existing =
                 std::fs::read_to_string(&recipe_path).map_err(|e| Error::io(&recipe_path, e))?;
             if existing == recipe_text {
-                return Ok(Opened::Resume(RunDir {
-                    root: root.to_path_buf(),
-                }));
+                return Ok(Opened::Resume(run));
             }
             if holds_work(root)? {
                 return Err(Error::msg(format!(
@@ -66,15 +73,11 @@ impl RunDir {
                 root.display()
             );
             write_atomic(&recipe_path, recipe_text.as_bytes())?;
-            return Ok(Opened::Fresh(RunDir {
-                root: root.to_path_buf(),
-            }));
+            return Ok(Opened::Fresh(run));
         }
         crate::io::ensure_fresh_dir(root, false)?;
         write_atomic(&recipe_path, recipe_text.as_bytes())?;
-        Ok(Opened::Fresh(RunDir {
-            root: root.to_path_buf(),
-        }))
+        Ok(Opened::Fresh(run))
     }
 
     /// The run folder another process (node 0 of a multi-node run) opened for
@@ -95,6 +98,7 @@ impl RunDir {
         }
         Ok(RunDir {
             root: root.to_path_buf(),
+            _lock: None,
         })
     }
 
@@ -217,10 +221,27 @@ impl RunDir {
     }
 }
 
+/// `--force`: everything in `root` goes, except the lock this process holds on it.
+fn clear_except_lock(root: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+        let path = entry.map_err(|e| Error::io(root, e))?.path();
+        if path.file_name().is_some_and(|n| n == DirLock::FILE) {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
 /// Whether a run folder holds anything of its run beyond the files that describe it:
 /// a checkpoint, metrics, a cache, outputs, a sub-run with any of those.
 fn holds_work(dir: &Path) -> Result<bool> {
-    const DESCRIPTIONS: [&str; 2] = [RECIPE_FILE, "manifest.json"];
+    const DESCRIPTIONS: [&str; 3] = [RECIPE_FILE, "manifest.json", DirLock::FILE];
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let path = entry.path();
@@ -242,6 +263,31 @@ fn holds_work(dir: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        let first = RunDir::open(&root, "a = 1\n", false).unwrap();
+        // flock locks belong to an open file: a second open, even in this process,
+        // is refused while the first RunDir lives.
+        let err = RunDir::open(&root, "a = 1\n", false)
+            .err()
+            .expect("a second opener must be refused")
+            .to_string();
+        assert!(
+            err.contains("in use by another candle-distill process"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        // Released with its holder (tests/cli_eval.rs: also when the holder is killed).
+        drop(RunDir::open(&root, "a = 1\n", false).unwrap());
+        RunDir::open(&root, "a = 1\n", true).expect("--force once the holder is gone");
+    }
 
     #[test]
     fn a_folder_without_work_is_taken_over_by_another_recipe() {
@@ -287,6 +333,7 @@ mod tests {
             Opened::Fresh(_) => panic!("the same recipe resumes"),
         };
         run.log(&serde_json::json!({"step": 1})).unwrap();
+        drop(run);
         let err = RunDir::open(&root, "a = 2\n", false)
             .err()
             .unwrap()

@@ -343,3 +343,79 @@ fn eval_on_a_dev_file_without_rows_is_an_error_naming_it() {
     assert!(err.contains("SST-2/dev.tsv"), "{err}");
     assert!(err.contains("no examples"), "{err}");
 }
+
+#[test]
+fn a_folder_in_use_is_refused_and_a_killed_holder_does_not_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue, out) = (
+        tmp.path().join("m"),
+        tmp.path().join("glue"),
+        tmp.path().join("out"),
+    );
+    write_model(&model, &["negative", "positive"]);
+    write(&glue, "SST-2/train.tsv", SST_DEV);
+    write(&glue, "SST-2/dev.tsv", SST_DEV);
+    let finetune = |force: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));
+        c.args([
+            "finetune",
+            "--model",
+            model.to_str().unwrap(),
+            "--task",
+            "sst2",
+        ])
+        .args([
+            "--data",
+            glue.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--epochs", "1", "--batch-size", "2"]);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    // Another process holds the fine-tuning's folder (flock's `-o`: the lock stays
+    // with flock, not the sleep it starts), as a running fine-tuning would.
+    let training = out.join("training");
+    std::fs::create_dir_all(&training).unwrap();
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(training.join(".lock"))
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let run = finetune(false);
+        if !run.status.success() {
+            break stderr(&run);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never taken"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&training).unwrap();
+    };
+    assert!(
+        refused.contains("in use by another candle-distill process"),
+        "{refused}"
+    );
+    assert!(refused.contains("training"), "{refused}");
+    // --force must not remove a folder in use either.
+    let forced = stderr(&finetune(true));
+    assert!(forced.contains("in use"), "{forced}");
+    assert!(training.is_dir());
+    // SIGKILL: the lock dies with its holder.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let run = finetune(false);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.join("model.safetensors").is_file());
+}

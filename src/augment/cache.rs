@@ -180,7 +180,8 @@ pub fn run_cached(
     }
     let chunk_rows = spec.chunk_rows.max(1);
     let partial = spec.partial_dir();
-    std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    // Two processes computing the same augmentation would interleave its chunks.
+    let _lock = crate::io::DirLock::acquire(&partial)?;
     let progress_path = partial.join("progress.json");
     let fresh = Progress {
         key: spec.key.clone(),

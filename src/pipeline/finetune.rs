@@ -120,6 +120,10 @@ pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<Fi
     let started = Instant::now();
     let training = out.join("training");
     if force && out.exists() {
+        // Never remove a folder another process is fine-tuning into.
+        if training.is_dir() {
+            drop(crate::io::DirLock::acquire(&training)?);
+        }
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     if out.is_dir()
