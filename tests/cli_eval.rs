@@ -245,6 +245,28 @@ fn write_other_family(dir: &Path, model_type: &str) {
     std::fs::write(&config_path, config.to_string()).unwrap();
 }
 
+/// `candle-distill finetune` on SST-2 for one epoch at batch 2, plus `extra` flags.
+fn finetune(model: &Path, glue: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_candle-distill"))
+        .args([
+            "finetune",
+            "--model",
+            model.to_str().unwrap(),
+            "--task",
+            "sst2",
+        ])
+        .args([
+            "--data",
+            glue.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--epochs", "1", "--batch-size", "2"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     assert!(!out.status.success(), "expected a failure");
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -261,24 +283,7 @@ fn finetune_refuses_a_checkpoint_that_would_train_as_a_random_network() {
     write_other_family(&model, "mpnet");
     write(&glue, "SST-2/train.tsv", SST_DEV);
     write(&glue, "SST-2/dev.tsv", SST_DEV);
-    let run = Command::new(env!("CARGO_BIN_EXE_candle-distill"))
-        .args([
-            "finetune",
-            "--model",
-            model.to_str().unwrap(),
-            "--task",
-            "sst2",
-        ])
-        .args([
-            "--data",
-            glue.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args(["--epochs", "1", "--batch-size", "2"])
-        .output()
-        .unwrap();
-    let err = stderr(&run);
+    let err = stderr(&finetune(&model, &glue, &out, &[]));
     assert!(err.contains("model_type `mpnet`"), "{err}");
     assert!(err.contains("does not hold a BERT"), "{err}");
     // 5 embedding tensors + 16 for the one layer would be random; the head and pooler
@@ -355,27 +360,8 @@ fn a_folder_in_use_is_refused_and_a_killed_holder_does_not_block() {
     write_model(&model, &["negative", "positive"]);
     write(&glue, "SST-2/train.tsv", SST_DEV);
     write(&glue, "SST-2/dev.tsv", SST_DEV);
-    let finetune = |force: bool| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));
-        c.args([
-            "finetune",
-            "--model",
-            model.to_str().unwrap(),
-            "--task",
-            "sst2",
-        ])
-        .args([
-            "--data",
-            glue.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args(["--epochs", "1", "--batch-size", "2"]);
-        if force {
-            c.arg("--force");
-        }
-        c.output().unwrap()
-    };
+    let attempt =
+        |force: bool| finetune(&model, &glue, &out, if force { &["--force"] } else { &[] });
     // Another process holds the fine-tuning's folder (flock's `-o`: the lock stays
     // with flock, not the sleep it starts), as a running fine-tuning would.
     let training = out.join("training");
@@ -388,7 +374,7 @@ fn a_folder_in_use_is_refused_and_a_killed_holder_does_not_block() {
         .expect("flock(1) from util-linux");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let refused = loop {
-        let run = finetune(false);
+        let run = attempt(false);
         if !run.status.success() {
             break stderr(&run);
         }
@@ -405,13 +391,13 @@ fn a_folder_in_use_is_refused_and_a_killed_holder_does_not_block() {
     );
     assert!(refused.contains("training"), "{refused}");
     // --force must not remove a folder in use either.
-    let forced = stderr(&finetune(true));
+    let forced = stderr(&attempt(true));
     assert!(forced.contains("in use"), "{forced}");
     assert!(training.is_dir());
     // SIGKILL: the lock dies with its holder.
     holder.kill().unwrap();
     holder.wait().unwrap();
-    let run = finetune(false);
+    let run = attempt(false);
     assert!(
         run.status.success(),
         "{}",
