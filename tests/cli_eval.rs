@@ -304,18 +304,23 @@ fn eval_of_an_encoder_without_a_head_says_so_once() {
     let (model, glue) = (tmp.path().join("encoder"), tmp.path().join("glue"));
     write_other_family(&model, "bert");
     write(&glue, "SST-2/dev.tsv", SST_DEV);
-    let err = stderr(&eval(&[
+    let err = stderr(&eval_sst2(&model, &glue));
+    assert!(err.contains("no sequence-classification head"), "{err}");
+    assert!(err.contains("candle-distill finetune"), "{err}");
+    assert!(!err.contains("tensor '*'") && !err.contains("`*`"), "{err}");
+    assert_eq!(err.matches(model.to_str().unwrap()).count(), 1, "{err}");
+}
+
+/// `candle-distill eval` of `model` on the SST-2 dev file under `glue`.
+fn eval_sst2(model: &Path, glue: &Path) -> Output {
+    eval(&[
         "--model",
         model.to_str().unwrap(),
         "--task",
         "sst2",
         "--data",
         glue.to_str().unwrap(),
-    ]));
-    assert!(err.contains("no sequence-classification head"), "{err}");
-    assert!(err.contains("candle-distill finetune"), "{err}");
-    assert!(!err.contains("tensor '*'") && !err.contains("`*`"), "{err}");
-    assert_eq!(err.matches(model.to_str().unwrap()).count(), 1, "{err}");
+    ])
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -337,14 +342,7 @@ fn eval_on_a_dev_file_without_rows_is_an_error_naming_it() {
     let (model, glue) = (tmp.path().join("m"), tmp.path().join("glue"));
     write_model(&model, &["negative", "positive"]);
     write(&glue, "SST-2/dev.tsv", "sentence\tlabel\n");
-    let err = stderr(&eval(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        "sst2",
-        "--data",
-        glue.to_str().unwrap(),
-    ]));
+    let err = stderr(&eval_sst2(&model, &glue));
     assert!(err.contains("SST-2/dev.tsv"), "{err}");
     assert!(err.contains("no examples"), "{err}");
 }
