@@ -79,6 +79,10 @@ pub struct StagePlan {
     pub examples_seen: usize,
     pub learning_rate: f64,
     pub schedule: String,
+    /// Dev evaluations the stage runs (every `eval_every` steps, each epoch's end, the
+    /// last step), each over `dev_examples`.
+    pub eval_every: usize,
+    pub evaluations: usize,
 }
 
 fn shape(source: String, c: &BertConfig, seq: usize) -> ModelShape {
@@ -234,6 +238,8 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
                 .saturating_mul(settings.batch_size)
                 .min(examples * settings.epochs),
             learning_rate: settings.learning_rate,
+            eval_every: settings.eval_every,
+            evaluations: evaluations(steps, per_epoch, settings.eval_every),
             schedule: format!(
                 "{:?}, warm-up {:.0}%{}",
                 settings.schedule,
@@ -262,6 +268,14 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
         teacher_finetune,
         stages,
     })
+}
+
+/// How many dev evaluations a stage of `steps` runs: the trainer evaluates every
+/// `every` steps (0: never between epochs), at each epoch's end and at the last step.
+fn evaluations(steps: usize, per_epoch: usize, every: usize) -> usize {
+    (1..=steps)
+        .filter(|&s| (every > 0 && s % every == 0) || s % per_epoch.max(1) == 0 || s == steps)
+        .count()
 }
 
 /// The teacher's fine-tuning, as the run will do it (pipeline::teacher_needs_finetune).
@@ -368,6 +382,16 @@ impl Plan {
                 "  work        {} epochs x batch {} = {} steps, {} examples; lr {} ({})\n",
                 st.epochs, st.batch_size, st.steps, st.examples_seen, st.learning_rate, st.schedule
             );
+            let when = match st.eval_every {
+                0 => "at each epoch's end".to_string(),
+                n => format!("every {n} steps and at each epoch's end"),
+            };
+            s += &format!(
+                "  evaluation  {when}: {} evaluations x {} dev examples = {} student forward passes\n",
+                st.evaluations,
+                self.dev_examples,
+                st.evaluations * self.dev_examples
+            );
         }
         s
     }
@@ -388,4 +412,17 @@ fn variants_per_text(a: &AugmentSettings) -> usize {
             _ => a.n_aug,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn evaluations_count_every_n_steps_epoch_ends_and_the_last_step() {
+        // 2 epochs of 250 steps, every 100: 100 200 250 300 400 500.
+        assert_eq!(super::evaluations(500, 250, 100), 6);
+        // At epoch ends only.
+        assert_eq!(super::evaluations(500, 250, 0), 2);
+        // Stopped early by max_steps (130): 100, 125, 130.
+        assert_eq!(super::evaluations(130, 125, 100), 3);
+    }
 }

@@ -218,6 +218,10 @@ pub struct StageSpec {
     /// Compute dtype of this stage; defaults to the recipe's `precision`.
     #[serde(default)]
     pub precision: Option<Precision>,
+    /// Evaluate on dev every N steps in this stage (0: at epoch ends only); defaults to
+    /// the recipe's `eval.every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
 }
 
 fn default_epochs() -> usize {
@@ -280,7 +284,7 @@ impl StageSpec {
             }),
             weight_decay: self.weight_decay,
             max_grad_norm: self.max_grad_norm,
-            eval_every: eval.every,
+            eval_every: self.eval_every.unwrap_or(eval.every),
             patience: if is_final { eval.patience } else { None },
             group_by_length: self.group_by_length,
             checkpoint_every: self.checkpoint_every,

@@ -35,6 +35,18 @@ fn every_shipped_recipe_is_valid() {
             let f = common::repo_root().join(format!("recipes/{s}-{task}.toml"));
             let r = Recipe::load(&f, &[]).unwrap();
             assert_eq!(r.task.name, task);
+            // The reference keeps the best of evaluations every 50 steps: the prediction
+            // stage evaluates every 100 (every 2,000 for the three large dev sets), the
+            // intermediate one as the recipe's `eval.every` says.
+            let last = r.stages.len() - 1;
+            let every = if ["mnli", "qnli", "qqp"].contains(&task) {
+                2000
+            } else {
+                100
+            };
+            let settings = |i: usize| r.stages[i].settings(&r, i == last);
+            assert_eq!(settings(last).eval_every, every, "{s}-{task}");
+            assert_eq!(settings(0).eval_every, r.eval.every, "{s}-{task}");
         }
     }
 }
@@ -84,6 +96,13 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
         "{text}"
     );
     assert!(text.contains("4000 train, 872 dev"), "{text}");
+    assert!(
+        text.contains(
+            "evaluation  at each epoch's end: 3 evaluations x 872 dev examples \
+             = 2616 student forward passes"
+        ),
+        "{text}"
+    );
     assert!(text.contains("375 steps"), "{text}");
     assert!(text.contains("2 data-parallel replicas"), "{text}");
     assert!(text.contains("bf16 compute"), "{text}");

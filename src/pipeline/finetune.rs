@@ -39,6 +39,7 @@ pub fn default_finetune_stage() -> StageSpec {
         group_by_length: true,
         checkpoint_every: 200,
         precision: None,
+        eval_every: None,
     }
 }
 
