@@ -61,6 +61,8 @@ pub struct ProjectionPlan {
     pub from: usize,
     pub to: usize,
     pub parameters: usize,
+    /// Trained ones from the student checkpoint, rather than new ones.
+    pub from_checkpoint: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,16 +141,26 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
     let labels = data.task.num_outputs();
     teacher.num_labels = Some(labels);
     teacher.id2label = None;
-    let (mut student, source) = student_config(&recipe.student, &teacher)?;
+    let (mut student, source) = student_config(&recipe.student.init, &teacher)?;
     student.num_labels = Some(labels);
     student.id2label = None;
     let seq = data.max_seq_len;
-    let projections = (student.hidden_size != teacher.hidden_size).then(|| ProjectionPlan {
+    let checkpoint_projections = match &recipe.student.init {
+        StudentInit::Checkpoint { model } => ModelFiles::resolve(model)?.holds_projections()?,
+        _ => false,
+    };
+    let projected = recipe.student.projection.applies(
+        student.hidden_size,
+        teacher.hidden_size,
+        checkpoint_projections,
+    )?;
+    let projections = projected.then(|| ProjectionPlan {
         count: student.num_hidden_layers + 1,
         from: student.hidden_size,
         to: teacher.hidden_size,
         parameters: (student.num_hidden_layers + 1)
             * (student.hidden_size * teacher.hidden_size + teacher.hidden_size),
+        from_checkpoint: checkpoint_projections,
     });
     let mut stages = Vec::new();
     for (i, spec) in recipe.stages.iter().enumerate() {
@@ -335,11 +347,16 @@ impl Plan {
         );
         if let Some(p) = &self.projections {
             s += &format!(
-                "projection {} x Linear({} -> {}), {:.2}M params, training only\n",
+                "projection {} x Linear({} -> {}), {:.2}M params, {}, training only\n",
                 p.count,
                 p.from,
                 p.to,
-                p.parameters as f64 / 1e6
+                p.parameters as f64 / 1e6,
+                if p.from_checkpoint {
+                    "the checkpoint's"
+                } else {
+                    "new"
+                }
             );
         }
         s += &format!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::job::AugmentSettings;
-use crate::distill::{LayerMap, LossWeights, StageKind, StudentInit, TrainSettings};
+use crate::distill::{LayerMap, LossWeights, StageKind, StudentSpec, TrainSettings};
 use crate::train::{Precision, Schedule};
 use crate::{Error, Result};
 
@@ -37,7 +37,7 @@ pub struct Recipe {
     pub output: Option<PathBuf>,
     pub teacher: TeacherSpec,
     pub task: TaskSpec,
-    pub student: StudentInit,
+    pub student: StudentSpec,
     #[serde(default)]
     pub eval: EvalSpec,
     pub stages: Vec<StageSpec>,

@@ -116,7 +116,8 @@ impl TinyDistillation {
             tensors: &none,
             tokenizer: &self.tokenizer,
         };
-        crate::distill::build_student(init, &parts, &["a".into(), "b".into()], 3, device)
+        let spec = crate::distill::StudentSpec::from(init.clone());
+        crate::distill::build_student(&spec, &parts, &["a".into(), "b".into()], 3, device)
     }
 }
 

@@ -137,7 +137,8 @@ fn train_on(device: &Device, root: &Path) -> HashMap<String, Tensor> {
     let init = StudentInit::Checkpoint {
         model: root.join("student").display().to_string(),
     };
-    let student = build_student(&init, &parts, &["a".into(), "b".into()], 3, device).unwrap();
+    let student =
+        build_student(&init.into(), &parts, &["a".into(), "b".into()], 3, device).unwrap();
     let examples = tiny_train_examples(&tok, 32, 9).unwrap();
     let run_dir = root.join(format!("{device:?}").replace([':', ' ', '(', ')'], "_"));
     let run = match RunDir::open(&run_dir, "recipe", false).unwrap() {

@@ -208,7 +208,7 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         intermediate: 64,
     };
     let labels = vec!["negative".to_string(), "positive".to_string()];
-    let student = build_student(&init, &parts, &labels, 11, &dev).unwrap();
+    let student = build_student(&init.into(), &parts, &labels, 11, &dev).unwrap();
     assert_eq!(
         student.projections.len(),
         3,

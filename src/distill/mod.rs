@@ -9,7 +9,7 @@ pub mod trainer;
 
 pub use losses::LossWeights;
 pub use mapping::{LayerMap, MapStrategy};
-pub use student::{build_student, Student, StudentInit, TeacherParts};
+pub use student::{build_student, Projection, Student, StudentInit, StudentSpec, TeacherParts};
 pub use trainer::{
     Evaluator, Progress, Scores, Stage, StageKind, StageSummary, Target, TrainExample,
     TrainSettings, Trainer,

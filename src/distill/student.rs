@@ -33,6 +33,83 @@ pub enum StudentInit {
     },
 }
 
+/// Whether the student's hidden states pass through learned projections (`fit_denses.j`)
+/// before they are compared with the teacher's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Projection {
+    /// When the widths differ, or when the student checkpoint carries trained projections
+    /// (the v2 General TinyBERT-6 checkpoints hold `fit_denses.0`-`6` at 768 -> 768).
+    #[default]
+    Auto,
+    /// Always, as the TinyBERT reference does: the checkpoint's, else new ones, at any width.
+    Always,
+    /// Never: hidden states are compared as they are, so the widths must be equal.
+    Never,
+}
+
+impl Projection {
+    /// Whether to project, given the two widths and whether the student's checkpoint
+    /// holds projections (`fit_dense*`).
+    pub fn applies(self, student: usize, teacher: usize, checkpoint_has: bool) -> Result<bool> {
+        match self {
+            Projection::Auto => Ok(student != teacher || checkpoint_has),
+            Projection::Always => Ok(true),
+            Projection::Never if student == teacher => Ok(false),
+            Projection::Never => Err(Error::msg(format!(
+                "student.projection = \"never\" compares hidden states as they are, which needs \
+                 the student as wide as the teacher ({student} vs {teacher}); use \"auto\""
+            ))),
+        }
+    }
+}
+
+/// The recipe's `[student]` table: where the weights come from (`from = …` and its keys)
+/// and `projection`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudentSpec {
+    pub init: StudentInit,
+    pub projection: Projection,
+}
+
+impl From<StudentInit> for StudentSpec {
+    fn from(init: StudentInit) -> Self {
+        StudentSpec {
+            init,
+            projection: Projection::default(),
+        }
+    }
+}
+
+// `projection` sits beside the tagged `from` keys; serde's `flatten` would lose
+// `deny_unknown_fields`, so the table is split by hand.
+impl Serialize for StudentSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let mut table = toml::Table::try_from(&self.init).map_err(S::Error::custom)?;
+        if self.projection != Projection::default() {
+            let value = toml::Value::try_from(self.projection).map_err(S::Error::custom)?;
+            table.insert("projection".into(), value);
+        }
+        table.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for StudentSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let projection = match table.remove("projection") {
+            Some(v) => Projection::deserialize(v)
+                .map_err(|e| D::Error::custom(format!("student.projection: {}", e.message())))?,
+            None => Projection::default(),
+        };
+        let init = StudentInit::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(format!("student: {}", e.message())))?;
+        Ok(StudentSpec { init, projection })
+    }
+}
+
 /// A student ready to train: the model, its variables, and one projection per
 /// hidden state (index 0 = embeddings) when its width differs from the teacher's.
 pub struct Student {
@@ -106,12 +183,13 @@ pub struct TeacherParts<'a> {
 }
 
 pub fn build_student(
-    init: &StudentInit,
+    spec: &StudentSpec,
     teacher: &TeacherParts,
     labels: &[String],
     seed: u64,
     device: &Device,
 ) -> Result<Student> {
+    let init = &spec.init;
     let (mut config, tensors, tokenizer, description) = match init {
         StudentInit::Checkpoint { model } => {
             let files = ModelFiles::resolve(model)?;
@@ -190,13 +268,19 @@ pub fn build_student(
     let source = Arc::new(ParamSource::new(&origin, tensors, true, fresh));
     let vb = var_builder(&source, DType::F32, device);
     let model = BertForSequenceClassification::new(vb.clone(), &config)?;
-    let projections = if config.hidden_size != teacher_width {
-        (0..=config.num_hidden_layers)
-            .map(|j| projection(&source, &vb, j, config.hidden_size, teacher_width))
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        Vec::new()
-    };
+    let has_projections =
+        source.contains("fit_dense.weight") || source.contains("fit_denses.0.weight");
+    let projections =
+        if spec
+            .projection
+            .applies(config.hidden_size, teacher_width, has_projections)?
+        {
+            (0..=config.num_hidden_layers)
+                .map(|j| projection(&source, &vb, j, config.hidden_size, teacher_width))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
     let report = source.checked_report(config.model_type.as_deref())?;
     if !report.created.is_empty() {
         tracing::info!(
@@ -260,4 +344,135 @@ pub fn subset_layers(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{tiny_config, write_random_classifier, write_tiny_student};
+
+    /// A teacher as wide as `hidden`, with the tiny test tokenizer.
+    fn build(
+        dir: &std::path::Path,
+        teacher_hidden: usize,
+        projection: Projection,
+    ) -> Result<Student> {
+        let teacher = dir.join("teacher");
+        write_random_classifier(&teacher, &tiny_config(teacher_hidden, 2, 4, 64), 1)?;
+        let files = ModelFiles::resolve(&teacher.display().to_string())?;
+        let (config, tensors, tokenizer) = (
+            files.read_config()?,
+            files.read_weights()?,
+            files.read_tokenizer()?,
+        );
+        let parts = TeacherParts {
+            config: &config,
+            tensors: &tensors,
+            tokenizer: &tokenizer,
+        };
+        let spec = StudentSpec {
+            init: StudentInit::Checkpoint {
+                model: dir.join("student").display().to_string(),
+            },
+            projection,
+        };
+        build_student(&spec, &parts, &["a".into(), "b".into()], 3, &Device::Cpu)
+    }
+
+    fn student_with_projection_of_width(dir: &std::path::Path, to: usize) {
+        write_tiny_student(&dir.join("student"), 5).unwrap();
+        let path = dir.join("student/model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        tensors.insert(
+            "fit_denses.0.weight".into(),
+            Tensor::full(0.25f32, (to, 32), &Device::Cpu).unwrap(),
+        );
+        tensors.insert(
+            "fit_denses.0.bias".into(),
+            Tensor::full(0.5f32, to, &Device::Cpu).unwrap(),
+        );
+        crate::model::weights::save_safetensors(&tensors, &path).unwrap();
+    }
+
+    #[test]
+    fn equal_widths_use_the_checkpoints_trained_projections() {
+        let dir = tempfile::tempdir().unwrap();
+        student_with_projection_of_width(dir.path(), 32);
+        let student = build(dir.path(), 32, Projection::Auto).unwrap();
+        assert_eq!(student.projections.len(), 3, "one per hidden state");
+        let w: Vec<Vec<f32>> = student.projections[0].weight().to_vec2().unwrap();
+        assert!(w.iter().flatten().all(|&v| v == 0.25), "{w:?}");
+        let b: Vec<f32> = student.projections[0].bias().unwrap().to_vec1().unwrap();
+        assert!(b.iter().all(|&v| v == 0.5));
+        let never = build(dir.path(), 32, Projection::Never).unwrap();
+        assert!(never.projections.is_empty());
+    }
+
+    #[test]
+    fn always_projects_at_equal_width_and_never_refuses_unequal_widths() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_student(&dir.path().join("student"), 5).unwrap();
+        // The checkpoint's projection is 32 -> 48: at teacher width 32 only `always`
+        // projects, and must build 32 -> 32 ones rather than take a wrong-shaped one.
+        let path = dir.path().join("student/model.safetensors");
+        let files = ModelFiles::resolve(&dir.path().join("student").display().to_string()).unwrap();
+        assert!(files.holds_projections().unwrap());
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        tensors.retain(|k, _| !k.starts_with("fit_dense"));
+        crate::model::weights::save_safetensors(&tensors, &path).unwrap();
+        assert!(!files.holds_projections().unwrap(), "read from the header");
+        assert!(build(dir.path(), 32, Projection::Auto)
+            .unwrap()
+            .projections
+            .is_empty());
+        let always = build(dir.path(), 32, Projection::Always).unwrap();
+        assert_eq!(always.projections.len(), 3);
+        assert_eq!(always.projections[1].weight().dims(), &[32, 32]);
+        let err = build(dir.path(), 48, Projection::Never)
+            .err()
+            .expect("unequal widths refused")
+            .to_string();
+        assert!(
+            err.contains("\"never\"") && err.contains("(32 vs 48)"),
+            "{err}"
+        );
+        assert_eq!(
+            build(dir.path(), 48, Projection::Auto)
+                .unwrap()
+                .projections
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn the_student_table_takes_projection_beside_from() {
+        let spec: StudentSpec =
+            toml::from_str("from = \"checkpoint\"\nmodel = \"m\"\nprojection = \"always\"")
+                .unwrap();
+        assert_eq!(spec.projection, Projection::Always);
+        assert_eq!(spec.init, StudentInit::Checkpoint { model: "m".into() });
+        let text = toml::to_string(&spec).unwrap();
+        assert_eq!(toml::from_str::<StudentSpec>(&text).unwrap(), spec);
+        let bad = toml::from_str::<StudentSpec>(
+            "from = \"checkpoint\"\nmodel = \"m\"\nprojection = \"sometimes\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("student.projection") && bad.contains("sometimes"),
+            "{bad}"
+        );
+        let typo = toml::from_str::<StudentSpec>(
+            "from = \"checkpoint\"\nmodel = \"m\"\nprojections = \"always\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("projections"), "{typo}");
+        let default = toml::to_string(&StudentSpec::from(StudentInit::Checkpoint {
+            model: "m".into(),
+        }))
+        .unwrap();
+        assert!(!default.contains("projection"), "{default}");
+    }
 }

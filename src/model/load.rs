@@ -88,6 +88,13 @@ impl ModelFiles {
     pub fn read_weights(&self) -> Result<HashMap<String, Tensor>> {
         read_weights(&self.weights)
     }
+
+    /// Whether the checkpoint carries distillation projections (`fit_dense*`).
+    pub fn holds_projections(&self) -> Result<bool> {
+        Ok(super::weights::tensor_names(&self.weights)?
+            .iter()
+            .any(|n| n.starts_with("fit_dense")))
+    }
 }
 
 /// How to build a model from a checkpoint.

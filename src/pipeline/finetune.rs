@@ -8,7 +8,9 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::distill::replicas::local_group;
-use crate::distill::{build_student, Progress, StageKind, StudentInit, TeacherParts};
+use crate::distill::{
+    build_student, Progress, Projection, StageKind, StudentInit, StudentSpec, TeacherParts,
+};
 use crate::export::DatasetInfo;
 use crate::export::{export_classifier, ExportOptions, ExportSource};
 use crate::metrics::Metrics;
@@ -73,8 +75,11 @@ pub fn finetune(
         tensors: &tensors,
         tokenizer: &tokenizer,
     };
-    let init = StudentInit::Checkpoint {
-        model: model.to_string(),
+    let init = StudentSpec {
+        init: StudentInit::Checkpoint {
+            model: model.to_string(),
+        },
+        projection: Projection::Never,
     };
     let labels = data.labels();
     let trainees = devices
