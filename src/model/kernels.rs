@@ -209,6 +209,33 @@ struct LayerNormGrad {
     eps: f32,
 }
 
+/// Rows per block of the LayerNorm backward's dw/db sums (a fixed split: determinism).
+const LN_GRAD_ROWS: usize = 32;
+
+impl LayerNormGrad {
+    /// One row: writes dx, adds the row's dw and db terms to `acc` (dw then db).
+    fn row(&self, dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], acc: &mut [f32]) {
+        let dim = x.len();
+        let (mean, rstd) = row_stats(x, self.eps);
+        let inv_n = 1.0 / dim as f32;
+        let mut sum_gw = 0f32;
+        let mut sum_gwx = 0f32;
+        for i in 0..dim {
+            let xhat = (x[i] - mean) * rstd;
+            let gw = g[i] * w[i];
+            sum_gw += gw;
+            sum_gwx += gw * xhat;
+            acc[i] += g[i] * xhat;
+            acc[dim + i] += g[i];
+        }
+        let (m_gw, m_gwx) = (sum_gw * inv_n, sum_gwx * inv_n);
+        for i in 0..dim {
+            let xhat = (x[i] - mean) * rstd;
+            dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
+        }
+    }
+}
+
 impl CustomOp3 for LayerNormGrad {
     fn name(&self) -> &'static str {
         "fused-layer-norm-grad"
@@ -230,41 +257,25 @@ impl CustomOp3 for LayerNormGrad {
         let n = x.len();
         let mut out = vec![0f32; n + 2 * dim];
         let (dx, dwb) = out.split_at_mut(n);
-        // Each task accumulates its own dw/db; the partial sums are added at the end.
-        let partial = dx
-            .par_chunks_mut(dim)
-            .zip(x.par_chunks(dim).zip(g.par_chunks(dim)))
-            .with_min_len(MIN_ROWS_PER_TASK)
-            .fold(
-                || vec![0f32; 2 * dim],
-                |mut acc, (dx, (x, g))| {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    let inv_n = 1.0 / dim as f32;
-                    let mut sum_gw = 0f32;
-                    let mut sum_gwx = 0f32;
-                    for i in 0..dim {
-                        let xhat = (x[i] - mean) * rstd;
-                        let gw = g[i] * w[i];
-                        sum_gw += gw;
-                        sum_gwx += gw * xhat;
-                        acc[i] += g[i] * xhat;
-                        acc[dim + i] += g[i];
-                    }
-                    let (m_gw, m_gwx) = (sum_gw * inv_n, sum_gwx * inv_n);
-                    for i in 0..dim {
-                        let xhat = (x[i] - mean) * rstd;
-                        dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
-                    }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f32; 2 * dim],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        // dw/db are summed over rows in fixed blocks of rows, and the blocks' partial sums
+        // in block order, so the result does not depend on how rayon schedules the
+        // blocks: the same inputs give the same bits under any load.
+        let block = LN_GRAD_ROWS * dim;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+            .map(|(dx, (x, g))| {
+                let mut acc = vec![0f32; 2 * dim];
+                for (dx, (x, g)) in dx.chunks_mut(dim).zip(x.chunks(dim).zip(g.chunks(dim))) {
+                    self.row(dx, x, g, w, &mut acc);
+                }
+                acc
+            })
+            .collect();
+        let mut partial = vec![0f32; 2 * dim];
+        for p in &partials {
+            partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
         dwb.copy_from_slice(&partial);
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * dim)))
     }
@@ -672,5 +683,52 @@ mod tests {
             |t| masked_mse(t, &target, -100.0).unwrap(),
             &[0, 13, 35],
         );
+    }
+
+    /// Reductions over rows split them the same way whatever the thread count or load,
+    /// so the same inputs give the same bits (run to run, and in pools of any size).
+    #[test]
+    fn reductions_are_bit_identical_across_thread_pools() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0.5f32, 2.0, (40, 33, 24), &dev).unwrap();
+        let w = Var::randn(1f32, 0.3, 24, &dev).unwrap();
+        let b = Var::randn(0f32, 0.3, 24, &dev).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (40, 33, 24), &dev).unwrap();
+        let a = Var::randn(0f32, 2.0, (5, 70_000), &dev).unwrap();
+        let target = Tensor::randn(0f32, 2.0, (5, 70_000), &dev).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        let run = || {
+            let y = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
+            let loss = (y * &weights).unwrap().sum_all().unwrap();
+            let g = loss.backward().unwrap();
+            let mse = masked_mse(a.as_tensor(), &target, -100.0).unwrap();
+            let gm = mse.backward().unwrap();
+            [
+                bits(g.get(x.as_tensor()).unwrap()),
+                bits(g.get(w.as_tensor()).unwrap()),
+                bits(g.get(b.as_tensor()).unwrap()),
+                bits(&mse),
+                bits(gm.get(a.as_tensor()).unwrap()),
+            ]
+        };
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(run)
+        };
+        let one = in_pool(1);
+        for threads in [2, 3, 4] {
+            assert!(in_pool(threads) == one, "{threads} threads differ from 1");
+        }
     }
 }

@@ -217,9 +217,13 @@ impl AdamW {
             };
             total += if kernels::applies(g) {
                 kernels::with_f32(g, |s| {
-                    s.par_chunks(1 << 14)
+                    // Chunk sums collected in order, then added in order: rayon's own
+                    // `sum` adds in an order that depends on scheduling.
+                    let chunks: Vec<f64> = s
+                        .par_chunks(1 << 14)
                         .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                        .sum::<f64>()
+                        .collect();
+                    chunks.iter().sum::<f64>()
                 })?
             } else {
                 g.to_dtype(DType::F32)?
