@@ -378,6 +378,12 @@ impl BertModel {
         want: Outputs,
         mut train: Train,
     ) -> Result<BertOutput> {
+        let device = input.input_ids.device();
+        if let (Some(rng), false) = (train.as_deref_mut(), device.is_cpu()) {
+            // GPU dropout masks come from the device's generator (`ops::dropout`):
+            // seeded here, once a pass, from the run's generator.
+            device.set_seed(rng.next_u64())?;
+        }
         let mut x = self.embeddings.forward(input, &mut train)?;
         let mask = Self::additive_mask(&input.attention_mask, x.dtype())?;
         let mut hidden_states = Vec::new();

@@ -52,7 +52,14 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if kernels::applies(a) && kernels::applies(b) {
         return super::blas::matmul(a, b);
     }
-    a.matmul(b)
+    // candle's CUDA and Metal matmuls take an operand only with dense rows or as a plain
+    // transpose; a strided view such as the pooler's first-token slice, (batch, hidden)
+    // with a row stride of seq * hidden, is refused there, so it is copied first.
+    if a.device().is_cpu() {
+        a.matmul(b)
+    } else {
+        a.contiguous()?.matmul(b)
+    }
 }
 
 /// GELU, erf form (BERT's "gelu"), with a fused backward on the CPU.
@@ -64,14 +71,25 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Inverted dropout whose mask comes from the caller's seeded generator,
-/// so a resumed run draws the same masks as an uninterrupted one.
+/// Inverted dropout whose mask comes from the caller's seeded generator on the CPU
+/// (from the device's, seeded from it, on a GPU), so a resumed run draws the same
+/// masks as an uninterrupted one.
 pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
     let keep = 1.0 - p;
     let scale = 1.0 / keep;
+    if !x.device().is_cpu() {
+        // Drawn on the device: masks drawn element by element on the CPU and copied
+        // over took three quarters of a TinyBERT-4 training step on an H200 (285 ms
+        // against 70 ms). `BertModel::forward` seeds the device generator from the
+        // run's generator once a pass (seeding creates a cuRAND generator), so masks
+        // still follow the run's seed and its resume state.
+        let draws = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+        let mask = (draws.ge(p as f64)?.to_dtype(x.dtype())? * scale as f64)?;
+        return x.mul(&mask);
+    }
     let n = x.elem_count();
     let mask: Vec<f32> = (0..n)
         .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })

@@ -211,10 +211,20 @@ impl AdamW {
     /// L2 norm of all gradients together.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut total = 0f64;
+        // On a GPU the squares are summed there and read back once, not once per tensor.
+        let mut on_device: Option<Tensor> = None;
         for p in &self.params {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
+            if !g.device().is_cpu() {
+                let sq = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+                on_device = Some(match on_device {
+                    Some(t) => (t + sq)?,
+                    None => sq,
+                });
+                continue;
+            }
             total += if kernels::applies(g) {
                 kernels::with_f32(g, |s| {
                     // Chunk sums collected in order, then added in order: rayon's own
@@ -231,6 +241,9 @@ impl AdamW {
                     .sum_all()?
                     .to_scalar::<f32>()? as f64
             };
+        }
+        if let Some(t) = on_device {
+            total += t.to_scalar::<f32>()? as f64;
         }
         Ok(total.sqrt())
     }
