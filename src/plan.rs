@@ -75,6 +75,8 @@ pub struct StagePlan {
     pub pairs: Vec<(usize, usize)>,
     pub attention_shapes: Option<String>,
     pub hidden_shapes: Option<String>,
+    /// How the attention and hidden-state losses are averaged, when the stage has them.
+    pub normalise: Option<String>,
     pub epochs: usize,
     pub batch_size: usize,
     pub steps: usize,
@@ -242,6 +244,15 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
                     )
                 }
             }),
+            normalise: (losses.needs_attention() || losses.needs_hidden_states()).then(|| {
+                match settings.pad_to {
+                    Some(n) => {
+                        format!("reference: every batch padded to {n}, a mean over every position")
+                    }
+                    None => "tokens: a mean over real tokens; batches padded to their longest row"
+                        .to_string(),
+                }
+            }),
             pairs,
             epochs: settings.epochs,
             batch_size: settings.batch_size,
@@ -394,6 +405,9 @@ impl Plan {
             }
             if let Some(h) = &st.hidden_shapes {
                 s += &format!("  hidden      {h}\n");
+            }
+            if let Some(n) = &st.normalise {
+                s += &format!("  normalise   {n}\n");
             }
             s += &format!(
                 "  work        {} epochs x batch {} = {} steps, {} examples; lr {} ({})\n",

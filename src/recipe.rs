@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::job::AugmentSettings;
-use crate::distill::{LayerMap, LossWeights, StageKind, StudentSpec, TrainSettings};
+use crate::distill::{LayerMap, LossWeights, Normalise, StageKind, StudentSpec, TrainSettings};
 use crate::train::{Precision, Schedule};
 use crate::{Error, Result};
 
@@ -222,6 +222,11 @@ pub struct StageSpec {
     /// the recipe's `eval.every`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<usize>,
+    /// How the attention and hidden-state losses are averaged: `tokens` (over real
+    /// tokens) or `reference` (TinyBERT's code: batches padded to max_seq_len, a mean
+    /// over every position).
+    #[serde(default)]
+    pub normalise: Normalise,
 }
 
 fn default_epochs() -> usize {
@@ -247,6 +252,21 @@ fn default_ckpt() -> usize {
 }
 
 impl StageSpec {
+    /// The length every batch is padded to: the task's max_seq_len under `reference`
+    /// normalisation of intermediate losses, else none (each batch to its longest row).
+    fn pad_to(&self, recipe: &Recipe) -> Option<usize> {
+        let losses = self.losses();
+        let intermediate = losses.needs_attention() || losses.needs_hidden_states();
+        if self.normalise != Normalise::Reference || !intermediate {
+            return None;
+        }
+        recipe.task.max_seq_len.or_else(|| {
+            <crate::data::Task as std::str::FromStr>::from_str(&recipe.task.name)
+                .ok()
+                .map(|t| t.default_max_seq_len())
+        })
+    }
+
     pub fn display_name(&self, index: usize) -> String {
         self.name.clone().unwrap_or_else(|| {
             format!(
@@ -291,6 +311,8 @@ impl StageSpec {
             log_every: 10,
             precision: self.precision.unwrap_or(recipe.precision),
             initial_loss_scale: crate::train::LossScale::INITIAL,
+            normalise: self.normalise,
+            pad_to: self.pad_to(recipe),
         }
     }
 }

@@ -47,6 +47,18 @@ fn every_shipped_recipe_is_valid() {
             let settings = |i: usize| r.stages[i].settings(&r, i == last);
             assert_eq!(settings(last).eval_every, every, "{s}-{task}");
             assert_eq!(settings(0).eval_every, r.eval.every, "{s}-{task}");
+            // The reference's loss weighting: intermediate batches padded to
+            // max_seq_len; the prediction stage pads each batch to its longest row.
+            let max_len = r
+                .task
+                .max_seq_len
+                .unwrap_or(if task == "sst2" || task == "cola" {
+                    64
+                } else {
+                    128
+                });
+            assert_eq!(settings(0).pad_to, Some(max_len), "{s}-{task}");
+            assert_eq!(settings(last).pad_to, None, "{s}-{task}");
         }
     }
 }
@@ -104,6 +116,10 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
         "{text}"
     );
     assert!(text.contains("375 steps"), "{text}");
+    assert!(
+        text.contains("normalise   tokens: a mean over real tokens"),
+        "{text}"
+    );
     assert!(text.contains("2 data-parallel replicas"), "{text}");
     assert!(text.contains("bf16 compute"), "{text}");
     assert!(

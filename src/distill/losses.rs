@@ -40,6 +40,49 @@ pub fn hidden_mse(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     )
 }
 
+/// How the attention and hidden-state losses are averaged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalise {
+    /// A mean over real tokens only: a row's loss does not depend on the padding its
+    /// batch needs, so not on which rows it is batched with.
+    #[default]
+    Tokens,
+    /// As TinyBERT's reference code: every batch of an intermediate stage is padded to
+    /// `max_seq_len` and the mean runs over every position, padding included.
+    Reference,
+}
+
+/// Attention loss, mean over real (query, key) pairs: `mask` (batch, seq) is 1 for
+/// real tokens. Masked keys and padded queries count for nothing.
+pub fn attention_mse_tokens(student: &Tensor, teacher: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let s = student.to_dtype(DType::F32)?;
+    let t = teacher.to_dtype(DType::F32)?;
+    let heads = s.dim(1)? as f64;
+    let m = mask.to_dtype(DType::F32)?;
+    // (batch, 1, seq, seq): 1 where both query and key are real tokens.
+    let pairs = m
+        .unsqueeze(2)?
+        .broadcast_mul(&m.unsqueeze(1)?)?
+        .unsqueeze(1)?;
+    let count = (pairs.sum_all()? * heads)?.clamp(1.0, f64::MAX)?;
+    (s - t)?
+        .sqr()?
+        .broadcast_mul(&pairs)?
+        .sum_all()?
+        .div(&count)
+}
+
+/// Hidden-state loss, mean over the elements of real tokens (`mask` as above).
+pub fn hidden_mse_tokens(student: &Tensor, teacher: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let s = student.to_dtype(DType::F32)?;
+    let t = teacher.to_dtype(DType::F32)?;
+    let width = s.dim(D::Minus1)? as f64;
+    let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let count = (m.sum_all()? * width)?.clamp(1.0, f64::MAX)?;
+    (s - t)?.sqr()?.broadcast_mul(&m)?.sum_all()?.div(&count)
+}
+
 /// 1 - cosine similarity per token, averaged over real tokens (mask (batch, seq) of 0/1).
 pub fn hidden_cosine(student: &Tensor, teacher: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let s = student.to_dtype(DType::F32)?;
@@ -225,6 +268,61 @@ mod tests {
 
     fn scalar(t: &Tensor) -> f32 {
         t.to_scalar::<f32>().unwrap()
+    }
+
+    /// One row of 5 tokens through two tiny random models, padded to `len`: the
+    /// attention and hidden-state losses of layer 2 under `normalise`.
+    fn row_losses(len: usize, normalise: Normalise) -> (f32, f32) {
+        use crate::model::{BertInput, Outputs};
+        let dev = Device::Cpu;
+        let (_, teacher) = crate::testing::tiny_teacher(&dev, 5).unwrap();
+        let (_, student) = crate::testing::tiny_teacher(&dev, 6).unwrap();
+        let mut ids = vec![2u32, 7, 8, 9, 3];
+        let mut mask = vec![1u32; ids.len()];
+        ids.resize(len, 0);
+        mask.resize(len, 0);
+        let input = BertInput {
+            input_ids: Tensor::from_vec(ids, (1, len), &dev).unwrap(),
+            token_type_ids: Tensor::zeros((1, len), DType::U32, &dev).unwrap(),
+            attention_mask: Tensor::from_vec(mask, (1, len), &dev).unwrap(),
+        };
+        let s = student.forward(&input, Outputs::ALL, None).unwrap().encoder;
+        let t = teacher.forward(&input, Outputs::ALL, None).unwrap().encoder;
+        let (sa, ta) = (&s.attention_scores[1], &t.attention_scores[1]);
+        let (sh, th) = (&s.hidden_states[2], &t.hidden_states[2]);
+        let m = &input.attention_mask;
+        let (a, h) = match normalise {
+            Normalise::Tokens => (
+                attention_mse_tokens(sa, ta, m).unwrap(),
+                hidden_mse_tokens(sh, th, m).unwrap(),
+            ),
+            Normalise::Reference => (attention_mse(sa, ta).unwrap(), hidden_mse(sh, th).unwrap()),
+        };
+        (scalar(&a), scalar(&h))
+    }
+
+    #[test]
+    fn tokens_normalisation_gives_a_row_the_same_loss_whatever_its_padding() {
+        // Alone (5 tokens) and in a batch whose longest row has 12 or 40.
+        let alone = row_losses(5, Normalise::Tokens);
+        for len in [12, 40] {
+            let batched = row_losses(len, Normalise::Tokens);
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs().max(1e-6);
+            assert!(
+                close(batched.0, alone.0) && close(batched.1, alone.1),
+                "padded to {len}: {batched:?} vs alone {alone:?}"
+            );
+        }
+        // The reference's mean over every position shrinks as padding grows.
+        let (r5, r40) = (
+            row_losses(5, Normalise::Reference),
+            row_losses(40, Normalise::Reference),
+        );
+        assert!(r40.0 < 0.5 * r5.0 && r40.1 < r5.1, "{r5:?} vs {r40:?}");
+        // Without padding the two agree.
+        assert!(
+            (r5.0 - alone.0).abs() <= 1e-5 * alone.0 && (r5.1 - alone.1).abs() <= 1e-5 * alone.1
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod replicas;
 pub mod student;
 pub mod trainer;
 
-pub use losses::LossWeights;
+pub use losses::{LossWeights, Normalise};
 pub use mapping::{LayerMap, MapStrategy};
 pub use student::{build_student, Projection, Student, StudentInit, StudentSpec, TeacherParts};
 pub use trainer::{

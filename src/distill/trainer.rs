@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use super::losses::{self, LossWeights};
+use super::losses::{self, LossWeights, Normalise};
 use super::mapping::{self, LayerMap};
 use super::student::{project, Student};
 use crate::model::bert::Linear;
@@ -82,6 +82,13 @@ pub struct TrainSettings {
     /// The f16 loss scale at the start of the stage.
     #[serde(default = "initial_loss_scale")]
     pub initial_loss_scale: f64,
+    /// How the attention and hidden-state losses are averaged.
+    #[serde(default)]
+    pub normalise: Normalise,
+    /// Pad every batch to this many tokens (`reference` normalisation); none: each
+    /// batch to its longest row.
+    #[serde(default)]
+    pub pad_to: Option<usize>,
 }
 
 fn initial_loss_scale() -> f64 {
@@ -108,6 +115,8 @@ impl Default for TrainSettings {
             log_every: 10,
             precision: Precision::F32,
             initial_loss_scale: LossScale::INITIAL,
+            normalise: Normalise::default(),
+            pad_to: None,
         }
     }
 }
@@ -234,6 +243,48 @@ pub fn check_compatible(
     Ok(())
 }
 
+/// A data-parallel worker's loss is multiplied by its share of the batch's rows; a
+/// mean over its own real tokens (or real attention pairs) needs another factor for
+/// the workers' sum to be the whole batch's mean: these, divided by the row share.
+#[derive(Debug, Clone, Copy)]
+struct TokenShare {
+    tokens: f64,
+    pairs: f64,
+}
+
+impl TokenShare {
+    fn of(mine: &[usize], batch: &[usize], lengths: &[usize], row_share: f64) -> Self {
+        let sum = |rows: &[usize], f: &dyn Fn(usize) -> f64| -> f64 {
+            rows.iter().map(|&i| f(lengths[i])).sum()
+        };
+        let ratio = |f: &dyn Fn(usize) -> f64| {
+            let whole = sum(batch, f);
+            if whole > 0.0 && row_share > 0.0 {
+                sum(mine, f) / whole / row_share
+            } else {
+                1.0
+            }
+        };
+        TokenShare {
+            tokens: ratio(&|n| n as f64),
+            pairs: ratio(&|n| (n * n) as f64),
+        }
+    }
+}
+
+/// Hidden-state (or embedding) MSE under the stage's normalisation.
+fn hidden_loss(
+    normalise: Normalise,
+    student: &Tensor,
+    teacher: &Tensor,
+    input: &crate::model::BertInput,
+) -> candle_core::Result<Tensor> {
+    match normalise {
+        Normalise::Reference => losses::hidden_mse(student, teacher),
+        Normalise::Tokens => losses::hidden_mse_tokens(student, teacher, &input.attention_mask),
+    }
+}
+
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64)
 }
@@ -277,8 +328,14 @@ impl Trainer<'_> {
         teacher_out: Option<&ClassifierOutput>,
         teacher_logits: Option<&Tensor>,
         targets: Option<&Tensor>,
+        token_share: TokenShare,
     ) -> Result<(Tensor, BTreeMap<String, f64>)> {
         let w = &stage.losses;
+        // Token means are over this worker's tokens: rescaled to the whole batch's.
+        let (per_pair, per_token) = match stage.settings.normalise {
+            Normalise::Tokens => (token_share.pairs, token_share.tokens),
+            Normalise::Reference => (1.0, 1.0),
+        };
         let mut total: Option<Tensor> = None;
         let mut parts = BTreeMap::new();
         let mut add = |name: &str, weight: f64, loss: Tensor| -> Result<()> {
@@ -296,17 +353,23 @@ impl Trainer<'_> {
             if w.attention > 0.0 {
                 let mut sum: Option<Tensor> = None;
                 for &(s, tl) in pairs {
-                    let l = losses::attention_mse(
+                    let (sa, ta) = (
                         &s_enc.attention_scores[s - 1],
                         &t_enc.attention_scores[tl - 1],
-                    )?;
+                    );
+                    let l = match stage.settings.normalise {
+                        Normalise::Reference => losses::attention_mse(sa, ta)?,
+                        Normalise::Tokens => {
+                            losses::attention_mse_tokens(sa, ta, &input.attention_mask)?
+                        }
+                    };
                     sum = Some(match sum {
                         Some(x) => (x + l)?,
                         None => l,
                     });
                 }
                 if let Some(sum) = sum {
-                    add("attention", w.attention, sum)?;
+                    add("attention", w.attention * per_pair, sum)?;
                 }
             }
             if w.hidden > 0.0 || w.cosine > 0.0 {
@@ -316,7 +379,7 @@ impl Trainer<'_> {
                     let projected = project(projections, s, &s_enc.hidden_states[s])?;
                     let target = &t_enc.hidden_states[tl];
                     if w.hidden > 0.0 {
-                        let l = losses::hidden_mse(&projected, target)?;
+                        let l = hidden_loss(stage.settings.normalise, &projected, target, input)?;
                         mse = Some(match mse {
                             Some(x) => (x + l)?,
                             None => l,
@@ -331,7 +394,7 @@ impl Trainer<'_> {
                     }
                 }
                 if let Some(l) = mse {
-                    add("hidden", w.hidden, l)?;
+                    add("hidden", w.hidden * per_token, l)?;
                 }
                 if let Some(l) = cos {
                     add("cosine", w.cosine, l)?;
@@ -339,11 +402,9 @@ impl Trainer<'_> {
             }
             if w.embedding > 0.0 {
                 let projected = project(projections, 0, &s_enc.hidden_states[0])?;
-                add(
-                    "embedding",
-                    w.embedding,
-                    losses::hidden_mse(&projected, &t_enc.hidden_states[0])?,
-                )?;
+                let target = &t_enc.hidden_states[0];
+                let l = hidden_loss(stage.settings.normalise, &projected, target, input)?;
+                add("embedding", w.embedding * per_token, l)?;
             }
         }
         let logits = &student_out.logits;
@@ -600,7 +661,9 @@ impl Trainer<'_> {
                     }
                     None => (&batch_idx[..], 1.0),
                 };
-                let pad_to = batch_idx.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+                let token_share = TokenShare::of(mine, batch_idx, &lengths, share);
+                let longest = batch_idx.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+                let pad_to = settings.pad_to.map_or(longest, |p| p.max(longest));
                 let mut step_dropout =
                     parallel.map(|p| progress.dropout_rng.fork(p.rank() as u64 + 1));
                 let dropout_rng = match step_dropout.as_mut() {
@@ -658,6 +721,7 @@ impl Trainer<'_> {
                         teacher_out.as_ref(),
                         cached_logits.as_ref(),
                         targets.as_ref(),
+                        token_share,
                     )?;
                     let loss = if share == 1.0 { loss } else { (loss * share)? };
                     let grads = if loss_scale == 1.0 {

@@ -42,6 +42,7 @@ pub fn default_finetune_stage() -> StageSpec {
         checkpoint_every: 200,
         precision: None,
         eval_every: None,
+        normalise: Default::default(),
     }
 }
 
