@@ -31,6 +31,8 @@ pub struct Plan {
     /// The teacher's fine-tuning on the task, when the run does it first.
     pub teacher_finetune: Option<FinetunePlan>,
     pub stages: Vec<StagePlan>,
+    /// What the run will do that the user may not expect (printed last).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -290,6 +292,35 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
             .collect(),
         teacher_finetune,
         stages,
+        warnings: augmentation_warnings(recipe, &data)?,
+    })
+}
+
+/// Masked-LM augmentation without GloVe leaves multi-piece words unchanged: how many.
+fn augmentation_warnings(recipe: &Recipe, data: &crate::pipeline::TaskData) -> Result<Vec<String>> {
+    let Some(a) = &recipe.augment else {
+        return Ok(Vec::new());
+    };
+    let mlm = a.method.list().contains(&crate::augment::Method::Mlm);
+    if !recipe.needs_augmentation() || !mlm || a.glove.is_some() {
+        return Ok(Vec::new());
+    }
+    let texts = data
+        .train
+        .examples
+        .iter()
+        .flat_map(|e| std::iter::once(e.text_a.as_str()).chain(e.text_b.as_deref()));
+    // A plan should not fail for want of the masked LM's tokenizer (offline, say).
+    let counted = ModelFiles::read_tokenizer_only(&a.mlm_model)
+        .and_then(|t| crate::augment::mlm::count_multi_piece_words(texts, &t));
+    Ok(match counted {
+        Ok((candidates, multi)) => crate::augment::mlm::no_glove_warning(candidates, multi)
+            .into_iter()
+            .collect(),
+        Err(e) => vec![format!(
+            "no GloVe vectors given (augment.glove): words of several WordPieces will never be \
+             replaced (not counted: {e})"
+        )],
     })
 }
 
@@ -423,6 +454,9 @@ impl Plan {
                 self.dev_examples,
                 st.evaluations * self.dev_examples
             );
+        }
+        for w in &self.warnings {
+            s += &format!("\nwarning: {w}\n");
         }
         s
     }

@@ -150,3 +150,95 @@ fn augment_reads_the_task_split_from_a_glue_folder() {
         && r.text_a == "the movie was good"
         && r.text_b.as_deref() != Some("the film was good")));
 }
+
+/// Masked-LM augmentation without GloVe warns how many words it cannot replace; with
+/// GloVe vectors from a hub dataset (a deflated .zip, read from a pre-seeded cache
+/// offline) those words get neighbours.
+#[test]
+fn glove_from_a_hub_dataset_replaces_multi_piece_words() {
+    use sha2::Digest;
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_random_masked_lm(&d.join("mlm"), &tiny_config(32, 1, 2, 64), 1).unwrap();
+    // Words outside the tiny vocabulary split into letters: several WordPieces.
+    std::fs::write(
+        d.join("train.tsv"),
+        "sentence\tlabel\nthe zebra was good\t1\na quokka and a wombat\t0\n",
+    )
+    .unwrap();
+    let glove = "zebra 1 0 0\nokapi 0.9 0.1 0\nquokka 0 1 0\nwombat 0 0.9 0.1\n";
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("glove.test.3d.txt", options).unwrap();
+    zip.write_all(glove.as_bytes()).unwrap();
+    let bytes = zip.finish().unwrap().into_inner();
+    // The hub cache's layout: blobs by sha256, a snapshot per commit, refs/main.
+    let repo = d.join("hf/hub/datasets--org--glove");
+    let commit = "e".repeat(40);
+    let blob = format!("{:x}", sha2::Sha256::digest(&bytes));
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(&commit)).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("blobs").join(&blob), &bytes).unwrap();
+    std::fs::write(
+        repo.join("snapshots").join(&commit).join("glove.zip"),
+        &bytes,
+    )
+    .unwrap();
+    std::fs::write(repo.join("refs/main"), &commit).unwrap();
+
+    let run = |out: &str, glove: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_candle-distill"));
+        c.args([
+            "augment", "--task", "sst2", "--method", "mlm", "--n-aug", "2", "--p-t", "1",
+            "--top-k", "1",
+        ])
+        .arg("--input")
+        .arg(d.join("train.tsv"))
+        .arg("--out")
+        .arg(d.join(out))
+        .arg("--mlm-model")
+        .arg(d.join("mlm"))
+        .env("HF_HOME", d.join("hf"))
+        .env("HF_HUB_OFFLINE", "1");
+        if let Some(g) = glove {
+            c.args(["--glove", g]);
+        }
+        let o = c.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        assert!(o.status.success(), "{stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let (stdout, stderr) = run("plain", None);
+    assert!(
+        stderr.contains("no GloVe vectors given (augment.glove): 3 of 4 candidate words"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("GloVe 0, kept unchanged for lack of GloVe vectors 3"),
+        "{stdout}"
+    );
+    let (stdout, stderr) = run("glove", Some("hf://datasets/org/glove/glove.zip"));
+    assert!(!stderr.contains("no GloVe vectors"), "{stderr}");
+    assert!(
+        stdout.contains("GloVe 3, kept unchanged for lack of GloVe vectors 0"),
+        "{stdout}"
+    );
+    let rows = read_augmented(
+        &std::fs::read_dir(d.join("glove"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        rows.iter().any(|r| r.text_a.contains("okapi")),
+        "zebra's neighbour never used: {rows:?}\n{stdout}\n{stderr}"
+    );
+}

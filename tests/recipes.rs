@@ -77,7 +77,10 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
         .arg(format!("task.data={}", glue.display()))
         .args([
             "--set",
-            "augment={ method = \"both\", n_aug = 4, samples = 2 }",
+            &format!(
+                "augment={{ method = \"both\", n_aug = 4, samples = 2, mlm_model = \"{}\" }}",
+                model.display()
+            ),
             "--set",
             "stages.0.data={ source = \"augmented\" }",
             "--set",
@@ -120,6 +123,17 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
         text.contains("normalise   tokens: a mean over real tokens"),
         "{text}"
     );
+    // No GloVe file: the plan counts the words masked-LM augmentation cannot replace.
+    let warning = text
+        .lines()
+        .find(|l| l.starts_with("warning: no GloVe vectors given (augment.glove): "))
+        .unwrap_or_else(|| panic!("no GloVe warning: {text}"));
+    let counts: Vec<usize> = warning
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .take(2)
+        .collect();
+    assert!(counts[0] > 0 && counts[0] < counts[1], "{warning}");
     assert!(text.contains("2 data-parallel replicas"), "{text}");
     assert!(text.contains("bf16 compute"), "{text}");
     assert!(

@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::backtranslate::{BackTranslator, BacktranslateConfig};
 use super::cache::{read_augmented, run_cached, CacheSpec, KeyBuilder, Outcome};
+use super::glove::{Glove, GloveSource};
 use super::marian::{MarianFiles, MarianTranslator, Sampling};
-use super::mlm::{BertMaskFiller, Glove, MlmAugmenter, MlmConfig};
+use super::mlm::{
+    count_multi_piece_words, no_glove_warning, BertMaskFiller, MlmAugmenter, MlmConfig,
+};
 use super::{AugmentedRow, Method, TextAugmenter, TextRef};
 use crate::model::{build_masked_lm, BuildOptions, ModelFiles};
 use crate::{Error, Result};
@@ -42,8 +45,9 @@ pub struct AugmentSettings {
     pub method: Methods,
     /// Masked LM (folder or hub id).
     pub mlm_model: String,
-    /// GloVe text file for words of several WordPieces (otherwise they stay).
-    pub glove: Option<PathBuf>,
+    /// GloVe vectors for words of several WordPieces (otherwise they stay): a local
+    /// file or `hf://datasets/org/name[@revision]/path`, text or a .zip of it.
+    pub glove: Option<String>,
     /// GloVe rows to load (the reference used the first 100,000).
     pub glove_words: usize,
     /// Replacement probability p_t.
@@ -236,7 +240,11 @@ fn mlm_job(
     {
         key.add_file("tokenizer", p)?;
     }
-    if let Some(g) = &settings.glove {
+    let glove_path = match &settings.glove {
+        Some(spec) => Some(GloveSource::parse(spec)?.resolve()?),
+        None => None,
+    };
+    if let Some(g) = &glove_path {
         key.add_file("glove", g)?;
     }
     let spec = spec(ctx, settings, Method::Mlm, key.finish());
@@ -252,8 +260,16 @@ fn mlm_job(
         ),
         &what,
     )?;
-    let filler = BertMaskFiller::new(built.model, files.read_tokenizer()?, ctx.device)?;
-    let glove = match &settings.glove {
+    let tokenizer = files.read_tokenizer()?;
+    if glove_path.is_none() {
+        let texts = rows.iter().flatten().map(String::as_str);
+        let (candidates, multi) = count_multi_piece_words(texts, &tokenizer)?;
+        if let Some(w) = no_glove_warning(candidates, multi) {
+            tracing::warn!("{w}");
+        }
+    }
+    let filler = BertMaskFiller::new(built.model, tokenizer, ctx.device)?;
+    let glove = match &glove_path {
         Some(path) => Some(context(
             Glove::from_file(path, settings.glove_words),
             format!("GloVe {}", path.display()),

@@ -18,8 +18,6 @@
 //! not kept even when the original's spacing differs from the joined words.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
-use std::path::Path;
 
 use candle_core::Device;
 use tokenizers::normalizers::bert::BertNormalizer;
@@ -28,6 +26,7 @@ use tokenizers::{
     NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
 };
 
+pub use super::glove::Glove;
 use super::{text_rng, Method, TextAugmenter, TextRef};
 use crate::model::BertForMaskedLM;
 use crate::tokenizer::{pad_batch, Encoded, TextTokenizer};
@@ -307,133 +306,46 @@ impl MaskFiller for BertMaskFiller {
     }
 }
 
-/// GloVe vectors (first `max_words` rows of a text file), unit-normalised, for
-/// nearest-neighbour look-ups of multi-piece words.
-#[derive(Debug)]
-pub struct Glove {
-    words: Vec<String>,
-    index: HashMap<String, usize>,
-    /// Row-major, `words.len() * dim`.
-    vectors: Vec<f32>,
-    dim: usize,
-    cache: HashMap<(String, usize), Vec<String>>,
-}
-
-impl Glove {
-    /// Reads `word v1 v2 ...` lines. The reference read the first 100,000 rows.
-    pub fn from_file(path: &Path, max_words: usize) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut words = Vec::new();
-        let mut vectors = Vec::new();
-        let mut dim = 0;
-        for (line_no, line) in std::io::BufReader::new(file).lines().enumerate() {
-            if words.len() >= max_words {
-                break;
+/// Candidate words in `texts` and how many of them have several WordPieces: the
+/// words only GloVe neighbours can replace (the masked LM fills single pieces).
+pub fn count_multi_piece_words<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    tokenizer: &TextTokenizer,
+) -> Result<(usize, usize)> {
+    let lowercase = tokenizer.lowercase().unwrap_or(true);
+    let mut pieces: HashMap<String, usize> = HashMap::new();
+    let (mut candidates, mut multi) = (0, 0);
+    for text in texts {
+        for word in basic_words(text, lowercase)? {
+            if !is_candidate(&word) {
+                continue;
             }
-            let line = line.map_err(|e| Error::io(path, e))?;
-            let mut parts = line.split_whitespace();
-            let Some(word) = parts.next() else { continue };
-            let values = parts
-                .map(|v| v.parse::<f32>())
-                .collect::<std::result::Result<Vec<f32>, _>>()
-                .map_err(|e| Error::invalid(path.display(), format!("line {}", line_no + 1), e))?;
-            if dim == 0 {
-                dim = values.len();
-            }
-            if values.len() != dim || dim == 0 {
-                return Err(Error::invalid(
-                    path.display(),
-                    format!("line {}", line_no + 1),
-                    format!(
-                        "expected {dim} numbers after the word, found {}",
-                        values.len()
-                    ),
-                ));
-            }
-            words.push(word.to_string());
-            vectors.extend(values);
-        }
-        Ok(Self::from_vectors(words, vectors, dim))
-    }
-
-    /// From words and their vectors (row-major); vectors are normalised here.
-    pub fn from_vectors(words: Vec<String>, mut vectors: Vec<f32>, dim: usize) -> Self {
-        for row in vectors.chunks_mut(dim.max(1)) {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-            if norm > 0.0 {
-                row.iter_mut().for_each(|v| *v /= norm);
-            }
-        }
-        let mut index = HashMap::new();
-        for (i, w) in words.iter().enumerate() {
-            index.entry(w.clone()).or_insert(i);
-        }
-        Glove {
-            words,
-            index,
-            vectors,
-            dim,
-            cache: HashMap::new(),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.words.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
-    }
-
-    /// The `k` most similar words (cosine), the word itself excluded; empty when the
-    /// word is not in the vocabulary. A Title-case word gets Title-case neighbours.
-    pub fn neighbours(&mut self, word: &str, k: usize) -> Vec<String> {
-        let key = (word.to_string(), k);
-        if let Some(hit) = self.cache.get(&key) {
-            return hit.clone();
-        }
-        let Some(&i) = self.index.get(word) else {
-            return Vec::new();
-        };
-        let query = &self.vectors[i * self.dim..(i + 1) * self.dim];
-        let mut scores: Vec<f32> = self
-            .vectors
-            .chunks(self.dim)
-            .map(|row| row.iter().zip(query).map(|(a, b)| a * b).sum())
-            .collect();
-        scores[i] = f32::NEG_INFINITY;
-        let title = is_title(word);
-        let out: Vec<String> = top_k_indices(&scores, k + 1)
-            .into_iter()
-            .filter(|&j| j != i)
-            .take(k)
-            .map(|j| {
-                if title {
-                    to_title(&self.words[j])
-                } else {
-                    self.words[j].clone()
+            let n = match pieces.get(&word) {
+                Some(&n) => n,
+                None => {
+                    let n = tokenizer.pieces(&word)?.len();
+                    pieces.insert(word, n);
+                    n
                 }
-            })
-            .collect();
-        self.cache.insert(key, out.clone());
-        out
+            };
+            candidates += 1;
+            multi += usize::from(n > 1);
+        }
     }
+    Ok((candidates, multi))
 }
 
-fn is_title(word: &str) -> bool {
-    let mut chars = word.chars();
-    chars.next().is_some_and(|c| c.is_uppercase()) && chars.all(|c| !c.is_uppercase())
-}
-
-fn to_title(word: &str) -> String {
-    let mut chars = word.chars();
-    match chars.next() {
-        Some(c) => c
-            .to_uppercase()
-            .chain(chars.flat_map(|c| c.to_lowercase()))
-            .collect(),
-        None => String::new(),
-    }
+/// The warning for augmentation without GloVe, or none when no word needs it.
+pub fn no_glove_warning(candidates: usize, multi: usize) -> Option<String> {
+    (multi > 0).then(|| {
+        format!(
+            "no GloVe vectors given (augment.glove): {multi} of {candidates} candidate words \
+             ({:.1}%) have several WordPieces and will never be replaced. TinyBERT replaces them \
+             with GloVe neighbours (the paper: the first 100,000 rows of glove.42B.300d); give a \
+             file or hf://datasets/org/name/path",
+            100.0 * multi as f64 / candidates.max(1) as f64
+        )
+    })
 }
 
 /// A token that may replace a word: no `##` continuation, no `[SPECIAL]` token.

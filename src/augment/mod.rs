@@ -8,6 +8,7 @@
 
 pub mod backtranslate;
 pub mod cache;
+pub mod glove;
 pub mod input;
 pub mod job;
 pub mod marian;

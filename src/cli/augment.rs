@@ -46,9 +46,10 @@ pub struct Args {
     /// Masked LM (folder or hub id).
     #[arg(long, default_value = "bert-base-uncased")]
     pub mlm_model: String,
-    /// GloVe text file for words of several WordPieces (otherwise they stay).
+    /// GloVe vectors for words of several WordPieces (otherwise they stay): a file
+    /// (text, or a .zip of it) or hf://datasets/org/name[@revision]/path.
     #[arg(long)]
-    pub glove: Option<PathBuf>,
+    pub glove: Option<String>,
     /// GloVe rows to load (the reference used the first 100,000).
     #[arg(long, default_value_t = 100_000)]
     pub glove_words: usize,

@@ -54,27 +54,20 @@ impl ModelFiles {
             Some((_, path)) => WeightFiles::Safetensors(vec![path]),
             None => return Err(source.missing(&WEIGHT_CANDIDATES)),
         };
-        let optional = |name: &str| -> Result<Option<PathBuf>> {
-            Ok(source.first_of(&[name])?.map(|(_, p)| p))
-        };
-        let tokenizer_json = optional("tokenizer.json")?;
-        // Kept even beside tokenizer.json: exports and fine-tuned folders ship it too.
-        let vocab_txt = optional("vocab.txt")?;
-        if tokenizer_json.is_none() && vocab_txt.is_none() {
-            return Err(source.missing(&["tokenizer.json", "vocab.txt"]));
-        }
         Ok(ModelFiles {
             spec: spec.to_string(),
             config,
             weights,
-            tokenizer: TokenizerFiles {
-                tokenizer_json,
-                vocab_txt,
-                tokenizer_config: optional("tokenizer_config.json")?,
-                special_tokens_map: optional("special_tokens_map.json")?,
-            },
+            tokenizer: tokenizer_files(source)?,
             commit: source.commit(),
         })
+    }
+
+    /// The tokenizer of a folder or hub id alone, without fetching the weights (for
+    /// plans).
+    pub fn read_tokenizer_only(spec: &str) -> Result<TextTokenizer> {
+        let source = Location::parse(spec, RepoKind::Model)?.open()?;
+        TextTokenizer::from_files(&tokenizer_files(&source)?)
     }
 
     pub fn read_config(&self) -> Result<BertConfig> {
@@ -95,6 +88,23 @@ impl ModelFiles {
             .iter()
             .any(|n| n.starts_with("fit_dense")))
     }
+}
+
+fn tokenizer_files(source: &FileSource) -> Result<TokenizerFiles> {
+    let optional =
+        |name: &str| -> Result<Option<PathBuf>> { Ok(source.first_of(&[name])?.map(|(_, p)| p)) };
+    let tokenizer_json = optional("tokenizer.json")?;
+    // Kept even beside tokenizer.json: exports and fine-tuned folders ship it too.
+    let vocab_txt = optional("vocab.txt")?;
+    if tokenizer_json.is_none() && vocab_txt.is_none() {
+        return Err(source.missing(&["tokenizer.json", "vocab.txt"]));
+    }
+    Ok(TokenizerFiles {
+        tokenizer_json,
+        vocab_txt,
+        tokenizer_config: optional("tokenizer_config.json")?,
+        special_tokens_map: optional("special_tokens_map.json")?,
+    })
 }
 
 /// How to build a model from a checkpoint.
