@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use candle_distill::distill::{
-    LayerMap, Progress, Stage, StageKind, StudentInit, TrainSettings, Trainer,
+    LayerMap, Normalise, Progress, Stage, StageKind, StudentInit, TrainSettings, Trainer,
 };
 use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{write_tiny_tokenizer, TinyDistillation};
@@ -182,4 +182,77 @@ fn f16_runs_resume_with_their_loss_scale() {
         scale.skipped > 0 && scale.scale < 2f64.powi(40),
         "{scale:?}"
     );
+}
+
+/// The first step's loss parts of an intermediate stage trained with `settings`.
+fn first_step_losses(dir: &std::path::Path, settings: &TrainSettings) -> serde_json::Value {
+    let dev = Device::Cpu;
+    let tiny = TinyDistillation::new(dir.parent().unwrap(), 32, &dev).unwrap();
+    let init = StudentInit::Random {
+        layers: 2,
+        hidden: 16,
+        heads: 4,
+        intermediate: 32,
+    };
+    let student = tiny.student(&init, &dev).unwrap();
+    let Opened::Fresh(run) = RunDir::open(dir, "recipe", false).unwrap() else {
+        panic!("fresh folder expected");
+    };
+    let trainer = Trainer {
+        teacher: Some(&tiny.teacher),
+        student: &student,
+        evaluator: None,
+        run: &run,
+        device: dev,
+        pad_id: tiny.tokenizer.pad_id(),
+        interrupt_after: None,
+        parallel: None,
+    };
+    let layer_map = LayerMap::default();
+    let stage = Stage {
+        index: 0,
+        name: "intermediate",
+        kind: StageKind::Intermediate,
+        losses: StageKind::Intermediate.default_losses(),
+        layer_map: &layer_map,
+        settings,
+        data: &tiny.examples,
+        teacher_logits: None,
+        keep_best: false,
+        seed: 7,
+    };
+    trainer.run_stage(&stage, None).unwrap();
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let first = metrics.lines().next().expect("a logged step");
+    serde_json::from_str::<serde_json::Value>(first).unwrap()["losses"].clone()
+}
+
+/// `reference` normalisation pads every intermediate batch to `pad_to` (the recipe's
+/// max_seq_len) and averages over all of it, as TinyBERT's code does; without `pad_to`
+/// each batch is padded to its longest row only.
+#[test]
+fn reference_normalisation_pads_intermediate_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |pad_to: Option<usize>| TrainSettings {
+        epochs: 1,
+        max_steps: Some(1),
+        batch_size: 8,
+        log_every: 1,
+        normalise: Normalise::Reference,
+        pad_to,
+        ..Default::default()
+    };
+    let longest = first_step_losses(&dir.path().join("longest"), &settings(None));
+    let padded = first_step_losses(&dir.path().join("padded"), &settings(Some(96)));
+    let part = |v: &serde_json::Value, name: &str| v[name].as_f64().unwrap();
+    // Masked attention entries count as zeros: padding dilutes the attention loss...
+    let (l, p) = (part(&longest, "attention"), part(&padded, "attention"));
+    assert!(
+        p < 0.8 * l,
+        "attention: padded to 96 {p} vs longest row {l}"
+    );
+    // ...while padded positions' hidden states still differ, and count.
+    for name in ["hidden", "embedding"] {
+        assert_ne!(part(&longest, name), part(&padded, name), "{name}");
+    }
 }
