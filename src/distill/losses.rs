@@ -58,6 +58,10 @@ pub enum Normalise {
 pub fn attention_mse_tokens(student: &Tensor, teacher: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let s = student.to_dtype(DType::F32)?;
     let t = teacher.to_dtype(DType::F32)?;
+    if kernels::applies(&s) && kernels::applies(&t) {
+        // One pass over (batch, heads, seq, seq) instead of five whole-tensor ops.
+        return kernels::token_pair_mse(&s, &t, mask);
+    }
     let heads = s.dim(1)? as f64;
     let m = mask.to_dtype(DType::F32)?;
     // (batch, 1, seq, seq): 1 where both query and key are real tokens.

@@ -492,6 +492,175 @@ pub fn masked_mse(a: &Tensor, b: &Tensor, floor: f32) -> Result<Tensor> {
         .apply_op2(&b.contiguous()?.detach(), MaskedMse { floor })
 }
 
+// ---------------------------------------------------------------- token-pair MSE
+
+/// Rows (one query of one head) per block of the token-pair MSE's sums.
+const PAIR_ROWS: usize = 256;
+
+/// The layout of a (batch, heads, seq, seq) score tensor and its (batch, seq) mask.
+#[derive(Clone, Copy)]
+struct PairLayout {
+    heads: usize,
+    seq: usize,
+}
+
+impl PairLayout {
+    fn of(al: &Layout, ml: &Layout) -> Result<Self> {
+        match (al.dims(), ml.dims()) {
+            (&[b, h, q, k], &[mb, ms]) if q == k && mb == b && ms == q => {
+                Ok(PairLayout { heads: h, seq: q })
+            }
+            (a, m) => bail!("token-pair MSE: scores {a:?} and mask {m:?} do not match"),
+        }
+    }
+
+    /// The mask row of score row `r` and that row's query position.
+    fn row(&self, r: usize) -> (usize, usize) {
+        (r / (self.heads * self.seq), r % self.seq)
+    }
+
+    /// Real (query, key) pairs over all heads: heads * sum over rows of len^2.
+    fn count(&self, mask: &[f32]) -> f64 {
+        let per_row: f64 = mask
+            .chunks(self.seq)
+            .map(|m| {
+                let n: f64 = m.iter().map(|&v| v as f64).sum();
+                n * n
+            })
+            .sum();
+        (per_row * self.heads as f64).max(1.0)
+    }
+}
+
+/// mean over real (query, key) pairs of (a - b)^2: `mask` (batch, seq) is 1 for real
+/// tokens. One pass, summed in fixed blocks in order (deterministic).
+struct TokenPairMse;
+
+impl CustomOp3 for TokenPairMse {
+    fn name(&self) -> &'static str {
+        "fused-token-pair-mse"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (
+            contiguous_f32(a, al, self.name())?,
+            contiguous_f32(b, bl, self.name())?,
+        );
+        let mask = contiguous_f32(m, ml, self.name())?;
+        let p = PairLayout::of(al, ml)?;
+        if a.len() != b.len() {
+            bail!(
+                "{}: shapes {:?} and {:?}",
+                self.name(),
+                al.dims(),
+                bl.dims()
+            );
+        }
+        let block = PAIR_ROWS * p.seq;
+        let partial: Vec<f64> = a
+            .par_chunks(block)
+            .zip(b.par_chunks(block))
+            .enumerate()
+            .map(|(i, (a, b))| {
+                let mut sum = 0f64;
+                for (j, (a, b)) in a.chunks(p.seq).zip(b.chunks(p.seq)).enumerate() {
+                    let (row, q) = p.row(i * PAIR_ROWS + j);
+                    let m = &mask[row * p.seq..(row + 1) * p.seq];
+                    if m[q] == 0.0 {
+                        continue;
+                    }
+                    let d = a
+                        .iter()
+                        .zip(b)
+                        .zip(m)
+                        .map(|((&a, &b), &m)| m * (a - b) * (a - b));
+                    sum += sum8(d) as f64;
+                }
+                sum
+            })
+            .collect();
+        let mean = partial.iter().sum::<f64>() / p.count(mask);
+        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        mask: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let count = with_f32(mask, |m| {
+            PairLayout::of(a.layout(), mask.layout()).map(|p| p.count(m))
+        })??;
+        let scale = (2.0 * grad.to_scalar::<f32>()? as f64 / count) as f32;
+        let grad_a = a.apply_op3_no_bwd(b, mask, &TokenPairMseGrad { scale })?;
+        Ok((Some(grad_a), None, None))
+    }
+}
+
+/// d/da of [`TokenPairMse`] times the upstream gradient: scale * m_q * m_k * (a - b).
+struct TokenPairMseGrad {
+    scale: f32,
+}
+
+impl CustomOp3 for TokenPairMseGrad {
+    fn name(&self) -> &'static str {
+        "fused-token-pair-mse-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (
+            contiguous_f32(a, al, self.name())?,
+            contiguous_f32(b, bl, self.name())?,
+        );
+        let mask = contiguous_f32(m, ml, self.name())?;
+        let p = PairLayout::of(al, ml)?;
+        let mut da = vec![0f32; a.len()];
+        da.par_chunks_mut(p.seq)
+            .zip(a.par_chunks(p.seq).zip(b.par_chunks(p.seq)))
+            .enumerate()
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(r, (d, (a, b)))| {
+                let (row, q) = p.row(r);
+                let m = &mask[row * p.seq..(row + 1) * p.seq];
+                let s = self.scale * m[q];
+                for k in 0..p.seq {
+                    d[k] = s * m[k] * (a[k] - b[k]);
+                }
+            });
+        Ok((CpuStorage::F32(da), al.shape().clone()))
+    }
+}
+
+/// The mean over real (query, key) pairs of `(a - b)^2`, for (batch, heads, seq, seq)
+/// scores and a (batch, seq) mask of 0/1 (any dtype). The gradient flows to `a` only.
+/// `a` must satisfy [`applies`].
+pub fn token_pair_mse(a: &Tensor, b: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op3(
+        &b.contiguous()?.detach(),
+        &mask.to_dtype(DType::F32)?.contiguous()?.detach(),
+        TokenPairMse,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,6 +851,63 @@ mod tests {
             &small,
             |t| masked_mse(t, &target, -100.0).unwrap(),
             &[0, 13, 35],
+        );
+    }
+
+    #[test]
+    fn token_pair_mse_matches_plain_composition_and_finite_differences() {
+        let dev = Device::Cpu;
+        // Rows of 9, 5 and 2 real tokens out of 9; more rows than one block of sums.
+        let (b, h, s) = (3, 40, 9);
+        let lens = [9usize, 5, 2];
+        let mask: Vec<f32> = lens
+            .iter()
+            .flat_map(|&n| (0..s).map(move |i| if i < n { 1.0 } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, s), &dev).unwrap();
+        let a = Var::randn(0f32, 2.0, (b, h, s, s), &dev).unwrap();
+        let target = Tensor::randn(0f32, 2.0, (b, h, s, s), &dev).unwrap();
+        let plain = |a: &Tensor| {
+            let pairs = mask
+                .unsqueeze(2)
+                .unwrap()
+                .broadcast_mul(&mask.unsqueeze(1).unwrap())
+                .unwrap()
+                .unsqueeze(1)
+                .unwrap();
+            let count = (pairs.sum_all().unwrap() * h as f64).unwrap();
+            (a - &target)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .broadcast_mul(&pairs)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .div(&count)
+                .unwrap()
+        };
+        let fused = token_pair_mse(a.as_tensor(), &target, &mask).unwrap();
+        let expected = plain(a.as_tensor());
+        let (f, p) = (
+            fused.to_scalar::<f32>().unwrap(),
+            expected.to_scalar::<f32>().unwrap(),
+        );
+        assert!((f - p).abs() < 1e-5 * p, "{f} vs {p}");
+        let gf = fused.backward().unwrap();
+        let gp = expected.backward().unwrap();
+        let d = max_diff(
+            gf.get(a.as_tensor()).unwrap(),
+            gp.get(a.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-9, "gradient differs by {d}");
+        let small_mask = Tensor::new(&[[1f32, 1.0, 0.0], [1.0, 0.0, 0.0]], &dev).unwrap();
+        let small = Var::randn(0f32, 1.0, (2, 2, 3, 3), &dev).unwrap();
+        let small_target = Tensor::randn(0f32, 1.0, (2, 2, 3, 3), &dev).unwrap();
+        finite_differences(
+            &small,
+            |t| token_pair_mse(t, &small_target, &small_mask).unwrap(),
+            &[0, 1, 4, 10, 27],
         );
     }
 
