@@ -242,3 +242,25 @@ fn glove_from_a_hub_dataset_replaces_multi_piece_words() {
         "zebra's neighbour never used: {rows:?}\n{stdout}\n{stderr}"
     );
 }
+
+/// An input file with a header and no rows is an error that names the file once.
+#[test]
+fn an_empty_input_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("empty.tsv");
+    std::fs::write(&input, "sentence\tlabel\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_candle-distill"))
+        .args(["augment", "--task", "sst2", "--input"])
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches(input.to_str().unwrap()).count(),
+        1,
+        "the file is named once: {err}"
+    );
+}

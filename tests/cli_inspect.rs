@@ -155,4 +155,9 @@ fn a_folder_without_weights_is_an_error_naming_it() {
         err.contains(tmp.path().to_str().unwrap()) && err.contains("model.safetensors"),
         "{err}"
     );
+    assert_eq!(
+        err.matches(tmp.path().to_str().unwrap()).count(),
+        1,
+        "the folder is named once: {err}"
+    );
 }

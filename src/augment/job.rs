@@ -223,8 +223,9 @@ fn mlm_job(
         seed: ctx.seed,
     };
     let model = &settings.mlm_model;
-    let what = format!("masked LM {model}");
-    let files = context(ModelFiles::resolve(model), &what)?;
+    // Errors below name the model (or its files) themselves: the context says its role.
+    let what = "masked LM";
+    let files = context(ModelFiles::resolve(model), what)?;
     let mut key = KeyBuilder::new();
     key.add_rows(rows)
         .add("method", b"mlm")
@@ -258,7 +259,7 @@ fn mlm_job(
             files.read_weights()?,
             &BuildOptions::inference(ctx.device),
         ),
-        &what,
+        what,
     )?;
     let tokenizer = files.read_tokenizer()?;
     if glove_path.is_none() {
@@ -272,7 +273,7 @@ fn mlm_job(
     let glove = match &glove_path {
         Some(path) => Some(context(
             Glove::from_file(path, settings.glove_words),
-            format!("GloVe {}", path.display()),
+            "GloVe vectors",
         )?),
         None => None,
     };
@@ -314,11 +315,11 @@ fn backtranslate_job(
     };
     let forward = context(
         MarianFiles::resolve(&settings.mt_forward),
-        &settings.mt_forward,
+        "forward translation model",
     )?;
     let backward = context(
         MarianFiles::resolve(&settings.mt_backward),
-        &settings.mt_backward,
+        "backward translation model",
     )?;
     let mut key = KeyBuilder::new();
     key.add_rows(rows).add("method", b"backtranslate");
@@ -338,11 +339,11 @@ fn backtranslate_job(
     }
     let fwd = context(
         MarianTranslator::load(&forward, ctx.device, DType::F32),
-        &settings.mt_forward,
+        "forward translation model",
     )?;
     let bwd = context(
         MarianTranslator::load(&backward, ctx.device, DType::F32),
-        &settings.mt_backward,
+        "backward translation model",
     )?;
     let mut augmenter = BackTranslator::new(fwd, bwd, config)?;
     let outcome = run_cached(rows, &spec, &mut augmenter)?;

@@ -123,8 +123,8 @@ impl Args {
     /// The text rows to augment: the given file, or the task's training split.
     fn rows(&self) -> anyhow::Result<Vec<Vec<String>>> {
         if let Some(input) = &self.input {
-            let mut rows = read_text_rows(input, &self.text_columns, !self.no_header)
-                .with_context(|| format!("reading {}", input.display()))?;
+            // Its errors name the file.
+            let mut rows = read_text_rows(input, &self.text_columns, !self.no_header)?;
             if let Some(n) = self.limit {
                 rows.truncate(n);
             }
@@ -136,7 +136,7 @@ impl Args {
             ..Default::default()
         };
         let train = load_dataset(&data_source(&self.data), Some(task), Split::Train, &options)
-            .with_context(|| format!("loading the {task} training split from {}", self.data))?;
+            .with_context(|| format!("loading the {task} training split"))?;
         Ok(train.examples.iter().map(|e| e.texts()).collect())
     }
 }

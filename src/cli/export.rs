@@ -46,8 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.from.clone()
     };
-    let mut source = ExportSource::from_checkpoint(&from)
-        .with_context(|| format!("reading the checkpoint {}", args.from))?;
+    let mut source = ExportSource::from_checkpoint(&from).context("reading the checkpoint")?;
     source.card.teacher = args.teacher.clone();
     let check_examples = match &args.check_texts {
         Some(path) => read_examples(path)?,
@@ -60,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tolerance: None,
     };
     let report = export_classifier(&source, &args.out, &options)
-        .with_context(|| format!("exporting {} to {}", args.from, args.out.display()))?;
+        .with_context(|| format!("exporting {}", args.from))?;
     if let Some(path) = &args.logits_out {
         let logits = serde_json::json!({
             "model": report.out,

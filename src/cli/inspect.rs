@@ -1,6 +1,5 @@
 //! `candle-distill inspect <model>`: what a checkpoint is, before anyone trains on it.
 
-use anyhow::Context;
 use candle_distill::model::ModelFiles;
 
 #[derive(clap::Args)]
@@ -16,8 +15,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let files =
-        ModelFiles::resolve(&args.model).with_context(|| format!("resolving {}", args.model))?;
+    // Resolution errors name the folder or hub id themselves.
+    let files = ModelFiles::resolve(&args.model)?;
     let report = candle_distill::inspect::inspect(&files, args.seq_len)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
