@@ -31,6 +31,8 @@ pub struct Plan {
     /// The teacher's fine-tuning on the task, when the run does it first.
     pub teacher_finetune: Option<FinetunePlan>,
     pub stages: Vec<StagePlan>,
+    /// The sweep's variants and what they share, when the recipe has one.
+    pub sweep: Option<String>,
     /// What the run will do that the user may not expect (printed last).
     pub warnings: Vec<String>,
 }
@@ -292,8 +294,38 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
             .collect(),
         teacher_finetune,
         stages,
+        sweep: sweep_text(recipe)?,
         warnings: augmentation_warnings(recipe, &data)?,
     })
+}
+
+/// "N variants (...): stages 1..k once, the rest per variant".
+fn sweep_text(recipe: &Recipe) -> Result<Option<String>> {
+    let Some(split) = recipe.first_swept_stage() else {
+        return Ok(None);
+    };
+    let variants = recipe.sweep_variants("the recipe")?;
+    let values: Vec<String> = recipe
+        .sweep
+        .iter()
+        .map(|(k, v)| {
+            let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+            format!("{k} = {}", v.join(", "))
+        })
+        .collect();
+    let shared = match split {
+        0 => "no stage is shared".to_string(),
+        1 => "stage 1 runs once".to_string(),
+        n => format!("stages 1-{n} run once"),
+    };
+    Ok(Some(format!(
+        "{} variants ({}): {shared}; stages {}-{} run per variant from its checkpoint, \
+         in <run>/sweep/<variant>/; the best on dev is exported",
+        variants.len(),
+        values.join("; "),
+        split + 1,
+        recipe.stages.len()
+    )))
 }
 
 /// Masked-LM augmentation without GloVe leaves multi-piece words unchanged: how many.
@@ -454,6 +486,9 @@ impl Plan {
                 self.dev_examples,
                 st.evaluations * self.dev_examples
             );
+        }
+        if let Some(sweep) = &self.sweep {
+            s += &format!("\nsweep     {sweep}\n");
         }
         for w in &self.warnings {
             s += &format!("\nwarning: {w}\n");

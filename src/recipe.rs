@@ -3,6 +3,7 @@
 //! Unknown keys and wrong types are errors that name the key and the file, so a typo
 //! never silently falls back to a default (TinyBERT reference issue #77).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,20 @@ pub struct Recipe {
     /// `data = { source = "augmented" }`; written once to `<run>/augmented/`.
     #[serde(default)]
     pub augment: Option<AugmentSettings>,
+    /// Stage settings to try, each with its values (`"stages.1.learning_rate" = [1e-5,
+    /// 2e-5, 3e-5]`): every combination runs from the same checkpoint of the stages
+    /// before the first swept one, in `<run>/sweep/<variant>/`; the best on dev wins.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sweep: BTreeMap<String, Vec<toml::Value>>,
+}
+
+/// One combination of a recipe's sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// `key=value` pairs, also the variant's folder name.
+    pub label: String,
+    /// The recipe with these values set and no sweep of its own.
+    pub recipe: Recipe,
 }
 
 fn default_seed() -> u64 {
@@ -418,6 +433,9 @@ impl Recipe {
         if let Some(a) = &self.augment {
             a.validate(origin)?;
         }
+        if !self.sweep.is_empty() {
+            self.sweep_variants(origin)?;
+        }
         crate::device::parse_dtype(&self.teacher.dtype).map_err(|_| {
             Error::invalid(
                 origin,
@@ -433,6 +451,98 @@ impl Recipe {
             )
         })?;
         Ok(())
+    }
+
+    /// Adds `key=v1,v2,...` (`run --sweep`) to the sweep, replacing the recipe's values
+    /// for that key. Values are TOML literals, or strings when they do not parse as one.
+    pub fn add_sweep(&mut self, spec: &str) -> Result<()> {
+        let (key, values) = spec.split_once('=').ok_or_else(|| {
+            Error::invalid(
+                "--sweep",
+                spec,
+                "expected key=v1,v2,..., e.g. stages.1.learning_rate=1e-5,2e-5,3e-5",
+            )
+        })?;
+        let values = values
+            .split(',')
+            .map(|raw| {
+                toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+            })
+            .collect();
+        self.sweep.insert(key.trim().to_string(), values);
+        self.validate("--sweep")
+    }
+
+    /// The stage the sweep starts at: the stages before it run once, shared.
+    pub fn first_swept_stage(&self) -> Option<usize> {
+        self.sweep
+            .keys()
+            .filter_map(|k| k.strip_prefix("stages.")?.split('.').next()?.parse().ok())
+            .min()
+    }
+
+    /// Every combination of the sweep's values, in key order (none without a sweep).
+    /// Keys must be settings of stages (`stages.N.key`); each variant must be a valid
+    /// recipe.
+    pub fn sweep_variants(&self, origin: &str) -> Result<Vec<Variant>> {
+        let mut combos: Vec<Vec<String>> = vec![Vec::new()];
+        for (key, values) in &self.sweep {
+            let stage = key
+                .strip_prefix("stages.")
+                .and_then(|k| k.split_once('.'))
+                .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)));
+            match stage {
+                Some((n, rest)) if n < self.stages.len() && !rest.is_empty() => {}
+                _ => {
+                    return Err(Error::invalid(
+                        origin,
+                        format!("sweep.\"{key}\""),
+                        format!(
+                            "a sweep varies stage settings: expected stages.N.key with N below {}",
+                            self.stages.len()
+                        ),
+                    ))
+                }
+            }
+            if values.is_empty() {
+                return Err(Error::invalid(
+                    origin,
+                    format!("sweep.\"{key}\""),
+                    "needs at least one value",
+                ));
+            }
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.push(format!("{key}={v}"));
+                        c
+                    })
+                })
+                .collect();
+        }
+        if self.sweep.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut base = self.clone();
+        base.sweep.clear();
+        let text = base.resolved_toml()?;
+        combos
+            .into_iter()
+            .map(|overrides| {
+                let label = overrides.join(",");
+                let recipe = Recipe::parse(
+                    &text,
+                    &format!("{origin}: sweep variant {label}"),
+                    &overrides,
+                )?;
+                Ok(Variant { label, recipe })
+            })
+            .collect()
     }
 
     /// The recipe with every default written out, as stored in the run folder.
@@ -541,6 +651,44 @@ epochs = 2
         assert_eq!(r.stages[0].settings(&r, false).schedule, Schedule::Constant);
         let again = Recipe::parse(&r.resolved_toml().unwrap(), "resolved", &[]).unwrap();
         assert_eq!(again, r);
+    }
+
+    #[test]
+    fn a_sweep_is_a_grid_of_stage_settings() {
+        let mut r = Recipe::parse(
+            &format!("{MINIMAL}\n[sweep]\n\"stages.1.learning_rate\" = [1e-5, 3e-5]\n"),
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(r.first_swept_stage(), Some(1));
+        r.add_sweep("stages.1.batch_size=16,32").unwrap();
+        let v = r.sweep_variants("r.toml").unwrap();
+        let labels: Vec<&str> = v.iter().map(|v| v.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "stages.1.batch_size=16,stages.1.learning_rate=0.00001",
+                "stages.1.batch_size=16,stages.1.learning_rate=0.00003",
+                "stages.1.batch_size=32,stages.1.learning_rate=0.00001",
+                "stages.1.batch_size=32,stages.1.learning_rate=0.00003",
+            ]
+        );
+        assert_eq!(v[3].recipe.stages[1].batch_size, 32);
+        assert_eq!(v[3].recipe.stages[1].learning_rate, 3e-5);
+        assert!(v.iter().all(|v| v.recipe.sweep.is_empty()));
+        // Resolved and read back, the sweep survives.
+        let again = Recipe::parse(&r.resolved_toml().unwrap(), "resolved", &[]).unwrap();
+        assert_eq!(again.sweep, r.sweep);
+        for (bad, says) in [
+            ("teacher.model=a,b", "stages.N.key"),
+            ("stages.7.learning_rate=0.00001", "N below 2"),
+            ("stages.1.learning_rate=2", "learning_rate"),
+            ("stages.1.epochs=one", "epochs"),
+        ] {
+            let err = r.clone().add_sweep(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

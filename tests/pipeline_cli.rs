@@ -21,6 +21,17 @@ fn run_to(recipe: &Path, out: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `run --sweep` over two learning rates of the prediction stage.
+fn sweep_to(recipe: &Path, out: &Path) -> Command {
+    let mut c = cli();
+    c.arg("run")
+        .arg(recipe)
+        .arg("--out")
+        .arg(out)
+        .args(["--sweep", "stages.1.learning_rate=1e-4,3e-3"]);
+    c
+}
+
 fn student_weights(run: &Path) -> std::collections::HashMap<String, Vec<f32>> {
     weights(&run.join("checkpoints/best/model.safetensors"))
 }
@@ -267,5 +278,106 @@ fn a_killed_finetune_resumes_to_the_same_model() {
     assert_eq!(a.len(), b.len());
     for (name, values) in &a {
         assert_eq!(values, &b[name], "{name} differs after resuming");
+    }
+}
+
+/// `run --sweep`: the teacher's fine-tuning, the intermediate stage and the teacher
+/// logits are made once; each learning rate trains the prediction stage from the same
+/// checkpoint in its own folder; the report marks the best, whose student is exported;
+/// a second start reuses every finished variant.
+#[test]
+fn a_sweep_shares_the_stages_before_it_and_exports_the_best_variant() {
+    let dir = setup();
+    let recipe = recipe(dir.path());
+    let out = dir.path().join("swept");
+    let sweep = || sweep_to(&recipe, &out).output().unwrap();
+    let o = sweep();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let variants = report["sweep"]["variants"].as_array().unwrap();
+    let labels: Vec<&str> = variants
+        .iter()
+        .map(|v| v["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "stages.1.learning_rate=0.0001",
+            "stages.1.learning_rate=0.003"
+        ]
+    );
+    // The shared stage ran once, in the run folder; each variant only its own stage.
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"stage\":\"intermediate\""));
+    assert!(!metrics.contains("\"stage\":\"prediction\""));
+    for label in &labels {
+        let v = out.join("sweep").join(label);
+        let m = std::fs::read_to_string(v.join("metrics.jsonl")).unwrap();
+        assert!(
+            m.contains("\"stage\":\"prediction\"") && !m.contains("\"stage\":\"intermediate\"")
+        );
+        assert!(!v.join("cache").exists() && !v.join("teacher-finetune").exists());
+        let recipe = std::fs::read_to_string(v.join("recipe.toml")).unwrap();
+        assert!(!recipe.contains("[sweep]"), "{recipe}");
+    }
+    // One logit cache, the run's.
+    assert_eq!(std::fs::read_dir(out.join("cache")).unwrap().count(), 1);
+    // The two learning rates trained different students; the best one is exported.
+    let best = report["sweep"]["best"].as_u64().unwrap() as usize;
+    let scores: Vec<f64> = variants
+        .iter()
+        .map(|v| v["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.iter().all(|&s| s <= scores[best]));
+    let of = |label: &str| student_weights(&out.join("sweep").join(label));
+    let (a, b) = (of(labels[0]), of(labels[1]));
+    assert!(
+        a.iter().any(|(k, v)| v != &b[k]),
+        "variants trained the same weights"
+    );
+    let exported = weights(&out.join("student/model.safetensors"));
+    let winner = of(labels[best]);
+    for (name, values) in &exported {
+        assert_eq!(
+            values, &winner[name],
+            "{name}: the export is not the best variant's"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Sweep") && md.contains("| best |"), "{md}");
+
+    // Started again: every variant is reused, and the result is the same.
+    let started = Instant::now();
+    let o = sweep();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(again["sweep"]["variants"], report["sweep"]["variants"]);
+    eprintln!("second start: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A sweep killed inside its first variant and started again exports the student of
+/// an uninterrupted sweep.
+#[test]
+fn a_killed_sweep_resumes_to_the_same_student() {
+    let dir = setup();
+    let recipe = recipe(dir.path());
+    let straight = dir.path().join("straight");
+    let o = sweep_to(&recipe, &straight).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let killed = dir.path().join("killed");
+    let first = killed.join("sweep/stages.1.learning_rate=0.0001");
+    kill_after_a_checkpoint(sweep_to(&recipe, &killed), &first);
+    assert!(
+        !first.join("variant.json").exists(),
+        "killed after the variant finished"
+    );
+    let o = sweep_to(&recipe, &killed).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = weights(&straight.join("student/model.safetensors"));
+    let b = weights(&killed.join("student/model.safetensors"));
+    for (name, values) in &a {
+        assert_eq!(values, &b[name], "{name} differs after resuming the sweep");
     }
 }

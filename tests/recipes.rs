@@ -59,6 +59,18 @@ fn every_shipped_recipe_is_valid() {
                 });
             assert_eq!(settings(0).pad_to, Some(max_len), "{s}-{task}");
             assert_eq!(settings(last).pad_to, None, "{s}-{task}");
+            // The paper's learning-rate choice on dev for the small tasks.
+            let variants = r.sweep_variants("recipe").unwrap();
+            if ["cola", "mrpc", "rte", "stsb"].contains(&task) {
+                let lrs: Vec<f64> = variants
+                    .iter()
+                    .map(|v| v.recipe.stages[1].learning_rate)
+                    .collect();
+                assert_eq!(lrs, [1e-5, 2e-5, 3e-5], "{s}-{task}");
+                assert_eq!(r.first_swept_stage(), Some(1));
+            } else {
+                assert!(variants.is_empty(), "{s}-{task}");
+            }
         }
     }
 }
@@ -87,6 +99,8 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
             "device=cpu,cpu",
             "--set",
             "stages.1.precision=bf16",
+            "--set",
+            "sweep={ \"stages.1.learning_rate\" = [1e-5, 3e-5] }",
         ])
         .output()
         .unwrap();
@@ -121,6 +135,10 @@ fn plan_prints_pairs_shapes_and_work_for_the_quickstart() {
     assert!(text.contains("375 steps"), "{text}");
     assert!(
         text.contains("normalise   tokens: a mean over real tokens"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sweep     2 variants (stages.1.learning_rate = 0.00001, 0.00003): stage 1 runs once; stages 2-2 run per variant"),
         "{text}"
     );
     // No GloVe file: the plan counts the words masked-LM augmentation cannot replace.

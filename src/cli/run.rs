@@ -15,6 +15,10 @@ pub struct Args {
     /// Override a recipe value: --set task.data=../shared/data/glue (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Try each value of a stage setting (repeatable: a grid), e.g.
+    /// `stages.1.learning_rate=1e-5,2e-5,3e-5`; the best variant on dev wins.
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+    pub sweep: Vec<String>,
     /// Run folder (overrides the recipe's `output`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -46,6 +50,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut recipe = Recipe::load(&args.recipe, &args.overrides)?;
+    for spec in &args.sweep {
+        recipe.add_sweep(spec)?;
+    }
     if let Some(out) = &args.out {
         recipe.output = Some(out.clone());
     }

@@ -98,6 +98,7 @@ pub fn finetune(
     run_stages(
         &run,
         std::slice::from_ref(spec),
+        true,
         recipe,
         &replicas(&trainees, None, devices, &group),
         None,

@@ -7,10 +7,12 @@
 mod finetune;
 mod nodes;
 mod stages;
+pub mod sweep;
 
 pub use finetune::{default_finetune_stage, finetune, finetune_to_folder, FinetuneReport};
 pub use nodes::run_recipe_on_node;
-pub use stages::{augment_task, run_stages, stage_dataset};
+pub use stages::{augment_task, run_stages, stage_dataset, LogitCache};
+pub use sweep::SweepReport;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -221,6 +223,9 @@ pub struct RunReport {
     pub teacher: ModelSummary,
     pub student: ModelSummary,
     pub stages: Vec<StageSummary>,
+    /// The variants of a sweep, when the recipe has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepReport>,
     pub seconds: f64,
     pub student_dir: PathBuf,
 }
@@ -410,20 +415,44 @@ pub(super) fn lead_run(
     };
     let replicas = replicas(&students, Some(&teachers), devices, &group);
     let identity = files_identity(&teacher_files);
-    let stages = run_stages(
+    let cache_dir = run.path("cache");
+    let cache = LogitCache {
+        dir: &cache_dir,
+        identity: &identity,
+    };
+    let split = recipe.first_swept_stage();
+    let specs = &recipe.stages[..split.unwrap_or(recipe.stages.len())];
+    let mut stages = run_stages(
         &run,
-        &recipe.stages,
+        specs,
+        split.is_none(),
         recipe,
         &replicas,
-        Some(&identity),
+        Some(cache),
         &data,
         Some(&evaluator),
     )?;
-    drop(replicas);
     run.write_plot()?;
-
-    // The best dev student of the final stage is the result.
-    let best_dir = run.root().join("checkpoints/best");
+    // The best dev student of the final stage (of the best variant) is the result.
+    let (best_dir, sweep) = match split {
+        None => (run.root().join("checkpoints/best"), None),
+        Some(_) => {
+            let shared_seconds = started.elapsed().as_secs_f64();
+            let outcome = sweep::run_variants(
+                &run,
+                recipe,
+                &replicas,
+                cache,
+                &data,
+                &evaluator,
+                &device,
+                shared_seconds,
+            )?;
+            stages.extend(outcome.stages);
+            (outcome.best_dir, Some(outcome.report))
+        }
+    };
+    drop(replicas);
     let best = crate::model::load_classifier(
         &best_dir.display().to_string(),
         &BuildOptions::inference(&device),
@@ -475,6 +504,7 @@ pub(super) fn lead_run(
             )?,
         },
         stages,
+        sweep,
         seconds: started.elapsed().as_secs_f64(),
         student_dir: run.path("student"),
     };
@@ -620,6 +650,9 @@ impl RunReport {
                     .map(|b| format!("{:.4}", b.main))
                     .unwrap_or_else(|| "-".into())
             );
+        }
+        if let Some(sweep) = &self.sweep {
+            md += &sweep.to_markdown();
         }
         md
     }

@@ -12,7 +12,7 @@ use crate::model::{build_classifier, BertForSequenceClassification, BuildOptions
 use crate::recipe::Recipe;
 use crate::run::RunDir;
 use crate::train::cluster::{NodeSpec, Rendezvous};
-use crate::Result;
+use crate::{Error, Result};
 use sha2::Digest;
 
 use super::stages::{augment_task, run_stages};
@@ -29,6 +29,12 @@ pub fn run_recipe_on_node(
     force: bool,
     node: &NodeSpec,
 ) -> Result<Option<RunReport>> {
+    if !recipe.sweep.is_empty() {
+        return Err(Error::msg(
+            "a sweep runs on one machine (its devices data-parallel); run it without \
+             --nnodes, or run each variant as its own multi-node run with --set",
+        ));
+    }
     let devices = crate::device::parse_devices(&recipe.device)?;
     let identity = format!(
         "{:x}",
@@ -148,7 +154,16 @@ fn follow_run(
     let teachers = local_teachers(recipe, &start.teacher, &config, &tensors, devices)?;
     let group = node_group(devices, node, rendezvous, &start)?;
     let replicas = replicas(&students, Some(&teachers), devices, &group);
-    run_stages(&run, &recipe.stages, recipe, &replicas, None, &data, None)?;
+    run_stages(
+        &run,
+        &recipe.stages,
+        true,
+        recipe,
+        &replicas,
+        None,
+        &data,
+        None,
+    )?;
     tracing::info!("node {}: training finished", node.node_rank);
     Ok(())
 }

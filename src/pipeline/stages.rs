@@ -19,16 +19,26 @@ use crate::{Error, Result};
 
 use super::{encode, TaskData};
 
+/// Where a run's teacher logits are cached: the folder and the teacher's identity.
+/// Nodes other than node 0 pass none and compute their own.
+#[derive(Debug, Clone, Copy)]
+pub struct LogitCache<'a> {
+    pub dir: &'a Path,
+    pub identity: &'a str,
+}
+
 /// Runs the stages of `specs`, resuming from the run folder's checkpoint: on every
-/// replica at once when there are several (data-parallel), else on the one.
-/// Teacher logits are cached in the run folder under `logit_cache` (the teacher's
-/// identity); nodes other than node 0 pass none and compute their own.
+/// replica at once when there are several (data-parallel), else on the one. The last
+/// of `specs` is the run's final stage (best checkpoint, patience) when
+/// `ends_the_run`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_stages(
     run: &RunDir,
     specs: &[StageSpec],
+    ends_the_run: bool,
     recipe: &Recipe,
     replicas: &[Replica],
-    logit_cache: Option<&str>,
+    logit_cache: Option<LogitCache>,
     data: &TaskData,
     evaluator: Option<&dyn Evaluator>,
 ) -> Result<Vec<StageSummary>> {
@@ -62,20 +72,20 @@ pub fn run_stages(
                 let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
                 let compute = || model_logits(t, &enc, 64, pad_id, &first.device);
                 Some(match logit_cache {
-                    Some(identity) => {
+                    Some(cache) => {
                         let key = cache_key(
-                            identity,
+                            cache.identity,
                             &enc,
                             &format!("logits max_len={}", data.max_seq_len),
                         );
-                        cached_logits(&run.path("cache"), &key, compute)?
+                        cached_logits(cache.dir, &key, compute)?
                     }
                     None => compute()?,
                 })
             }
             _ => None,
         };
-        let is_final = index + 1 == specs.len();
+        let is_final = ends_the_run && index + 1 == specs.len();
         let settings = spec.settings(recipe, is_final);
         let stage = Stage {
             index,
