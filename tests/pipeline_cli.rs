@@ -381,3 +381,37 @@ fn a_killed_sweep_resumes_to_the_same_student() {
         assert_eq!(values, &b[name], "{name} differs after resuming the sweep");
     }
 }
+
+/// Sweeping the first stage shares no checkpoint: the second variant starts from the
+/// initial weights, not the first variant's, so it trains what a plain run with its
+/// value trains.
+#[test]
+fn a_sweep_of_the_first_stage_starts_every_variant_afresh() {
+    let dir = setup();
+    let recipe = recipe(dir.path());
+    let swept = dir.path().join("swept");
+    let o = cli()
+        .arg("run")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&swept)
+        .args(["--sweep", "stages.0.learning_rate=1e-3,3e-3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plain = dir.path().join("plain");
+    let o = cli()
+        .arg("run")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&plain)
+        .args(["--set", "stages.0.learning_rate=3e-3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = student_weights(&swept.join("sweep/stages.0.learning_rate=0.003"));
+    let b = student_weights(&plain);
+    for (name, values) in &b {
+        assert_eq!(values, &a[name], "{name}: the variant did not start afresh");
+    }
+}

@@ -71,6 +71,13 @@ pub(super) fn run_variants(
 ) -> Result<SweepOutcome> {
     let variants = recipe.sweep_variants("the recipe")?;
     let shared = run.root().join("checkpoints/last");
+    // Sweeping the first stage shares no checkpoint: every variant starts from the
+    // students' initial weights, kept here (deep copies) and put back before each.
+    let initial = if recipe.first_swept_stage() == Some(0) {
+        Some(snapshot(replicas)?)
+    } else {
+        None
+    };
     let mut results = Vec::new();
     let mut trained = Vec::new();
     for (i, v) in variants.iter().enumerate() {
@@ -88,8 +95,10 @@ pub(super) fn run_variants(
             Opened::Fresh(r) | Opened::Resume(r) => r,
         };
         let last = vrun.root().join("checkpoints/last");
-        if !last.join("progress.json").is_file() {
-            copy_checkpoint(&shared, &last)?;
+        match &initial {
+            Some(weights) => restore(replicas, weights)?,
+            None if !last.join("progress.json").is_file() => copy_checkpoint(&shared, &last)?,
+            None => {}
         }
         let stages = run_stages(
             &vrun,
@@ -138,6 +147,31 @@ pub(super) fn run_variants(
             best,
         },
     })
+}
+
+/// Each replica's student variables, copied.
+fn snapshot(replicas: &[Replica]) -> Result<Vec<Vec<(String, candle_core::Tensor)>>> {
+    replicas
+        .iter()
+        .map(|r| {
+            let data = r.student.varmap.data().lock().expect("varmap lock");
+            data.iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+                .collect()
+        })
+        .collect()
+}
+
+fn restore(replicas: &[Replica], weights: &[Vec<(String, candle_core::Tensor)>]) -> Result<()> {
+    for (r, w) in replicas.iter().zip(weights) {
+        let data = r.student.varmap.data().lock().expect("varmap lock");
+        for (name, t) in w {
+            if let Some(var) = data.get(name) {
+                var.set(t)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The highest dev score; the first of equals.
