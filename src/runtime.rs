@@ -65,7 +65,11 @@ mod tests {
     fn freed_memory_is_reused_without_page_faults() {
         super::init();
         let first = churn();
-        let again: Vec<u64> = (0..5).map(|_| churn()).collect();
+        // One more round settles the heap: other tests of this binary allocate and free
+        // large buffers on other threads meanwhile (seen once: 16 faults, then 33, then
+        // none).
+        churn();
+        let again: Vec<u64> = (0..4).map(|_| churn()).collect();
         // Purged memory faults in again as fresh pages (16,384 of 4 KiB, or 32 huge
         // pages); kept memory does not fault at all.
         assert!(first > 0, "touching fresh memory must fault");
