@@ -40,7 +40,8 @@ pub struct VariantResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepReport {
     /// Time until the shared stages were done (teacher fine-tuning, augmentation,
-    /// the stages before the first swept one): spent once, not per variant.
+    /// the stages before the first swept one): spent once, not per variant. In this
+    /// process: a resumed run counts only what it redid.
     pub shared_seconds: f64,
     pub variants: Vec<VariantResult>,
     /// Index of the best variant in `variants`.
