@@ -105,13 +105,21 @@ fn shape(source: String, c: &BertConfig, seq: usize) -> ModelShape {
     }
 }
 
-/// The student's config as the recipe's `[student]` section would build it.
-pub fn student_config(init: &StudentInit, teacher: &BertConfig) -> Result<(BertConfig, String)> {
+/// The student's config as the recipe's `[student]` section would build it, its
+/// description, and whether its checkpoint carries trained projections (`fit_dense*`).
+pub fn student_config(
+    init: &StudentInit,
+    teacher: &BertConfig,
+) -> Result<(BertConfig, String, bool)> {
     Ok(match init {
-        StudentInit::Checkpoint { model } => (
-            ModelFiles::resolve(model)?.read_config()?,
-            format!("checkpoint {model}"),
-        ),
+        StudentInit::Checkpoint { model } => {
+            let files = ModelFiles::resolve(model)?;
+            (
+                files.read_config()?,
+                format!("checkpoint {model}"),
+                files.holds_projections()?,
+            )
+        }
         StudentInit::TeacherLayers { layers } => {
             let n = teacher.num_hidden_layers;
             if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > n) {
@@ -123,7 +131,7 @@ pub fn student_config(init: &StudentInit, teacher: &BertConfig) -> Result<(BertC
             }
             let mut c = teacher.clone();
             c.num_hidden_layers = layers.len();
-            (c, format!("teacher layers {layers:?}"))
+            (c, format!("teacher layers {layers:?}"), false)
         }
         StudentInit::Random {
             layers,
@@ -134,7 +142,7 @@ pub fn student_config(init: &StudentInit, teacher: &BertConfig) -> Result<(BertC
             let c =
                 BertConfig::with_shape(teacher.vocab_size, *hidden, *layers, *heads, *intermediate);
             c.validate("[student]")?;
-            (c, format!("random {layers} x {hidden}"))
+            (c, format!("random {layers} x {hidden}"), false)
         }
     })
 }
@@ -147,14 +155,12 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
     let labels = data.task.num_outputs();
     teacher.num_labels = Some(labels);
     teacher.id2label = None;
-    let (mut student, source) = student_config(&recipe.student.init, &teacher)?;
+    let (mut student, source, checkpoint_projections) =
+        student_config(&recipe.student.init, &teacher)?;
     student.num_labels = Some(labels);
     student.id2label = None;
     let seq = data.max_seq_len;
-    let checkpoint_projections = match &recipe.student.init {
-        StudentInit::Checkpoint { model } => ModelFiles::resolve(model)?.holds_projections()?,
-        _ => false,
-    };
+
     let projected = recipe.student.projection.applies(
         student.hidden_size,
         teacher.hidden_size,

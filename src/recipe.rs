@@ -134,6 +134,14 @@ fn default_data() -> String {
     "hub".into()
 }
 
+impl TaskSpec {
+    /// `max_seq_len`, or the task's default when the recipe gives none.
+    pub fn resolved_max_seq_len(&self) -> Result<usize> {
+        let task: crate::data::Task = self.name.parse()?;
+        Ok(self.max_seq_len.unwrap_or(task.default_max_seq_len()))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSpec {
@@ -275,11 +283,7 @@ impl StageSpec {
         if self.normalise != Normalise::Reference || !intermediate {
             return None;
         }
-        recipe.task.max_seq_len.or_else(|| {
-            <crate::data::Task as std::str::FromStr>::from_str(&recipe.task.name)
-                .ok()
-                .map(|t| t.default_max_seq_len())
-        })
+        recipe.task.resolved_max_seq_len().ok()
     }
 
     pub fn display_name(&self, index: usize) -> String {
@@ -463,15 +467,7 @@ impl Recipe {
                 "expected key=v1,v2,..., e.g. stages.1.learning_rate=1e-5,2e-5,3e-5",
             )
         })?;
-        let values = values
-            .split(',')
-            .map(|raw| {
-                toml::from_str::<toml::Table>(&format!("v = {raw}"))
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-            })
-            .collect();
+        let values = values.split(',').map(literal).collect();
         self.sweep.insert(key.trim().to_string(), values);
         self.validate("--sweep")
     }
@@ -480,7 +476,8 @@ impl Recipe {
     pub fn first_swept_stage(&self) -> Option<usize> {
         self.sweep
             .keys()
-            .filter_map(|k| k.strip_prefix("stages.")?.split('.').next()?.parse().ok())
+            .filter_map(|k| stage_key(k))
+            .map(|(n, _)| n)
             .min()
     }
 
@@ -490,11 +487,7 @@ impl Recipe {
     pub fn sweep_variants(&self, origin: &str) -> Result<Vec<Variant>> {
         let mut combos: Vec<Vec<String>> = vec![Vec::new()];
         for (key, values) in &self.sweep {
-            let stage = key
-                .strip_prefix("stages.")
-                .and_then(|k| k.split_once('.'))
-                .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)));
-            match stage {
+            match stage_key(key) {
                 Some((n, rest)) if n < self.stages.len() && !rest.is_empty() => {}
                 _ => {
                     return Err(Error::invalid(
@@ -564,6 +557,20 @@ impl Recipe {
     }
 }
 
+/// A value given on the command line: a TOML literal, or a string when it is not one.
+fn literal(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// `stages.N.rest` as (N, rest).
+fn stage_key(key: &str) -> Option<(usize, &str)> {
+    let (n, rest) = key.strip_prefix("stages.")?.split_once('.')?;
+    Some((n.parse().ok()?, rest))
+}
+
 fn apply_override(root: &mut toml::Value, spec: &str, origin: &str) -> Result<()> {
     let (key, raw) = spec.split_once('=').ok_or_else(|| {
         Error::invalid(
@@ -573,10 +580,7 @@ fn apply_override(root: &mut toml::Value, spec: &str, origin: &str) -> Result<()
         )
     })?;
     let key = key.trim();
-    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let value = literal(raw);
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {

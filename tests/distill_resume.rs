@@ -11,6 +11,16 @@ use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{write_tiny_tokenizer, TinyDistillation};
 use candle_distill::train::Precision;
 
+/// The random student both tests train.
+fn tiny_student_init() -> StudentInit {
+    StudentInit::Random {
+        layers: 2,
+        hidden: 16,
+        heads: 4,
+        intermediate: 32,
+    }
+}
+
 /// Runs intermediate then prediction stages; `kill_at` interrupts the given stage once.
 fn run(
     dir: &std::path::Path,
@@ -19,12 +29,7 @@ fn run(
 ) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
     let tiny = TinyDistillation::new(dir.parent().unwrap(), 90, &dev).unwrap();
-    let init = StudentInit::Random {
-        layers: 2,
-        hidden: 16,
-        heads: 4,
-        intermediate: 32,
-    };
+    let init = tiny_student_init();
     let (teacher, examples, logits) = (&tiny.teacher, &tiny.examples, &tiny.logits);
     let tok = &tiny.tokenizer;
     let settings = TrainSettings {
@@ -188,12 +193,7 @@ fn f16_runs_resume_with_their_loss_scale() {
 fn first_step_losses(dir: &std::path::Path, settings: &TrainSettings) -> serde_json::Value {
     let dev = Device::Cpu;
     let tiny = TinyDistillation::new(dir.parent().unwrap(), 32, &dev).unwrap();
-    let init = StudentInit::Random {
-        layers: 2,
-        hidden: 16,
-        heads: 4,
-        intermediate: 32,
-    };
+    let init = tiny_student_init();
     let student = tiny.student(&init, &dev).unwrap();
     let Opened::Fresh(run) = RunDir::open(dir, "recipe", false).unwrap() else {
         panic!("fresh folder expected");

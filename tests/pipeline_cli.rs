@@ -11,25 +11,24 @@ mod common;
 use candle_distill::testing::tiny_config;
 use common::tiny_run::{cli, recipe, setup, weights};
 
+/// `run <recipe> --out <out> <extra>...`.
+fn run_command(recipe: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = cli();
+    c.arg("run").arg(recipe).arg("--out").arg(out).args(extra);
+    c
+}
+
 fn run_to(recipe: &Path, out: &Path) -> std::process::Output {
-    cli()
-        .arg("run")
-        .arg(recipe)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
+    run_command(recipe, out, &[]).output().unwrap()
 }
 
 /// `run --sweep` over two learning rates of the prediction stage.
 fn sweep_to(recipe: &Path, out: &Path) -> Command {
-    let mut c = cli();
-    c.arg("run")
-        .arg(recipe)
-        .arg("--out")
-        .arg(out)
-        .args(["--sweep", "stages.1.learning_rate=1e-4,3e-3"]);
-    c
+    run_command(
+        recipe,
+        out,
+        &["--sweep", "stages.1.learning_rate=1e-4,3e-3"],
+    )
 }
 
 fn student_weights(run: &Path) -> std::collections::HashMap<String, Vec<f32>> {
@@ -390,22 +389,16 @@ fn a_sweep_of_the_first_stage_starts_every_variant_afresh() {
     let dir = setup();
     let recipe = recipe(dir.path());
     let swept = dir.path().join("swept");
-    let o = cli()
-        .arg("run")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&swept)
-        .args(["--sweep", "stages.0.learning_rate=1e-3,3e-3"])
-        .output()
-        .unwrap();
+    let o = run_command(
+        &recipe,
+        &swept,
+        &["--sweep", "stages.0.learning_rate=1e-3,3e-3"],
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let plain = dir.path().join("plain");
-    let o = cli()
-        .arg("run")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&plain)
-        .args(["--set", "stages.0.learning_rate=3e-3"])
+    let o = run_command(&recipe, &plain, &["--set", "stages.0.learning_rate=3e-3"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -53,6 +53,29 @@ pub enum Normalise {
     Reference,
 }
 
+impl Normalise {
+    /// The attention loss of one layer pair; `mask` (batch, seq) is 1 for real tokens.
+    pub fn attention_mse(
+        self,
+        student: &Tensor,
+        teacher: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        match self {
+            Normalise::Reference => attention_mse(student, teacher),
+            Normalise::Tokens => attention_mse_tokens(student, teacher, mask),
+        }
+    }
+
+    /// The hidden-state (or embedding) loss of one pair; `mask` as above.
+    pub fn hidden_mse(self, student: &Tensor, teacher: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        match self {
+            Normalise::Reference => hidden_mse(student, teacher),
+            Normalise::Tokens => hidden_mse_tokens(student, teacher, mask),
+        }
+    }
+}
+
 /// Attention loss, mean over real (query, key) pairs: `mask` (batch, seq) is 1 for
 /// real tokens. Masked keys and padded queries count for nothing.
 pub fn attention_mse_tokens(student: &Tensor, teacher: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -295,13 +318,8 @@ mod tests {
         let (sa, ta) = (&s.attention_scores[1], &t.attention_scores[1]);
         let (sh, th) = (&s.hidden_states[2], &t.hidden_states[2]);
         let m = &input.attention_mask;
-        let (a, h) = match normalise {
-            Normalise::Tokens => (
-                attention_mse_tokens(sa, ta, m).unwrap(),
-                hidden_mse_tokens(sh, th, m).unwrap(),
-            ),
-            Normalise::Reference => (attention_mse(sa, ta).unwrap(), hidden_mse(sh, th).unwrap()),
-        };
+        let a = normalise.attention_mse(sa, ta, m).unwrap();
+        let h = normalise.hidden_mse(sh, th, m).unwrap();
         (scalar(&a), scalar(&h))
     }
 

@@ -272,19 +272,6 @@ impl TokenShare {
     }
 }
 
-/// Hidden-state (or embedding) MSE under the stage's normalisation.
-fn hidden_loss(
-    normalise: Normalise,
-    student: &Tensor,
-    teacher: &Tensor,
-    input: &crate::model::BertInput,
-) -> candle_core::Result<Tensor> {
-    match normalise {
-        Normalise::Reference => losses::hidden_mse(student, teacher),
-        Normalise::Tokens => losses::hidden_mse_tokens(student, teacher, &input.attention_mask),
-    }
-}
-
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64)
 }
@@ -331,8 +318,9 @@ impl Trainer<'_> {
         token_share: TokenShare,
     ) -> Result<(Tensor, BTreeMap<String, f64>)> {
         let w = &stage.losses;
+        let (normalise, mask) = (stage.settings.normalise, &input.attention_mask);
         // Token means are over this worker's tokens: rescaled to the whole batch's.
-        let (per_pair, per_token) = match stage.settings.normalise {
+        let (per_pair, per_token) = match normalise {
             Normalise::Tokens => (token_share.pairs, token_share.tokens),
             Normalise::Reference => (1.0, 1.0),
         };
@@ -353,16 +341,11 @@ impl Trainer<'_> {
             if w.attention > 0.0 {
                 let mut sum: Option<Tensor> = None;
                 for &(s, tl) in pairs {
-                    let (sa, ta) = (
+                    let l = normalise.attention_mse(
                         &s_enc.attention_scores[s - 1],
                         &t_enc.attention_scores[tl - 1],
-                    );
-                    let l = match stage.settings.normalise {
-                        Normalise::Reference => losses::attention_mse(sa, ta)?,
-                        Normalise::Tokens => {
-                            losses::attention_mse_tokens(sa, ta, &input.attention_mask)?
-                        }
-                    };
+                        mask,
+                    )?;
                     sum = Some(match sum {
                         Some(x) => (x + l)?,
                         None => l,
@@ -379,7 +362,7 @@ impl Trainer<'_> {
                     let projected = project(projections, s, &s_enc.hidden_states[s])?;
                     let target = &t_enc.hidden_states[tl];
                     if w.hidden > 0.0 {
-                        let l = hidden_loss(stage.settings.normalise, &projected, target, input)?;
+                        let l = normalise.hidden_mse(&projected, target, mask)?;
                         mse = Some(match mse {
                             Some(x) => (x + l)?,
                             None => l,
@@ -402,8 +385,7 @@ impl Trainer<'_> {
             }
             if w.embedding > 0.0 {
                 let projected = project(projections, 0, &s_enc.hidden_states[0])?;
-                let target = &t_enc.hidden_states[0];
-                let l = hidden_loss(stage.settings.normalise, &projected, target, input)?;
+                let l = normalise.hidden_mse(&projected, &t_enc.hidden_states[0], mask)?;
                 add("embedding", w.embedding * per_token, l)?;
             }
         }

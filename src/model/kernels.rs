@@ -532,6 +532,34 @@ impl PairLayout {
     }
 }
 
+/// The scores `a` and `b`, the mask and their layout, checked, for the token-pair ops.
+struct PairInputs<'a> {
+    a: &'a [f32],
+    b: &'a [f32],
+    mask: &'a [f32],
+    layout: PairLayout,
+}
+
+impl<'a> PairInputs<'a> {
+    fn of(
+        op: &str,
+        (a, al): (&'a CpuStorage, &Layout),
+        (b, bl): (&'a CpuStorage, &Layout),
+        (m, ml): (&'a CpuStorage, &Layout),
+    ) -> Result<Self> {
+        let (a, b) = (contiguous_f32(a, al, op)?, contiguous_f32(b, bl, op)?);
+        if a.len() != b.len() {
+            bail!("{op}: shapes {:?} and {:?}", al.dims(), bl.dims());
+        }
+        Ok(PairInputs {
+            a,
+            b,
+            mask: contiguous_f32(m, ml, op)?,
+            layout: PairLayout::of(al, ml)?,
+        })
+    }
+}
+
 /// mean over real (query, key) pairs of (a - b)^2: `mask` (batch, seq) is 1 for real
 /// tokens. One pass, summed in fixed blocks in order (deterministic).
 struct TokenPairMse;
@@ -550,20 +578,12 @@ impl CustomOp3 for TokenPairMse {
         m: &CpuStorage,
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (
-            contiguous_f32(a, al, self.name())?,
-            contiguous_f32(b, bl, self.name())?,
-        );
-        let mask = contiguous_f32(m, ml, self.name())?;
-        let p = PairLayout::of(al, ml)?;
-        if a.len() != b.len() {
-            bail!(
-                "{}: shapes {:?} and {:?}",
-                self.name(),
-                al.dims(),
-                bl.dims()
-            );
-        }
+        let PairInputs {
+            a,
+            b,
+            mask,
+            layout: p,
+        } = PairInputs::of(self.name(), (a, al), (b, bl), (m, ml))?;
         let block = PAIR_ROWS * p.seq;
         let partial: Vec<f64> = a
             .par_chunks(block)
@@ -627,12 +647,12 @@ impl CustomOp3 for TokenPairMseGrad {
         m: &CpuStorage,
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (
-            contiguous_f32(a, al, self.name())?,
-            contiguous_f32(b, bl, self.name())?,
-        );
-        let mask = contiguous_f32(m, ml, self.name())?;
-        let p = PairLayout::of(al, ml)?;
+        let PairInputs {
+            a,
+            b,
+            mask,
+            layout: p,
+        } = PairInputs::of(self.name(), (a, al), (b, bl), (m, ml))?;
         let mut da = vec![0f32; a.len()];
         da.par_chunks_mut(p.seq)
             .zip(a.par_chunks(p.seq).zip(b.par_chunks(p.seq)))

@@ -117,40 +117,18 @@ pub fn tensor_names(files: &WeightFiles) -> Result<Vec<String>> {
     };
     let mut names = Vec::new();
     for path in paths {
-        let header = safetensors_header(path).map_err(|message| Error::Weights {
-            path: path.display().to_string(),
-            name: "*".into(),
-            message,
-        })?;
+        // SAFETY: the file is mapped read-only while a checkpoint is not being written;
+        // only its header is read, and no tensor outlives the mapping.
+        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+            .map_err(|e| weights_error(path, e))?;
         names.extend(
-            header
-                .keys()
-                .filter(|k| *k != "__metadata__")
-                .filter_map(|k| canonical_name(k)),
+            mapped
+                .tensors()
+                .into_iter()
+                .filter_map(|(name, _)| canonical_name(&name)),
         );
     }
     Ok(names)
-}
-
-/// The JSON header of a safetensors file: an 8-byte little-endian length, then the JSON.
-fn safetensors_header(
-    path: &Path,
-) -> std::result::Result<serde_json::Map<String, serde_json::Value>, String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|_| "too short for a safetensors file".to_string())?;
-    let len = u64::from_le_bytes(len);
-    let size = file.metadata().map_err(|e| e.to_string())?.len();
-    if len > size.saturating_sub(8) {
-        return Err(format!(
-            "not a safetensors file: its header claims {len} bytes, the file has {size}"
-        ));
-    }
-    let mut json = vec![0u8; len as usize];
-    file.read_exact(&mut json).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&json).map_err(|e| format!("unreadable safetensors header: {e}"))
 }
 
 fn starts_with(path: &Path, prefix: &[u8]) -> Result<bool> {

@@ -120,10 +120,7 @@ pub fn load_task_data(recipe: &Recipe) -> Result<TaskData> {
         dev,
         dev_mismatched,
         augmented: None,
-        max_seq_len: recipe
-            .task
-            .max_seq_len
-            .unwrap_or(task.default_max_seq_len()),
+        max_seq_len: recipe.task.resolved_max_seq_len()?,
     })
 }
 

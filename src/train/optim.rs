@@ -211,38 +211,32 @@ impl AdamW {
     /// L2 norm of all gradients together.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut total = 0f64;
-        // On a GPU the squares are summed there and read back once, not once per tensor.
-        let mut on_device: Option<Tensor> = None;
+        // Other gradients (on a GPU) are squared and summed where they are, and read
+        // back once, not once per tensor.
+        let mut elsewhere: Option<Tensor> = None;
         for p in &self.params {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            if !g.device().is_cpu() {
+            if !kernels::applies(g) {
                 let sq = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
-                on_device = Some(match on_device {
+                elsewhere = Some(match elsewhere {
                     Some(t) => (t + sq)?,
                     None => sq,
                 });
                 continue;
             }
-            total += if kernels::applies(g) {
-                kernels::with_f32(g, |s| {
-                    // Chunk sums collected in order, then added in order: rayon's own
-                    // `sum` adds in an order that depends on scheduling.
-                    let chunks: Vec<f64> = s
-                        .par_chunks(1 << 14)
-                        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                        .collect();
-                    chunks.iter().sum::<f64>()
-                })?
-            } else {
-                g.to_dtype(DType::F32)?
-                    .sqr()?
-                    .sum_all()?
-                    .to_scalar::<f32>()? as f64
-            };
+            total += kernels::with_f32(g, |s| {
+                // Chunk sums collected in order, then added in order: rayon's own
+                // `sum` adds in an order that depends on scheduling.
+                let chunks: Vec<f64> = s
+                    .par_chunks(1 << 14)
+                    .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                    .collect();
+                chunks.iter().sum::<f64>()
+            })?;
         }
-        if let Some(t) = on_device {
+        if let Some(t) = elsewhere {
             total += t.to_scalar::<f32>()? as f64;
         }
         Ok(total.sqrt())
