@@ -21,7 +21,7 @@ python3 .ci/cuda-stubs.py "$cudarc" "$CUDA_HOME/lib"
 out="$root/target/gpu-bin"
 rm -rf "$out" && mkdir -p "$out"
 cargo build --features cuda,nccl --test cuda_parity --bench distill \
-  --target-dir target/cuda --message-format json-render-diagnostics \
+  --message-format json-render-diagnostics \
   | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:

@@ -21,6 +21,8 @@ pub mod recipe;
 pub mod rng;
 pub mod run;
 pub mod runtime;
+/// Test support; built for the crate's own tests and with the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
 pub mod train;

@@ -1,7 +1,7 @@
 //! Parity with Hugging Face transformers on real weights (all-MiniLM-L6-v2).
 //! Reference values: tests/scripts/bert_reference.py, committed as fixtures.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device};
 use candle_distill::model::{build_classifier, BuildOptions, ModelFiles, Outputs};

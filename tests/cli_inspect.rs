@@ -1,7 +1,7 @@
 //! `candle-distill inspect` on folders: a tiny random model (counts checked against the
 //! config), the same model as a float16 pytorch_model.bin, and the real MiniLM.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! fixture), training-only tensors left out, half precision, atomic and guarded writes,
 //! and a verification that turns a mismatch into an error.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,18 +2,14 @@
 //! (tests/scripts/make_glue_parquet.py) are served from a pre-seeded hf-hub cache with
 //! HF_HUB_OFFLINE=1, and every task and split loads with the rows the script wrote.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use candle_distill::data::parquet::hub_file_name;
 use candle_distill::data::{
     load_dataset, DataSource, Dataset, Label, LoadOptions, Split, Task, GLUE_HUB_REPO,
 };
-
-/// HF_HOME and HF_HUB_OFFLINE are process-wide: tests that set them take turns.
-static ENV: Mutex<()> = Mutex::new(());
 
 const REVISION: &str = "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c";
 
@@ -41,17 +37,22 @@ fn seed_cache(home: &Path) {
     }
 }
 
-fn with_offline_cache<T>(f: impl FnOnce() -> T) -> T {
-    let _guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+/// Runs `body` with HF_HOME at a cache seeded with the fixtures and HF_HUB_OFFLINE=1,
+/// in a child process of this test binary that runs only `test`: the variables are
+/// process-wide, and setting them here would race with the tests on other threads.
+fn with_offline_cache(test: &str, body: impl FnOnce()) {
+    if common::in_child() {
+        return body();
+    }
     let home = tempfile::tempdir().unwrap();
     seed_cache(home.path());
-    // The lock keeps the other tests of this binary out while the variables are set.
-    std::env::set_var("HF_HOME", home.path());
-    std::env::set_var("HF_HUB_OFFLINE", "1");
-    let out = f();
-    std::env::remove_var("HF_HOME");
-    std::env::remove_var("HF_HUB_OFFLINE");
-    out
+    common::run_in_child(
+        &format!("glue_parquet::{test}"),
+        &[
+            ("HF_HOME", home.path().as_os_str()),
+            ("HF_HUB_OFFLINE", "1".as_ref()),
+        ],
+    );
 }
 
 fn all_splits(task: Task) -> Vec<Split> {
@@ -76,34 +77,37 @@ fn every_task_and_split_loads_from_the_cached_hub_layout() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap())
             .unwrap();
-    with_offline_cache(|| {
-        for task in Task::ALL {
-            for split in all_splits(task) {
-                let key = hub_file_name(task, split)
-                    .trim_end_matches("-00000-of-00001.parquet")
-                    .to_string();
-                let expected = &manifest[&key];
-                let ds = load_hub(task, split);
-                assert_eq!(ds.len() as u64, expected["rows"].as_u64().unwrap(), "{key}");
-                assert!(ds.origin.starts_with(GLUE_HUB_REPO), "{}", ds.origin);
-                for (i, e) in ds.examples.iter().enumerate() {
-                    let texts = &expected["texts"][i];
-                    assert_eq!(e.text_a, texts[0].as_str().unwrap(), "{key} row {i}");
-                    assert_eq!(e.text_b.as_deref(), texts[1].as_str(), "{key} row {i}");
-                    assert_eq!(e.idx, 100 + i, "{key}: idx column");
-                    let label = &expected["labels"][i];
-                    let want = if split.is_test() {
-                        Label::Unlabeled
-                    } else if task.is_regression() {
-                        Label::Score(label.as_f64().unwrap() as f32)
-                    } else {
-                        Label::Class(label.as_u64().unwrap() as usize)
-                    };
-                    assert_eq!(e.label, want, "{key} row {i}");
+    with_offline_cache(
+        "every_task_and_split_loads_from_the_cached_hub_layout",
+        || {
+            for task in Task::ALL {
+                for split in all_splits(task) {
+                    let key = hub_file_name(task, split)
+                        .trim_end_matches("-00000-of-00001.parquet")
+                        .to_string();
+                    let expected = &manifest[&key];
+                    let ds = load_hub(task, split);
+                    assert_eq!(ds.len() as u64, expected["rows"].as_u64().unwrap(), "{key}");
+                    assert!(ds.origin.starts_with(GLUE_HUB_REPO), "{}", ds.origin);
+                    for (i, e) in ds.examples.iter().enumerate() {
+                        let texts = &expected["texts"][i];
+                        assert_eq!(e.text_a, texts[0].as_str().unwrap(), "{key} row {i}");
+                        assert_eq!(e.text_b.as_deref(), texts[1].as_str(), "{key} row {i}");
+                        assert_eq!(e.idx, 100 + i, "{key}: idx column");
+                        let label = &expected["labels"][i];
+                        let want = if split.is_test() {
+                            Label::Unlabeled
+                        } else if task.is_regression() {
+                            Label::Score(label.as_f64().unwrap() as f32)
+                        } else {
+                            Label::Class(label.as_u64().unwrap() as usize)
+                        };
+                        assert_eq!(e.label, want, "{key} row {i}");
+                    }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 #[test]
@@ -111,7 +115,7 @@ fn hub_integers_and_tsv_strings_mean_the_same_classes() {
     let Some(glue) = common::glue_dir() else {
         return;
     };
-    with_offline_cache(|| {
+    with_offline_cache("hub_integers_and_tsv_strings_mean_the_same_classes", || {
         for task in [
             Task::Cola,
             Task::Sst2,
@@ -147,23 +151,26 @@ fn hub_integers_and_tsv_strings_mean_the_same_classes() {
 
 #[test]
 fn offline_without_the_file_names_the_cache_and_the_file() {
-    with_offline_cache(|| {
-        let source = DataSource::Hub {
-            repo: "someone/other-glue".into(),
-            revision: "main".into(),
-        };
-        let err = load_dataset(
-            &source,
-            Some(Task::Sst2),
-            Split::Dev,
-            &LoadOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("sst2/validation-00000-of-00001.parquet"),
-            "{err}"
-        );
-        assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
-    });
+    with_offline_cache(
+        "offline_without_the_file_names_the_cache_and_the_file",
+        || {
+            let source = DataSource::Hub {
+                repo: "someone/other-glue".into(),
+                revision: "main".into(),
+            };
+            let err = load_dataset(
+                &source,
+                Some(Task::Sst2),
+                Split::Dev,
+                &LoadOptions::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("sst2/validation-00000-of-00001.parquet"),
+                "{err}"
+            );
+            assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+        },
+    );
 }

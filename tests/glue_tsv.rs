@@ -1,7 +1,7 @@
 //! Every GLUE TSV in ../shared/data/glue loads, with the row and label counts that
 //! SOURCES.md gives for it.
 
-mod common;
+use crate::common;
 
 use candle_distill::data::{load_dataset, DataSource, Label, LoadOptions, Split, Task};
 

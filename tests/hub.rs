@@ -3,8 +3,7 @@
 //! HF_HUB_OFFLINE): a cache seeded in the hub's layout, a local stand-in for the hub
 //! (tests/hub/fake_hub.rs), and endpoints that refuse connections.
 
-mod common;
-#[path = "hub/fake_hub.rs"]
+use crate::common;
 mod fake_hub;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! order); only node 0 writes. The teacher is fine-tuned first by `finetune` on two
 //! local replicas. A node started with another recipe is refused.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

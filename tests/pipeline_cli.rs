@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 use candle_distill::testing::tiny_config;
 use common::tiny_run::{cli, recipe, setup, weights};

@@ -10,9 +10,9 @@
 //! PyTorch + transformers on the same machine and settings: teacher 82.3%, distilled
 //! student 81.1% (98.5%), hard-label student 81.3%.
 //!
-//! Run: `cargo test --release --test real_distill -- --ignored --nocapture`
+//! Run: `cargo test --release --test tests real_distill:: -- --ignored --nocapture`
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

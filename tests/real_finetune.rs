@@ -1,11 +1,11 @@
 //! Real weights (slow, minutes): fine-tune all-MiniLM-L6-v2 on the first 4,000 SST-2
 //! training sentences for one epoch and score the 872 dev sentences.
 //! Reference, PyTorch + transformers on the same 2-core machine and settings: 82.0%.
-//! Run alone with `cargo test --test real_finetune -- --nocapture`; the mixed-precision
+//! Run alone with `cargo test --test tests real_finetune:: -- --nocapture`; the mixed-precision
 //! comparison (bf16 and f16 against f32, about 12 minutes on 2 cores) with
-//! `cargo test --test real_finetune -- --ignored --nocapture`.
+//! `cargo test --test tests real_finetune:: -- --ignored --nocapture`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

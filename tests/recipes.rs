@@ -1,7 +1,7 @@
 //! The shipped recipes parse and validate; `plan` resolves the quick-start recipe;
 //! bad recipes are refused with the key and file named.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

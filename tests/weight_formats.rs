@@ -3,7 +3,7 @@
 //! shards with an index, and with gamma/beta LayerNorm names. Plus a legacy-format file
 //! written by torch itself.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

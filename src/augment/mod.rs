@@ -14,6 +14,7 @@ pub mod job;
 pub mod marian;
 pub mod mlm;
 pub mod spm;
+#[cfg(any(test, feature = "testing"))]
 pub mod tiny;
 
 use serde::{Deserialize, Serialize};

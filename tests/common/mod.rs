@@ -78,3 +78,35 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num.sqrt() / den.sqrt().max(1e-30)) as f32
 }
+
+/// Set in the child processes of [`run_in_child`].
+const CHILD: &str = "CANDLE_DISTILL_TEST_CHILD";
+
+/// Whether this process is a child started by [`run_in_child`].
+pub fn in_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+/// Runs the test `name` (its path in this binary, e.g. `glue_parquet::some_test`) alone
+/// in a child process of this binary with `envs` set, and fails if it fails. For code
+/// that reads process-wide variables: setting them in this process, while other tests
+/// run on other threads, would race with their reads.
+pub fn run_in_child(name: &str, envs: &[(&str, &std::ffi::OsStr)]) {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD, "1")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{name} failed in its child process:\n{report}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{name} did not run in its child process:\n{report}"
+    );
+}

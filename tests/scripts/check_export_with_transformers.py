@@ -17,7 +17,7 @@ runs/quickstart-sst2/checkpoints/best), exported with `candle-distill export --f
 The committed fixture tests/fixtures/tiny_export_transformers.json was made with
 (seed 7 = SEED in tests/export.rs):
 
-  CANDLE_DISTILL_TINY_STUDENT=/tmp/tiny cargo test --test export tiny_export
+  CANDLE_DISTILL_TINY_STUDENT=/tmp/tiny cargo test --test tests export::tiny_export
   cargo run -- export --from /tmp/tiny --out /tmp/tiny-export \
       --check-texts tests/fixtures/tiny_export_texts.txt --logits-out /tmp/tiny-rust.json
   python tests/scripts/check_export_with_transformers.py /tmp/tiny-export /tmp/tiny-rust.json \
