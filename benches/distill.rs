@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use candle_distill::distill::losses;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_distill::distill::objective::{BatchLoss, TokenShare};
+use candle_distill::distill::{LossWeights, Normalise};
 use candle_distill::model::bert::Linear;
 use candle_distill::model::{
     build_classifier, BertConfig, BertForSequenceClassification, BertInput, BuildOptions,
@@ -51,7 +52,8 @@ const EPOCH_MAX_LEN: usize = 64;
 /// BENCH_DEVICE (default `cpu`), for both sides.
 fn bench_device() -> Device {
     let spec = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-    candle_distill::device::parse_device(&spec)
+    spec.parse::<candle_distill::device::DeviceSpec>()
+        .and_then(|d| d.open())
         .unwrap_or_else(|e| panic!("BENCH_DEVICE={spec}: {e}"))
 }
 
@@ -149,7 +151,7 @@ impl Student {
             .model
             .forward(input, Outputs::ALL, Some(&mut self.rng))?;
         lap.mark("forward");
-        let loss = distill_loss(&out, teacher, &self.proj, logits)?;
+        let loss = distill_loss(&out, teacher, input, &self.proj, logits)?;
         let value = loss.to_scalar::<f32>()?;
         lap.mark("loss");
         let grads = loss.backward()?;
@@ -182,30 +184,45 @@ impl Laps {
     }
 }
 
-/// The trainer's own TinyBERT losses (candle_distill::distill::losses): attention MSE
-/// over mapped layers, hidden MSE through the projection (embeddings included), and
-/// soft cross-entropy on logits at T = 1 when `logits`.
+/// The trainer's own batch loss (candle_distill::distill::objective): attention MSE
+/// over uniformly mapped layers, hidden MSE through the projection (embeddings
+/// included), and soft cross-entropy on logits at T = 1 when `logits`; averaged over
+/// every position as TinyBERT's reference does, as the PyTorch side does.
 fn distill_loss(
     s: &ClassifierOutput,
     t: &ClassifierOutput,
+    input: &BertInput,
     proj: &Linear,
     logits: bool,
 ) -> Result<Tensor> {
     let s_layers = s.encoder.attention_scores.len();
     let every = t.encoder.attention_scores.len() / s_layers;
-    let mut terms = Vec::new();
-    for (i, sa) in s.encoder.attention_scores.iter().enumerate() {
-        let ta = &t.encoder.attention_scores[(i + 1) * every - 1];
-        terms.push(losses::attention_mse(sa, ta)?);
-    }
-    for (i, sh) in s.encoder.hidden_states.iter().enumerate() {
-        let th = &t.encoder.hidden_states[i * every];
-        terms.push(losses::hidden_mse(&proj.forward(sh)?, th)?);
-    }
-    if logits {
-        terms.push(losses::soft_cross_entropy(&s.logits, &t.logits, 1.0)?);
-    }
-    Tensor::stack(&terms, 0)?.sum_all()
+    let pairs: Vec<(usize, usize)> = (1..=s_layers).map(|l| (l, l * every)).collect();
+    let weights = LossWeights {
+        attention: 1.0,
+        hidden: 1.0,
+        embedding: 1.0,
+        soft_ce: if logits { 1.0 } else { 0.0 },
+        temperature: 1.0,
+        ..LossWeights::default()
+    };
+    let loss = BatchLoss {
+        stage: "bench",
+        weights: &weights,
+        normalise: Normalise::Reference,
+        pairs: &pairs,
+        input,
+        projections: &vec![proj.clone(); s_layers + 1],
+        student: s,
+        teacher: Some(t),
+        teacher_logits: None,
+        targets: None,
+        share: TokenShare::ALL,
+    };
+    let (total, _) = loss
+        .compute()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Ok(total)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

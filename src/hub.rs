@@ -40,10 +40,14 @@ impl Location {
         let path = Path::new(spec);
         if path.exists() {
             if !path.is_dir() {
+                let (field, folder) = match kind {
+                    RepoKind::Model => ("model", "a folder (holding config.json and weights)"),
+                    RepoKind::Dataset => ("data", "`hub`, a folder"),
+                };
                 return Err(Error::invalid(
                     spec,
-                    "model",
-                    "expected a folder (holding config.json and weights) or a hub id",
+                    field,
+                    format!("expected {folder} or a hub id"),
                 ));
             }
             return Ok(Location::Local(path.to_path_buf()));

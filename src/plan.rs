@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::augment::job::AugmentSettings;
 use crate::augment::Method;
-use crate::data::Task;
 use crate::distill::mapping;
 use crate::distill::trainer::check_compatible;
 use crate::distill::StudentInit;
@@ -294,9 +293,11 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
         train_examples: data.train.len(),
         dev_examples: data.dev.len(),
         max_seq_len: seq,
-        devices: crate::device::device_names(&recipe.device)
-            .into_iter()
-            .map(String::from)
+        devices: recipe
+            .device
+            .specs()
+            .iter()
+            .map(ToString::to_string)
             .collect(),
         teacher_finetune,
         stages,
@@ -501,11 +502,6 @@ impl Plan {
         }
         s
     }
-}
-
-/// Parses a task name for CLI use.
-pub fn parse_task(name: &str) -> Result<Task> {
-    name.parse()
 }
 
 /// The most new texts one input text can give under these settings.

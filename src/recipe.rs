@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::job::AugmentSettings;
+use crate::data::Task;
+use crate::device::{DeviceList, FloatType};
 use crate::distill::{LayerMap, LossWeights, Normalise, StageKind, StudentSpec, TrainSettings};
 use crate::train::{Precision, Schedule};
 use crate::{Error, Result};
@@ -26,9 +28,10 @@ pub struct Recipe {
     pub description: Option<String>,
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// `cpu`, `cuda[:N]`, `metal` or `auto`.
-    #[serde(default = "default_device")]
-    pub device: String,
+    /// `cpu`, `cuda[:N]`, `metal`, `auto`, or a list (`cuda:0,cuda:1`): one
+    /// data-parallel replica on each.
+    #[serde(default)]
+    pub device: DeviceList,
     /// Compute dtype of every training stage (`f32`, `bf16`, `f16`; weights stay in
     /// f32); a stage's own `precision` wins.
     #[serde(default)]
@@ -67,9 +70,6 @@ pub struct Variant {
 fn default_seed() -> u64 {
     42
 }
-fn default_device() -> String {
-    "cpu".into()
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,15 +90,26 @@ pub struct TeacherSpec {
     #[serde(default)]
     pub allow_weak_teacher: bool,
     /// Teacher inference dtype (`f32`, `f16`, `bf16`).
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
+    #[serde(default)]
+    pub dtype: FloatType,
 }
 
 fn default_margin() -> f64 {
     0.05
 }
-fn default_dtype() -> String {
-    "f32".into()
+
+impl TeacherSpec {
+    /// This model with every other setting at its default.
+    pub fn new(model: impl Into<String>) -> TeacherSpec {
+        TeacherSpec {
+            model: model.into(),
+            finetune: FinetuneWhen::default(),
+            finetune_settings: None,
+            min_margin_over_chance: default_margin(),
+            allow_weak_teacher: false,
+            dtype: FloatType::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -114,7 +125,7 @@ pub enum FinetuneWhen {
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli.
-    pub name: String,
+    pub name: Task,
     /// `hub` (nyu-mll/glue parquet) or a folder in the GLUE TSV layout.
     #[serde(default = "default_data")]
     pub data: String,
@@ -135,10 +146,22 @@ fn default_data() -> String {
 }
 
 impl TaskSpec {
+    /// This task's data (`hub`, a folder or a hub dataset) with every other setting at
+    /// its default.
+    pub fn new(name: Task, data: impl Into<String>) -> TaskSpec {
+        TaskSpec {
+            name,
+            data: data.into(),
+            max_seq_len: None,
+            train_limit: None,
+            dev_limit: None,
+            skip_malformed: false,
+        }
+    }
+
     /// `max_seq_len`, or the task's default when the recipe gives none.
-    pub fn resolved_max_seq_len(&self) -> Result<usize> {
-        let task: crate::data::Task = self.name.parse()?;
-        Ok(self.max_seq_len.unwrap_or(task.default_max_seq_len()))
+    pub fn resolved_max_seq_len(&self) -> usize {
+        self.max_seq_len.unwrap_or(self.name.default_max_seq_len())
     }
 }
 
@@ -169,20 +192,12 @@ fn default_eval_batch() -> usize {
     64
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
     /// Export dtype: `f32`, `f16` or `bf16`.
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
-}
-
-impl Default for ExportSpec {
-    fn default() -> Self {
-        ExportSpec {
-            dtype: default_dtype(),
-        }
-    }
+    #[serde(default)]
+    pub dtype: FloatType,
 }
 
 /// Training data of a stage.
@@ -234,7 +249,7 @@ pub struct StageSpec {
     #[serde(default = "default_clip")]
     pub max_grad_norm: Option<f64>,
     /// Sort batches by length (less padding, same results up to batch order).
-    #[serde(default = "default_true")]
+    #[serde(default = "default_group_by_length")]
     pub group_by_length: bool,
     #[serde(default = "default_ckpt")]
     pub checkpoint_every: usize,
@@ -252,29 +267,56 @@ pub struct StageSpec {
     pub normalise: Normalise,
 }
 
+// A stage's defaults are `TrainSettings::DEFAULT`'s.
+const STAGE: TrainSettings = TrainSettings::DEFAULT;
 fn default_epochs() -> usize {
-    3
+    STAGE.epochs
 }
 fn default_lr() -> f64 {
-    5e-5
+    STAGE.learning_rate
 }
 fn default_batch() -> usize {
-    32
+    STAGE.batch_size
 }
 fn default_wd() -> f64 {
-    0.01
+    STAGE.weight_decay
 }
 fn default_clip() -> Option<f64> {
-    Some(1.0)
+    STAGE.max_grad_norm
 }
-fn default_true() -> bool {
-    true
+fn default_group_by_length() -> bool {
+    STAGE.group_by_length
 }
 fn default_ckpt() -> usize {
-    200
+    STAGE.checkpoint_every
 }
 
 impl StageSpec {
+    /// A stage of this kind with every setting at its default, as a recipe's
+    /// `[[stages]]` table holding only `kind`.
+    pub fn new(kind: StageKind) -> StageSpec {
+        StageSpec {
+            name: None,
+            kind,
+            data: StageData::Train,
+            losses: None,
+            layer_map: LayerMap::default(),
+            epochs: default_epochs(),
+            max_steps: STAGE.max_steps,
+            learning_rate: default_lr(),
+            batch_size: default_batch(),
+            warmup_ratio: None,
+            schedule: None,
+            weight_decay: default_wd(),
+            max_grad_norm: default_clip(),
+            group_by_length: default_group_by_length(),
+            checkpoint_every: default_ckpt(),
+            precision: None,
+            eval_every: None,
+            normalise: STAGE.normalise,
+        }
+    }
+
     /// The length every batch is padded to: the task's max_seq_len under `reference`
     /// normalisation of intermediate losses, else none (each batch to its longest row).
     fn pad_to(&self, recipe: &Recipe) -> Option<usize> {
@@ -283,20 +325,13 @@ impl StageSpec {
         if self.normalise != Normalise::Reference || !intermediate {
             return None;
         }
-        recipe.task.resolved_max_seq_len().ok()
+        Some(recipe.task.resolved_max_seq_len())
     }
 
     pub fn display_name(&self, index: usize) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            format!(
-                "{}-{}",
-                index + 1,
-                serde_json::to_value(self.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
-            )
-        })
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", index + 1, self.kind.name()))
     }
 
     pub fn losses(&self) -> LossWeights {
@@ -307,7 +342,6 @@ impl StageSpec {
     /// constant LR for intermediate stages (TinyBERT), 10% warm-up + linear decay otherwise.
     pub fn settings(&self, recipe: &Recipe, is_final: bool) -> TrainSettings {
         let eval = &recipe.eval;
-        let intermediate = matches!(self.kind, StageKind::Intermediate | StageKind::General);
         TrainSettings {
             epochs: self.epochs,
             max_steps: self.max_steps,
@@ -315,21 +349,17 @@ impl StageSpec {
             batch_size: self.batch_size,
             warmup_ratio: self
                 .warmup_ratio
-                .unwrap_or(if intermediate { 0.0 } else { 0.1 }),
-            schedule: self.schedule.unwrap_or(if intermediate {
-                Schedule::Constant
-            } else {
-                Schedule::Linear
-            }),
+                .unwrap_or(self.kind.default_warmup_ratio()),
+            schedule: self.schedule.unwrap_or(self.kind.default_schedule()),
             weight_decay: self.weight_decay,
             max_grad_norm: self.max_grad_norm,
             eval_every: self.eval_every.unwrap_or(eval.every),
             patience: if is_final { eval.patience } else { None },
             group_by_length: self.group_by_length,
             checkpoint_every: self.checkpoint_every,
-            log_every: 10,
+            log_every: STAGE.log_every,
             precision: self.precision.unwrap_or(recipe.precision),
-            initial_loss_scale: crate::train::LossScale::INITIAL,
+            initial_loss_scale: STAGE.initial_loss_scale,
             normalise: self.normalise,
             pad_to: self.pad_to(recipe),
         }
@@ -337,6 +367,33 @@ impl StageSpec {
 }
 
 impl Recipe {
+    /// A recipe of these parts with every other setting at its default, as a file
+    /// holding only them gives.
+    pub fn new(
+        teacher: TeacherSpec,
+        task: TaskSpec,
+        student: StudentSpec,
+        stages: Vec<StageSpec>,
+    ) -> Recipe {
+        Recipe {
+            version: SCHEMA_VERSION,
+            name: None,
+            description: None,
+            seed: default_seed(),
+            device: DeviceList::default(),
+            precision: Precision::default(),
+            output: None,
+            teacher,
+            task,
+            student,
+            eval: EvalSpec::default(),
+            stages,
+            export: ExportSpec::default(),
+            augment: None,
+            sweep: BTreeMap::new(),
+        }
+    }
+
     /// A stage trains on the run's own augmented data.
     pub fn needs_augmentation(&self) -> bool {
         self.stages
@@ -440,20 +497,6 @@ impl Recipe {
         if !self.sweep.is_empty() {
             self.sweep_variants(origin)?;
         }
-        crate::device::parse_dtype(&self.teacher.dtype).map_err(|_| {
-            Error::invalid(
-                origin,
-                "teacher.dtype",
-                format!("`{}`: expected f32, f16 or bf16", self.teacher.dtype),
-            )
-        })?;
-        crate::device::parse_dtype(&self.export.dtype).map_err(|_| {
-            Error::invalid(
-                origin,
-                "export.dtype",
-                format!("`{}`: expected f32, f16 or bf16", self.export.dtype),
-            )
-        })?;
         Ok(())
     }
 
@@ -655,6 +698,30 @@ epochs = 2
         assert_eq!(r.stages[0].settings(&r, false).schedule, Schedule::Constant);
         let again = Recipe::parse(&r.resolved_toml().unwrap(), "resolved", &[]).unwrap();
         assert_eq!(again, r);
+    }
+
+    /// The defaults are written once: a stage table holding only `kind`, the code's
+    /// `StageSpec::new` and the trainer's `TrainSettings::DEFAULT` agree.
+    #[test]
+    fn one_set_of_stage_defaults() {
+        let r = Recipe::parse(MINIMAL, "r.toml", &[]).unwrap();
+        assert_eq!(r.stages[0], StageSpec::new(StageKind::Intermediate));
+        let finetune = Recipe::parse(
+            &MINIMAL.replace("kind = \"prediction\"\nepochs = 2", "kind = \"finetune\""),
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(finetune.stages[1], StageSpec::new(StageKind::Finetune));
+        let settings = StageSpec::new(StageKind::Finetune).settings(&r, true);
+        assert_eq!(settings, TrainSettings::DEFAULT);
+        let recipe = Recipe::new(
+            TeacherSpec::new("bert-base-uncased"),
+            TaskSpec::new(Task::Sst2, "hub"),
+            r.student.clone(),
+            r.stages.clone(),
+        );
+        assert_eq!(recipe, r);
     }
 
     #[test]

@@ -237,12 +237,9 @@ pub fn write_random_masked_lm(dir: &Path, config: &BertConfig, seed: u64) -> Res
 
 fn write_varmap_model(dir: &Path, config: &BertConfig, varmap: &candle_nn::VarMap) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tensors = varmap
-        .data()
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(DType::F32)?)))
+    let tensors = crate::model::params::named_tensors(varmap)
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
     crate::model::weights::save_safetensors(&tensors, &dir.join("model.safetensors"))?;
     crate::io::write_json(&dir.join("config.json"), config)?;

@@ -34,7 +34,7 @@ fn every_shipped_recipe_is_valid() {
         for s in ["tinybert4", "tinybert6"] {
             let f = common::repo_root().join(format!("recipes/{s}-{task}.toml"));
             let r = Recipe::load(&f, &[]).unwrap();
-            assert_eq!(r.task.name, task);
+            assert_eq!(r.task.name.name(), task);
             // The reference keeps the best of evaluations every 50 steps: the prediction
             // stage evaluates every 100 (every 2,000 for the three large dev sets), the
             // intermediate one as the recipe's `eval.every` says.

@@ -2,13 +2,12 @@
 //! training text (or of any TSV/JSONL file), cached per task and method.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use anyhow::Context;
 use candle_distill::augment::input::read_text_rows;
 use candle_distill::augment::job::{augment_cached, AugmentSettings, JobContext, Methods};
-use candle_distill::data::{load_dataset, LoadOptions, Split, Task};
-use candle_distill::pipeline::data_source;
+use candle_distill::data::{load_dataset, DataSource, LoadOptions, Split, Task};
+use candle_distill::device::DeviceSpec;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MethodArg {
@@ -20,12 +19,13 @@ pub enum MethodArg {
 #[derive(clap::Args)]
 pub struct Args {
     /// GLUE task whose training split is augmented; also names the output files
-    /// (`<task>.<method>.<key>.jsonl`).
+    /// (`<task>.<method>.<key>.jsonl`), with --input too.
     #[arg(long)]
-    pub task: String,
+    pub task: Task,
     #[arg(long, value_enum, default_value = "mlm")]
     pub method: MethodArg,
-    /// Where the task's data comes from: `hub` (nyu-mll/glue) or a GLUE TSV folder.
+    /// The task's data: `hub` (nyu-mll/glue), a folder in the GLUE TSV layout, or a hub
+    /// dataset in nyu-mll/glue's parquet layout (org/name[@revision]).
     #[arg(long, default_value = "hub")]
     pub data: String,
     /// Augment only the first N training rows.
@@ -89,9 +89,9 @@ pub struct Args {
     pub chunk_rows: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// cpu, cuda[:N] or metal[:N].
+    /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
 }
 
 impl Args {
@@ -130,13 +130,18 @@ impl Args {
             }
             return Ok(rows);
         }
-        let task = Task::from_str(&self.task)?;
+        let task = self.task;
         let options = LoadOptions {
             limit: self.limit,
             ..Default::default()
         };
-        let train = load_dataset(&data_source(&self.data), Some(task), Split::Train, &options)
-            .with_context(|| format!("loading the {task} training split"))?;
+        let train = load_dataset(
+            &DataSource::parse(&self.data)?,
+            Some(task),
+            Split::Train,
+            &options,
+        )
+        .with_context(|| format!("loading the {task} training split"))?;
         Ok(train.examples.iter().map(|e| e.texts()).collect())
     }
 }
@@ -144,9 +149,9 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let rows = args.rows()?;
     tracing::info!("{}: {} rows to augment", args.task, rows.len());
-    let device = candle_distill::device::parse_device(&args.device)?;
+    let device = args.device.open()?;
     let ctx = JobContext {
-        task: &args.task,
+        task: args.task.name(),
         out_dir: &args.out,
         seed: args.seed,
         device: &device,

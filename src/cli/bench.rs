@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use candle_distill::bench::{bench, BenchOptions};
+use candle_distill::device::{DeviceSpec, FloatType};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,10 +24,10 @@ pub struct Args {
     pub warmup: usize,
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: FloatType,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -38,8 +39,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batches: args.batches,
         iters: args.iters,
         warmup: args.warmup,
-        device: candle_distill::device::parse_device(&args.device)?,
-        dtype: candle_distill::device::parse_dtype(&args.dtype)?,
+        device: args.device.open()?,
+        dtype: args.dtype.dtype(),
     };
     let report = bench(&args.models, &options).context("benchmarking")?;
     if args.json {

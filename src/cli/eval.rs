@@ -8,6 +8,7 @@ use anyhow::Context;
 use candle_distill::data::{
     load_dataset, DataSource, Dataset, LoadOptions, Predictions, Split, Task,
 };
+use candle_distill::device::DeviceSpec;
 use candle_distill::eval::{evaluate, EvalOptions, EvalResult};
 use candle_distill::model::{load_classifier, BuildOptions};
 
@@ -23,12 +24,11 @@ pub struct Args {
     /// the matched and the mismatched sets, each on its own.
     #[arg(long, default_value = "dev")]
     pub split: Split,
-    /// A folder in the GLUE download layout (SST-2/dev.tsv, ...).
-    #[arg(long, conflicts_with = "hub_data")]
-    pub data: Option<PathBuf>,
-    /// Read the hub's parquet files (the default), from this dataset repo.
-    #[arg(long, value_name = "REPO[@REV]", num_args = 0..=1, default_missing_value = "nyu-mll/glue")]
-    pub hub_data: Option<String>,
+    /// The task's data: `hub` (nyu-mll/glue), a folder in the GLUE TSV layout
+    /// (SST-2/dev.tsv, ...), or a hub dataset in nyu-mll/glue's parquet layout
+    /// (org/name[@revision]).
+    #[arg(long, default_value = "hub")]
+    pub data: String,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Tokens per example after truncation (default: 64 for single sentences, 128 for pairs).
@@ -36,7 +36,7 @@ pub struct Args {
     pub max_seq_len: Option<usize>,
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Leave out malformed rows (and say how many) instead of stopping.
     #[arg(long)]
     pub skip_malformed: bool,
@@ -49,22 +49,6 @@ pub struct Args {
     /// Write into --out even when it is not empty.
     #[arg(long)]
     pub force: bool,
-}
-
-fn source(args: &Args) -> DataSource {
-    match (&args.data, &args.hub_data) {
-        (Some(dir), _) => DataSource::GlueDir(dir.clone()),
-        (None, spec) => {
-            let spec = spec
-                .as_deref()
-                .unwrap_or(candle_distill::data::GLUE_HUB_REPO);
-            let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
-            DataSource::Hub {
-                repo: repo.to_string(),
-                revision: revision.to_string(),
-            }
-        }
-    }
 }
 
 /// The splits one `--split` stands for: MNLI's matched and mismatched sets stay apart.
@@ -84,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.split
         );
     }
-    let device = candle_distill::device::parse_device(&args.device)?;
+    let device = args.device.open()?;
     if let Some(out) = &args.out {
         candle_distill::io::ensure_fresh_dir(out, args.force)?;
     }
@@ -99,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         skip_malformed: args.skip_malformed,
         limit: args.limit,
     };
-    let data = source(&args);
+    let data = DataSource::parse(&args.data)?;
     let mut results = serde_json::Map::new();
     for split in splits(task, args.split) {
         let dataset = load_dataset(&data, Some(task), split, &load_options)

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use candle_distill::device::FloatType;
 use candle_distill::export::{export_classifier, read_examples, ExportOptions, ExportSource};
 
 #[derive(clap::Args)]
@@ -17,7 +18,7 @@ pub struct Args {
     pub out: PathBuf,
     /// Storage dtype of the weights: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: FloatType,
     /// Replace an existing non-empty destination.
     #[arg(long)]
     pub force: bool,
@@ -38,7 +39,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let dtype = candle_distill::device::parse_dtype(&args.dtype)?;
+    let dtype = args.dtype.dtype();
     // A run folder exports its best dev checkpoint.
     let run_best = std::path::Path::new(&args.from).join("checkpoints/best");
     let from = if run_best.join("model.safetensors").is_file() {

@@ -3,8 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_distill::recipe::{Recipe, StageSpec};
+use candle_distill::data::Task;
+use candle_distill::device::DeviceList;
+use candle_distill::distill::{StudentInit, StudentSpec, TrainSettings};
+use candle_distill::recipe::{Recipe, TaskSpec, TeacherSpec};
 use candle_distill::train::Precision;
+
+// The flags' defaults are a recipe's (`TrainSettings::DEFAULT`).
+const STAGE: TrainSettings = TrainSettings::DEFAULT;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,32 +19,34 @@ pub struct Args {
     pub model: String,
     /// GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli).
     #[arg(long)]
-    pub task: String,
+    pub task: Task,
     /// Output folder for the fine-tuned model (Hugging Face layout).
     #[arg(long)]
     pub out: PathBuf,
-    /// `hub` or a folder in the GLUE TSV layout.
+    /// The task's data: `hub` (nyu-mll/glue), a folder in the GLUE TSV layout, or a hub
+    /// dataset in nyu-mll/glue's parquet layout (org/name[@revision]).
     #[arg(long, default_value = "hub")]
     pub data: String,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = STAGE.epochs)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 2e-5)]
+    #[arg(long, default_value_t = STAGE.learning_rate)]
     pub lr: f64,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = STAGE.batch_size)]
     pub batch_size: usize,
     #[arg(long)]
     pub max_seq_len: Option<usize>,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = STAGE.warmup_ratio)]
     pub warmup_ratio: f64,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = STAGE.weight_decay)]
     pub weight_decay: f64,
+    /// Clip the gradient norm at this value (0: no clipping).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
     /// Evaluate on dev every N steps (0: each epoch end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = STAGE.eval_every)]
     pub eval_every: usize,
     /// Save a resumable checkpoint every N steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = STAGE.checkpoint_every)]
     pub checkpoint_every: usize,
     /// Use only the first N training rows.
     #[arg(long)]
@@ -48,7 +56,7 @@ pub struct Args {
     /// cpu, cuda:1, metal, auto, or a list (cuda:0,cuda:1): one data-parallel replica
     /// on each.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceList,
     /// Compute dtype of the training steps: f32, bf16 or f16 (weights stay in f32;
     /// f16 uses dynamic loss scaling).
     #[arg(long, default_value = "f32")]
@@ -59,34 +67,37 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut stage = candle_distill::pipeline::default_finetune_stage();
-    stage.epochs = args.epochs;
-    stage.learning_rate = args.lr;
-    stage.batch_size = args.batch_size;
-    stage.warmup_ratio = Some(args.warmup_ratio);
-    stage.weight_decay = args.weight_decay;
-    stage.max_grad_norm = Some(args.max_grad_norm);
-    stage.checkpoint_every = args.checkpoint_every;
-    stage.precision = Some(args.precision);
-    let recipe = finetune_recipe(&args, stage)?;
+    let recipe = finetune_recipe(&args)?;
     let report = candle_distill::pipeline::finetune_to_folder(&recipe, &args.out, args.force)
         .with_context(|| format!("fine-tuning on {}", args.task))?; // errors name the model
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
-fn finetune_recipe(args: &Args, stage: StageSpec) -> anyhow::Result<Recipe> {
-    let toml = format!(
-        "version = 1\nseed = {}\ndevice = {:?}\n[teacher]\nmodel = {:?}\n[task]\nname = {:?}\ndata = {:?}\n[student]\nfrom = \"checkpoint\"\nmodel = {:?}\n[eval]\nevery = {}\n",
-        args.seed, args.device, args.model, args.task, args.data, args.model, args.eval_every
-    );
-    let mut recipe = Recipe::parse(
-        &format!("{toml}[[stages]]\nkind = \"finetune\"\n"),
-        "finetune options",
-        &[],
-    )?;
-    recipe.task.max_seq_len = args.max_seq_len;
-    recipe.task.train_limit = args.train_limit;
-    recipe.stages = vec![stage];
+/// The recipe these flags stand for: the model as teacher and student, one
+/// `finetune` stage.
+fn finetune_recipe(args: &Args) -> anyhow::Result<Recipe> {
+    let mut stage = candle_distill::pipeline::default_finetune_stage();
+    stage.epochs = args.epochs;
+    stage.learning_rate = args.lr;
+    stage.batch_size = args.batch_size;
+    stage.warmup_ratio = Some(args.warmup_ratio);
+    stage.weight_decay = args.weight_decay;
+    stage.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
+    stage.checkpoint_every = args.checkpoint_every;
+    stage.precision = Some(args.precision);
+    let task = TaskSpec {
+        max_seq_len: args.max_seq_len,
+        train_limit: args.train_limit,
+        ..TaskSpec::new(args.task, &args.data)
+    };
+    let student = StudentSpec::from(StudentInit::Checkpoint {
+        model: args.model.clone(),
+    });
+    let mut recipe = Recipe::new(TeacherSpec::new(&args.model), task, student, vec![stage]);
+    recipe.seed = args.seed;
+    recipe.device = args.device.clone();
+    recipe.eval.every = args.eval_every;
+    recipe.validate("finetune options")?;
     Ok(recipe)
 }

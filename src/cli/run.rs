@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use candle_distill::device::DeviceList;
 use candle_distill::recipe::Recipe;
 use candle_distill::train::cluster::NodeSpec;
 
@@ -25,7 +26,7 @@ pub struct Args {
     /// Device(s), overriding the recipe's: cpu, cuda:1, metal, auto, or a list such as
     /// cuda:0,cuda:1 for one data-parallel replica on each.
     #[arg(long)]
-    pub device: Option<String>,
+    pub device: Option<DeviceList>,
     /// Start over in a run folder that holds another run.
     #[arg(long)]
     pub force: bool,

@@ -183,6 +183,23 @@ impl DataSource {
             revision: "main".into(),
         }
     }
+
+    /// The task data a user names, with the same meaning in recipes (`task.data`) and
+    /// in every command's `--data`: `hub` (nyu-mll/glue), a folder in the GLUE TSV
+    /// layout, or another hub dataset in the same parquet layout (`org/name[@revision]`).
+    pub fn parse(spec: &str) -> Result<Self> {
+        if spec == "hub" {
+            return Ok(DataSource::glue_hub());
+        }
+        Ok(
+            match crate::hub::Location::parse(spec, crate::hub::RepoKind::Dataset)? {
+                crate::hub::Location::Local(dir) => DataSource::GlueDir(dir),
+                crate::hub::Location::Hub { repo, revision, .. } => {
+                    DataSource::Hub { repo, revision }
+                }
+            },
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,5 +354,41 @@ pub(crate) fn parse_score(value: &str) -> std::result::Result<f32, String> {
     match value.trim().parse::<f32>() {
         Ok(s) if s.is_finite() => Ok(s),
         _ => Err(format!("score `{}` is not a finite number", value.trim())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_specs_mean_the_same_everywhere() {
+        assert_eq!(DataSource::parse("hub").unwrap(), DataSource::glue_hub());
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().display().to_string();
+        assert_eq!(
+            DataSource::parse(&folder).unwrap(),
+            DataSource::GlueDir(dir.path().to_path_buf())
+        );
+        assert_eq!(
+            DataSource::parse("someone/glue-copy@v2").unwrap(),
+            DataSource::Hub {
+                repo: "someone/glue-copy".into(),
+                revision: "v2".into()
+            }
+        );
+        let file = dir.path().join("train.tsv");
+        std::fs::write(&file, "sentence\tlabel\n").unwrap();
+        let err = DataSource::parse(&file.display().to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train.tsv") && err.contains("`hub`, a folder"),
+            "{err}"
+        );
+        let err = DataSource::parse("../no/such/glue")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("../no/such/glue"), "{err}");
     }
 }

@@ -1,8 +1,10 @@
 //! Knowledge distillation: layer mapping, losses, students, and the staged trainer.
 
 pub mod cache;
+pub mod checkpoint;
 pub mod losses;
 pub mod mapping;
+pub mod objective;
 pub mod replicas;
 pub mod student;
 pub mod trainer;

@@ -128,12 +128,9 @@ impl Student {
     /// gradients reach the f32 variables. Cheap: one pass over the weights.
     pub fn cast(&self, dtype: DType) -> Result<(BertForSequenceClassification, Vec<Linear>)> {
         let tensors = self
-            .varmap
-            .data()
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
+            .named_tensors()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
             .collect::<candle_core::Result<HashMap<_, _>>>()?;
         let device = tensors
             .values()
@@ -155,14 +152,24 @@ impl Student {
 
     /// Student parameters without the training-only projections.
     pub fn model_parameters(&self) -> usize {
-        self.varmap
-            .data()
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(k, _)| !k.starts_with("fit_dense"))
-            .map(|(_, v)| v.elem_count())
-            .sum()
+        self.model_tensors().values().map(Tensor::elem_count).sum()
+    }
+
+    /// Every trainable variable by name, projections included.
+    pub fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+        crate::model::params::named_vars(&self.varmap)
+    }
+
+    /// Every trained tensor by name, projections included (nothing is copied).
+    pub fn named_tensors(&self) -> HashMap<String, Tensor> {
+        crate::model::params::named_tensors(&self.varmap)
+    }
+
+    /// The tensors of the model a user gets: without the training-only projections.
+    pub fn model_tensors(&self) -> HashMap<String, Tensor> {
+        let mut tensors = self.named_tensors();
+        tensors.retain(|k, _| !k.starts_with("fit_dense"));
+        tensors
     }
 }
 

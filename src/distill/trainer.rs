@@ -2,21 +2,24 @@
 //! general distillation, or plain fine-tuning. Checkpoints to the run folder and
 //! resumes bit-for-bit from it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::losses::{self, LossWeights, Normalise};
+use super::checkpoint;
+use super::losses::{LossWeights, Normalise};
 use super::mapping::{self, LayerMap};
-use super::student::{project, Student};
-use crate::model::bert::Linear;
-use crate::model::{BertForSequenceClassification, ClassifierOutput, Outputs};
+use super::objective::{scalar, BatchLoss, TokenShare};
+use super::student::Student;
+use crate::data::batch_order;
+use crate::model::{BertForSequenceClassification, Outputs};
 use crate::rng::Rng;
-use crate::run::{CheckpointFile, RunDir};
+use crate::run::RunDir;
 use crate::tokenizer::{pad_batch_to, Encoded};
-use crate::train::parallel::{shard_range, AllReduce};
+use crate::train::parallel::{self, shard_range, AllReduce};
 use crate::train::{lr_at, AdamW, AdamWConfig, LossScale, Precision, Schedule};
 use crate::{Error, Result};
 
@@ -48,6 +51,38 @@ pub enum StageKind {
 }
 
 impl StageKind {
+    /// As written in recipes.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::General => "general",
+            StageKind::Intermediate => "intermediate",
+            StageKind::Prediction => "prediction",
+            StageKind::Finetune => "finetune",
+        }
+    }
+
+    fn trains_layers_only(self) -> bool {
+        matches!(self, StageKind::General | StageKind::Intermediate)
+    }
+
+    /// TinyBERT's layer-matching stages train at a constant rate; the others warm up
+    /// over 10% of the steps and then decay linearly.
+    pub fn default_warmup_ratio(self) -> f64 {
+        if self.trains_layers_only() {
+            0.0
+        } else {
+            0.1
+        }
+    }
+
+    pub fn default_schedule(self) -> Schedule {
+        if self.trains_layers_only() {
+            Schedule::Constant
+        } else {
+            Schedule::Linear
+        }
+    }
+
     pub fn default_losses(self) -> LossWeights {
         match self {
             StageKind::General | StageKind::Intermediate => LossWeights::intermediate(),
@@ -95,29 +130,36 @@ fn initial_loss_scale() -> f64 {
     LossScale::INITIAL
 }
 
-/// A recipe stage's defaults (3 epochs, lr 5e-5, batch 32, 10% warm-up then linear decay,
-/// weight decay 0.01, clipping at 1.0, length grouping, a checkpoint every 200 steps).
+impl TrainSettings {
+    /// The stage defaults, the one place they are written: recipes, the `finetune`
+    /// command and the trainer all start from these (3 epochs, lr 5e-5, batch 32, 10%
+    /// warm-up then linear decay, weight decay 0.01, clipping at 1.0, length grouping,
+    /// a checkpoint every 200 steps). Warm-up and schedule also depend on the stage
+    /// kind: see [`StageKind::default_schedule`].
+    pub const DEFAULT: TrainSettings = TrainSettings {
+        epochs: 3,
+        max_steps: None,
+        learning_rate: 5e-5,
+        batch_size: 32,
+        warmup_ratio: 0.1,
+        schedule: Schedule::Linear,
+        weight_decay: 0.01,
+        max_grad_norm: Some(1.0),
+        eval_every: 0,
+        patience: None,
+        group_by_length: true,
+        checkpoint_every: 200,
+        log_every: 10,
+        precision: Precision::F32,
+        initial_loss_scale: LossScale::INITIAL,
+        normalise: Normalise::Tokens,
+        pad_to: None,
+    };
+}
+
 impl Default for TrainSettings {
     fn default() -> Self {
-        TrainSettings {
-            epochs: 3,
-            max_steps: None,
-            learning_rate: 5e-5,
-            batch_size: 32,
-            warmup_ratio: 0.1,
-            schedule: Schedule::Linear,
-            weight_decay: 0.01,
-            max_grad_norm: Some(1.0),
-            eval_every: 0,
-            patience: None,
-            group_by_length: true,
-            checkpoint_every: 200,
-            log_every: 10,
-            precision: Precision::F32,
-            initial_loss_scale: LossScale::INITIAL,
-            normalise: Normalise::default(),
-            pad_to: None,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -195,28 +237,6 @@ pub struct Trainer<'a> {
     pub parallel: Option<&'a dyn AllReduce>,
 }
 
-/// The batches of one epoch: shuffled, optionally grouped by length (sorted inside
-/// chunks of 50 batches, then chunks shuffled), the last incomplete batch kept.
-pub fn epoch_batches(
-    lengths: &[usize],
-    batch_size: usize,
-    group_by_length: bool,
-    rng: &mut Rng,
-) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    rng.shuffle(&mut order);
-    if group_by_length {
-        for chunk in order.chunks_mut(batch_size * 50) {
-            chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-        }
-    }
-    let mut batches: Vec<Vec<usize>> = order.chunks(batch_size).map(|c| c.to_vec()).collect();
-    if group_by_length {
-        rng.shuffle(&mut batches);
-    }
-    batches
-}
-
 /// Refuses loss choices the two architectures cannot support.
 pub fn check_compatible(
     losses: &LossWeights,
@@ -243,40 +263,29 @@ pub fn check_compatible(
     Ok(())
 }
 
-/// A data-parallel worker's loss is multiplied by its share of the batch's rows; a
-/// mean over its own real tokens (or real attention pairs) needs another factor for
-/// the workers' sum to be the whole batch's mean: these, divided by the row share.
-#[derive(Debug, Clone, Copy)]
-struct TokenShare {
-    tokens: f64,
-    pairs: f64,
+/// What a stage works out once, before its first step.
+struct StagePlan<'s> {
+    teacher: Option<&'s BertForSequenceClassification>,
+    /// (student layer, teacher layer) pairs of the intermediate losses.
+    pairs: Vec<(usize, usize)>,
+    want: Outputs,
+    /// Tokens of each training row.
+    lengths: Vec<usize>,
+    total_steps: usize,
+    warmup_steps: usize,
+    parallel: Option<&'s dyn AllReduce>,
+    leader: bool,
 }
 
-impl TokenShare {
-    fn of(mine: &[usize], batch: &[usize], lengths: &[usize], row_share: f64) -> Self {
-        let sum = |rows: &[usize], f: &dyn Fn(usize) -> f64| -> f64 {
-            rows.iter().map(|&i| f(lengths[i])).sum()
-        };
-        let ratio = |f: &dyn Fn(usize) -> f64| {
-            let whole = sum(batch, f);
-            if whole > 0.0 && row_share > 0.0 {
-                sum(mine, f) / whole / row_share
-            } else {
-                1.0
-            }
-        };
-        TokenShare {
-            tokens: ratio(&|n| n as f64),
-            pairs: ratio(&|n| (n * n) as f64),
-        }
-    }
+/// One optimizer step, for the log.
+struct StepRecord {
+    loss: f64,
+    parts: BTreeMap<String, f64>,
+    lr: f64,
+    grad_norm: Option<f64>,
 }
 
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64)
-}
-
-impl Trainer<'_> {
+impl<'a> Trainer<'a> {
     fn targets(&self, batch: &[&TrainExample]) -> Result<Option<Tensor>> {
         match batch.first().map(|e| e.target) {
             Some(Target::Class(_)) => {
@@ -303,198 +312,76 @@ impl Trainer<'_> {
         }
     }
 
-    /// The weighted loss of one batch and its parts, for logging.
-    #[allow(clippy::too_many_arguments)]
-    fn batch_loss(
-        &self,
-        stage: &Stage,
-        pairs: &[(usize, usize)],
-        input: &crate::model::BertInput,
-        projections: &[Linear],
-        student_out: &ClassifierOutput,
-        teacher_out: Option<&ClassifierOutput>,
-        teacher_logits: Option<&Tensor>,
-        targets: Option<&Tensor>,
-        token_share: TokenShare,
-    ) -> Result<(Tensor, BTreeMap<String, f64>)> {
-        let w = &stage.losses;
-        let (normalise, mask) = (stage.settings.normalise, &input.attention_mask);
-        // Token means are over this worker's tokens: rescaled to the whole batch's.
-        let (per_pair, per_token) = match normalise {
-            Normalise::Tokens => (token_share.pairs, token_share.tokens),
-            Normalise::Reference => (1.0, 1.0),
-        };
-        let mut total: Option<Tensor> = None;
-        let mut parts = BTreeMap::new();
-        let mut add = |name: &str, weight: f64, loss: Tensor| -> Result<()> {
-            parts.insert(name.to_string(), scalar(&loss)?);
-            let weighted = (loss * weight)?;
-            total = Some(match total.take() {
-                Some(t) => (t + weighted)?,
-                None => weighted,
-            });
-            Ok(())
-        };
-        let s_enc = &student_out.encoder;
-        if let Some(t) = teacher_out {
-            let t_enc = &t.encoder;
-            if w.attention > 0.0 {
-                let mut sum: Option<Tensor> = None;
-                for &(s, tl) in pairs {
-                    let l = normalise.attention_mse(
-                        &s_enc.attention_scores[s - 1],
-                        &t_enc.attention_scores[tl - 1],
-                        mask,
-                    )?;
-                    sum = Some(match sum {
-                        Some(x) => (x + l)?,
-                        None => l,
-                    });
-                }
-                if let Some(sum) = sum {
-                    add("attention", w.attention * per_pair, sum)?;
-                }
-            }
-            if w.hidden > 0.0 || w.cosine > 0.0 {
-                let mut mse: Option<Tensor> = None;
-                let mut cos: Option<Tensor> = None;
-                for &(s, tl) in pairs {
-                    let projected = project(projections, s, &s_enc.hidden_states[s])?;
-                    let target = &t_enc.hidden_states[tl];
-                    if w.hidden > 0.0 {
-                        let l = normalise.hidden_mse(&projected, target, mask)?;
-                        mse = Some(match mse {
-                            Some(x) => (x + l)?,
-                            None => l,
-                        });
-                    }
-                    if w.cosine > 0.0 {
-                        let l = losses::hidden_cosine(&projected, target, &input.attention_mask)?;
-                        cos = Some(match cos {
-                            Some(x) => (x + l)?,
-                            None => l,
-                        });
-                    }
-                }
-                if let Some(l) = mse {
-                    add("hidden", w.hidden * per_token, l)?;
-                }
-                if let Some(l) = cos {
-                    add("cosine", w.cosine, l)?;
-                }
-            }
-            if w.embedding > 0.0 {
-                let projected = project(projections, 0, &s_enc.hidden_states[0])?;
-                let l = normalise.hidden_mse(&projected, &t_enc.hidden_states[0], mask)?;
-                add("embedding", w.embedding * per_token, l)?;
-            }
-        }
-        let logits = &student_out.logits;
-        let regression = logits.dim(D::Minus1)? == 1;
-        let teacher_logits = match (teacher_logits, teacher_out) {
-            (Some(l), _) => Some(l.clone()),
-            (None, Some(t)) => Some(t.logits.clone()),
-            _ => None,
-        };
-        if let Some(t) = &teacher_logits {
-            let t2 = if w.t2_scale {
-                w.temperature * w.temperature
-            } else {
-                1.0
-            };
-            if regression {
-                // Regression distils the teacher's score (TinyBERT's reference used gold, #128).
-                let weight = w.soft_ce + w.kl + w.logits_mse;
-                if weight > 0.0 {
-                    add("logits_mse", weight, losses::logits_mse(logits, t)?)?;
-                }
-            } else {
-                if w.soft_ce > 0.0 {
-                    add(
-                        "soft_ce",
-                        w.soft_ce * t2,
-                        losses::soft_cross_entropy(logits, t, w.temperature)?,
-                    )?;
-                }
-                if w.kl > 0.0 {
-                    add(
-                        "kl",
-                        w.kl * t2,
-                        losses::kl_divergence(logits, t, w.temperature)?,
-                    )?;
-                }
-                if w.logits_mse > 0.0 {
-                    add("logits_mse", w.logits_mse, losses::logits_mse(logits, t)?)?;
-                }
-            }
-        }
-        if w.hard > 0.0 {
-            let targets = targets.ok_or_else(|| {
-                Error::msg(format!(
-                    "stage `{}` uses the hard-label loss but its data has no labels",
-                    stage.name
-                ))
-            })?;
-            let l = if regression {
-                losses::logits_mse(&logits.squeeze(D::Minus1)?, targets)?
-            } else {
-                losses::hard_cross_entropy(logits, targets)?
-            };
-            add("hard", w.hard, l)?;
-        }
-        let total = total
-            .ok_or_else(|| Error::msg(format!("stage `{}` has no applicable loss", stage.name)))?;
-        Ok((total, parts))
-    }
-
-    fn save_resume(&self, optimizer: &AdamW, progress: &Progress) -> Result<()> {
-        let tensors: HashMap<String, Tensor> = self
-            .student
-            .varmap
-            .data()
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        self.run.write_checkpoint(
-            "last",
-            &[
-                ("student.safetensors", CheckpointFile::Tensors(tensors)),
-                (
-                    "optimizer.safetensors",
-                    CheckpointFile::Tensors(optimizer.state_tensors()),
-                ),
-                (
-                    "progress.json",
-                    CheckpointFile::Json(
-                        serde_json::to_value(progress).map_err(|e| Error::msg(e.to_string()))?,
-                    ),
-                ),
-            ],
-        )
-    }
-
     /// Restores student variables from the resume checkpoint.
     pub fn restore_student(&self) -> Result<()> {
-        let tensors =
-            self.run
-                .read_checkpoint_tensors("last", "student.safetensors", &self.device)?;
-        let data = self.student.varmap.data().lock().expect("lock");
-        for (name, var) in data.iter() {
-            let t = tensors.get(name).ok_or_else(|| {
-                Error::msg(format!(
-                    "resume checkpoint has no `{name}`: was the recipe changed?"
-                ))
-            })?;
-            var.set(&t.to_dtype(var.dtype())?)?;
-        }
-        Ok(())
+        checkpoint::restore_student(self.run, self.student, &self.device)
     }
 
     /// Runs (or continues) one stage. `resume` is the saved progress when it belongs
     /// to this stage.
     pub fn run_stage(&self, stage: &Stage, resume: Option<Progress>) -> Result<StageSummary> {
+        let plan = self.plan(stage)?;
+        let (mut optimizer, mut progress) = self.start_or_resume(stage, &plan, resume)?;
+        let started = Instant::now();
+        let mut last_loss = f64::NAN;
+        let mut stopped_early = false;
+        let bar = crate::progress::bar(plan.total_steps as u64, stage.name);
+        if !plan.leader {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar.set_position(progress.step as u64);
+        let settings = stage.settings;
+        while progress.epoch < settings.epochs
+            && progress.step < plan.total_steps
+            && !progress.finished
+        {
+            let mut epoch_rng = progress.order_rng.clone();
+            let batches = batch_order(
+                &plan.lengths,
+                settings.batch_size,
+                settings.group_by_length,
+                &mut epoch_rng,
+            );
+            for batch in batches.iter().skip(progress.step_in_epoch) {
+                let record = self.step(stage, &plan, batch, &mut optimizer, &mut progress)?;
+                last_loss = record.loss;
+                if self.interrupt_after == Some(progress.step) {
+                    return Err(Error::msg(format!(
+                        "interrupted after step {}",
+                        progress.step
+                    )));
+                }
+                bar.set_position(progress.step as u64);
+                bar.set_message(format!("loss {last_loss:.4}"));
+                let epoch_end = progress.step_in_epoch == batches.len();
+                stopped_early |=
+                    self.log_and_evaluate(stage, &plan, &record, epoch_end, &mut progress)?;
+                if epoch_end {
+                    progress.epoch += 1;
+                    progress.step_in_epoch = 0;
+                    progress.order_rng = epoch_rng.clone();
+                }
+                progress.finished |= progress.step >= plan.total_steps;
+                self.checkpoint_if_due(stage, &plan, epoch_end, &optimizer, &mut progress)?;
+                if progress.finished || epoch_end {
+                    break;
+                }
+            }
+        }
+        bar.finish_and_clear();
+        Ok(StageSummary {
+            name: stage.name.to_string(),
+            steps: progress.step,
+            seconds: started.elapsed().as_secs_f64(),
+            final_loss: last_loss,
+            best: progress.best.clone(),
+            best_step: progress.best_step,
+            stopped_early,
+        })
+    }
+
+    /// Checks the stage and works out its teacher, layer pairs and step counts.
+    fn plan(&self, stage: &Stage<'a>) -> Result<StagePlan<'a>> {
         let settings = stage.settings;
         stage.losses.validate(stage.name)?;
         if stage.data.is_empty() {
@@ -510,307 +397,320 @@ impl Trainer<'_> {
                 "must be at least 1",
             ));
         }
-        let needs_teacher_forward = stage.losses.needs_hidden_states()
-            || stage.losses.needs_attention()
-            || (stage.losses.needs_teacher_logits() && stage.teacher_logits.is_none());
-        let teacher = match (needs_teacher_forward, self.teacher) {
-            (true, Some(t)) => Some(t),
-            (true, None) => {
-                return Err(Error::msg(format!(
-                    "stage `{}` needs a teacher and none was given",
-                    stage.name
-                )))
-            }
-            (false, _) => None,
-        };
-        if let Some(t) = teacher {
-            check_compatible(&stage.losses, &self.student.config, t.config())?;
-        }
+        let teacher = self.stage_teacher(stage)?;
         let pairs = match teacher {
-            Some(t) => mapping::resolve(
-                stage.layer_map,
-                self.student.config.num_hidden_layers,
-                t.config().num_hidden_layers,
-            )?,
+            Some(t) => {
+                check_compatible(&stage.losses, &self.student.config, t.config())?;
+                mapping::resolve(
+                    stage.layer_map,
+                    self.student.config.num_hidden_layers,
+                    t.config().num_hidden_layers,
+                )?
+            }
             None => Vec::new(),
         };
-        let want = Outputs {
-            hidden_states: stage.losses.needs_hidden_states(),
-            attention_scores: stage.losses.needs_attention(),
-        };
-
         let lengths: Vec<usize> = stage.data.iter().map(|e| e.encoded.ids.len()).collect();
         let batches_per_epoch = lengths.len().div_ceil(settings.batch_size);
         let total_steps = settings
             .max_steps
             .unwrap_or(usize::MAX)
             .min(batches_per_epoch * settings.epochs);
-        let warmup = (settings.warmup_ratio * total_steps as f64).round() as usize;
-
-        let vars: Vec<(String, candle_core::Var)> = self
-            .student
-            .varmap
-            .data()
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut optimizer = AdamW::new(
-            vars,
-            AdamWConfig {
-                lr: settings.learning_rate,
-                weight_decay: settings.weight_decay,
-                ..Default::default()
-            },
-        )?;
-
         let parallel = self.parallel.filter(|p| p.world_size() > 1);
-        let leader = parallel.is_none_or(|p| p.is_leader());
-        let mut base = Rng::new(stage.seed ^ (stage.index as u64).wrapping_mul(0x9E37_79B9));
-        let mut progress = match resume {
+        Ok(StagePlan {
+            teacher,
+            pairs,
+            want: Outputs {
+                hidden_states: stage.losses.needs_hidden_states(),
+                attention_scores: stage.losses.needs_attention(),
+            },
+            lengths,
+            total_steps,
+            warmup_steps: (settings.warmup_ratio * total_steps as f64).round() as usize,
+            parallel,
+            leader: parallel.is_none_or(|p| p.is_leader()),
+        })
+    }
+
+    /// The teacher when the stage's losses need its forward pass (cached logits do not).
+    fn stage_teacher(&self, stage: &Stage) -> Result<Option<&'a BertForSequenceClassification>> {
+        let needs_forward = stage.losses.needs_hidden_states()
+            || stage.losses.needs_attention()
+            || (stage.losses.needs_teacher_logits() && stage.teacher_logits.is_none());
+        match (needs_forward, self.teacher) {
+            (true, None) => Err(Error::msg(format!(
+                "stage `{}` needs a teacher and none was given",
+                stage.name
+            ))),
+            (true, teacher) => Ok(teacher),
+            (false, _) => Ok(None),
+        }
+    }
+
+    /// A fresh optimizer and progress, or both as the resume checkpoint holds them;
+    /// every replica then starts from the leader's weights.
+    fn start_or_resume(
+        &self,
+        stage: &Stage,
+        plan: &StagePlan,
+        resume: Option<Progress>,
+    ) -> Result<(AdamW, Progress)> {
+        let settings = stage.settings;
+        let config = AdamWConfig {
+            lr: settings.learning_rate,
+            weight_decay: settings.weight_decay,
+            ..Default::default()
+        };
+        let mut optimizer = AdamW::new(self.student.named_vars(), config)?;
+        let progress = match resume {
             Some(p) => {
-                let opt_state = self.run.read_checkpoint_tensors(
-                    "last",
-                    "optimizer.safetensors",
+                let skipped = p.loss_scale.as_ref().map_or(0, |s| s.skipped);
+                checkpoint::restore_optimizer(
+                    self.run,
+                    &mut optimizer,
+                    p.step - skipped,
                     &self.device,
                 )?;
-                let skipped = p.loss_scale.as_ref().map_or(0, |s| s.skipped);
-                optimizer.load_state(&opt_state, p.step - skipped)?;
                 self.restore_student()?;
-                if leader {
+                if plan.leader {
                     self.run.truncate_metrics(p.metrics_len)?;
                 }
                 tracing::info!(
-                    "stage {}: resuming at step {} of {total_steps}",
+                    "stage {}: resuming at step {} of {}",
                     stage.name,
-                    p.step
+                    p.step,
+                    plan.total_steps
                 );
                 p
             }
-            None => Progress {
-                stage: stage.index,
-                epoch: 0,
-                step_in_epoch: 0,
-                step: 0,
-                order_rng: base.fork(1),
-                dropout_rng: base.fork(2),
-                best: None,
-                best_step: None,
-                evals_since_best: 0,
-                metrics_len: self.run.metrics_len(),
-                finished: false,
-                loss_scale: settings.precision.needs_loss_scaling().then(|| LossScale {
-                    scale: settings.initial_loss_scale,
-                    ..Default::default()
-                }),
-            },
+            None => self.fresh_progress(stage),
         };
-        if let Some(p) = parallel {
-            broadcast_weights(p, &optimizer)?;
+        if let Some(p) = plan.parallel {
+            parallel::broadcast_from_leader(p, &optimizer.vars().collect::<Vec<_>>())?;
         }
-        let started = Instant::now();
-        let mut last_loss = f64::NAN;
-        let mut stopped_early = false;
-        let bar = crate::progress::bar(total_steps as u64, stage.name);
-        if !leader {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        bar.set_position(progress.step as u64);
+        Ok((optimizer, progress))
+    }
 
-        'epochs: while progress.epoch < settings.epochs
-            && progress.step < total_steps
-            && !progress.finished
-        {
-            let mut epoch_rng = progress.order_rng.clone();
-            let batches = epoch_batches(
-                &lengths,
-                settings.batch_size,
-                settings.group_by_length,
-                &mut epoch_rng,
-            );
-            for batch_idx in batches.iter().skip(progress.step_in_epoch) {
-                // A data-parallel worker trains on its share, padded as the whole batch,
-                // its loss weighted by its share of the rows: the summed gradients are
-                // then those of the whole batch.
-                let (mine, share) = match parallel {
-                    Some(p) => {
-                        let r = shard_range(batch_idx.len(), p.rank(), p.world_size());
-                        (
-                            &batch_idx[r.clone()],
-                            r.len() as f64 / batch_idx.len() as f64,
-                        )
-                    }
-                    None => (&batch_idx[..], 1.0),
-                };
-                let token_share = TokenShare::of(mine, batch_idx, &lengths, share);
-                let longest = batch_idx.iter().map(|&i| lengths[i]).max().unwrap_or(0);
-                let pad_to = settings.pad_to.map_or(longest, |p| p.max(longest));
-                let mut step_dropout =
-                    parallel.map(|p| progress.dropout_rng.fork(p.rank() as u64 + 1));
-                let dropout_rng = match step_dropout.as_mut() {
-                    Some(r) => r,
-                    None => &mut progress.dropout_rng,
-                };
-                let lr = lr_at(
-                    settings.schedule,
-                    settings.learning_rate,
-                    progress.step,
-                    total_steps,
-                    warmup,
-                );
-                optimizer.set_lr(lr);
-                let loss_scale = progress.loss_scale.as_ref().map_or(1.0, |s| s.scale);
-                // With several workers, the logged loss parts are the leader's share's.
-                let (mut grads, mut loss_value, parts) = if mine.is_empty() {
-                    // No rows here (a batch smaller than the group): no gradient of its own.
-                    let none = Tensor::zeros((), DType::F32, &self.device)?.backward()?;
-                    (none, 0.0, BTreeMap::new())
-                } else {
-                    let batch: Vec<&TrainExample> = mine.iter().map(|&i| &stage.data[i]).collect();
-                    let encoded: Vec<&Encoded> = batch.iter().map(|e| &e.encoded).collect();
-                    let input = pad_batch_to(&encoded, pad_to, self.pad_id, &self.device)?;
-                    let teacher_out = match teacher {
-                        Some(t) => Some(t.forward(&input, want, None)?),
-                        None => None,
-                    };
-                    let cached_logits = match stage.teacher_logits {
-                        Some(all) => {
-                            let idx: Vec<u32> = mine.iter().map(|&i| i as u32).collect();
-                            Some(
-                                all.index_select(&Tensor::new(idx.as_slice(), all.device())?, 0)?
-                                    .to_device(&self.device)?,
-                            )
-                        }
-                        None => None,
-                    };
-                    let cast;
-                    let (model, projections) = match settings.precision {
-                        Precision::F32 => (&self.student.model, &self.student.projections),
-                        p => {
-                            cast = self.student.cast(p.compute_dtype())?;
-                            (&cast.0, &cast.1)
-                        }
-                    };
-                    let student_out = model.forward(&input, want, Some(dropout_rng))?;
-                    let targets = self.targets(&batch)?;
-                    let (loss, parts) = self.batch_loss(
-                        stage,
-                        &pairs,
-                        &input,
-                        projections,
-                        &student_out,
-                        teacher_out.as_ref(),
-                        cached_logits.as_ref(),
-                        targets.as_ref(),
-                        token_share,
-                    )?;
-                    let loss = if share == 1.0 { loss } else { (loss * share)? };
-                    let grads = if loss_scale == 1.0 {
-                        loss.backward()?
-                    } else {
-                        (&loss * loss_scale)?.backward()?
-                    };
-                    (grads, scalar(&loss)?, parts)
-                };
-                if let Some(p) = parallel {
-                    loss_value = sum_over_workers(p, &optimizer, &mut grads, loss_value)?;
-                }
-                let grad_norm = match &mut progress.loss_scale {
-                    None => Some(optimizer.step(&grads, settings.max_grad_norm)?),
-                    Some(scaler) => {
-                        let norm =
-                            optimizer.step_scaled(&grads, settings.max_grad_norm, scaler.scale)?;
-                        if norm.is_none() && scaler.scale <= LossScale::MIN {
-                            return Err(Error::msg(format!(
-                                "stage `{}`: f16 gradients overflow even at loss scale 1 (step {}): the loss \
-                                 diverged; lower the learning rate or train in bf16",
-                                stage.name,
-                                progress.step + 1
-                            )));
-                        }
-                        scaler.update(norm.is_none());
-                        norm
-                    }
-                };
-                last_loss = loss_value;
-                progress.step += 1;
-                if self.interrupt_after == Some(progress.step) {
-                    return Err(Error::msg(format!(
-                        "interrupted after step {}",
-                        progress.step
-                    )));
-                }
-                progress.step_in_epoch += 1;
-                bar.set_position(progress.step as u64);
-                bar.set_message(format!("loss {last_loss:.4}"));
-                if leader
-                    && (progress.step % settings.log_every.max(1) == 0
-                        || progress.step == total_steps)
-                {
-                    let mut record = serde_json::json!({
-                        "stage": stage.name, "step": progress.step, "epoch": progress.epoch,
-                        "loss": last_loss, "losses": parts, "lr": lr, "grad_norm": grad_norm,
-                    });
-                    if let Some(s) = &progress.loss_scale {
-                        record["loss_scale"] = s.scale.into();
-                        record["skipped_steps"] = s.skipped.into();
-                    }
-                    self.run.log(&record)?;
-                }
-                let epoch_end = progress.step_in_epoch == batches.len();
-                let last_step = progress.step >= total_steps;
-                let eval_now = (settings.eval_every > 0
-                    && progress.step % settings.eval_every == 0)
-                    || epoch_end
-                    || last_step;
-                if eval_now {
-                    let mut stop = false;
-                    if let (true, Some(evaluator)) = (leader, self.evaluator) {
-                        stop = self.evaluate(stage, evaluator, &mut progress)?;
-                    }
-                    if let Some(p) = parallel {
-                        stop = leader_decides(p, stop, &self.device)?;
-                    }
-                    if stop {
-                        stopped_early = true;
-                        progress.finished = true;
-                    }
-                }
-                if epoch_end {
-                    progress.epoch += 1;
-                    progress.step_in_epoch = 0;
-                    progress.order_rng = epoch_rng.clone();
-                }
-                if progress.finished || last_step {
-                    progress.finished = true;
-                }
-                if leader
-                    && (progress.finished
-                        || epoch_end
-                        || progress.step % settings.checkpoint_every.max(1) == 0)
-                {
-                    progress.metrics_len = self.run.metrics_len();
-                    self.save_resume(&optimizer, &progress)?;
-                }
-                if progress.finished {
-                    break 'epochs;
-                }
-                if epoch_end {
-                    continue 'epochs;
-                }
-            }
+    fn fresh_progress(&self, stage: &Stage) -> Progress {
+        let settings = stage.settings;
+        let mut base = Rng::new(stage.seed ^ (stage.index as u64).wrapping_mul(0x9E37_79B9));
+        Progress {
+            stage: stage.index,
+            epoch: 0,
+            step_in_epoch: 0,
+            step: 0,
+            order_rng: base.fork(1),
+            dropout_rng: base.fork(2),
+            best: None,
+            best_step: None,
+            evals_since_best: 0,
+            metrics_len: self.run.metrics_len(),
+            finished: false,
+            loss_scale: settings.precision.needs_loss_scaling().then(|| LossScale {
+                scale: settings.initial_loss_scale,
+                ..Default::default()
+            }),
         }
-        bar.finish_and_clear();
-        Ok(StageSummary {
-            name: stage.name.to_string(),
-            steps: progress.step,
-            seconds: started.elapsed().as_secs_f64(),
-            final_loss: last_loss,
-            best: progress.best.clone(),
-            best_step: progress.best_step,
-            stopped_early,
+    }
+
+    /// One optimizer step on `batch` (row indices into the stage's data); advances
+    /// the step counters.
+    fn step(
+        &self,
+        stage: &Stage,
+        plan: &StagePlan,
+        batch: &[usize],
+        optimizer: &mut AdamW,
+        progress: &mut Progress,
+    ) -> Result<StepRecord> {
+        let settings = stage.settings;
+        let lr = lr_at(
+            settings.schedule,
+            settings.learning_rate,
+            progress.step,
+            plan.total_steps,
+            plan.warmup_steps,
+        );
+        optimizer.set_lr(lr);
+        let (mut grads, mut loss, parts) = self.gradients(stage, plan, batch, progress)?;
+        if let Some(p) = plan.parallel {
+            let vars: Vec<&candle_core::Var> = optimizer.vars().collect();
+            loss = parallel::sum_over_workers(p, &vars, &mut grads, loss)?;
+        }
+        let grad_norm = self.apply(stage, optimizer, &grads, progress)?;
+        progress.step += 1;
+        progress.step_in_epoch += 1;
+        Ok(StepRecord {
+            loss,
+            parts,
+            lr,
+            grad_norm,
         })
+    }
+
+    /// This worker's gradients and loss on its share of `batch`. A data-parallel
+    /// worker trains on its share, padded as the whole batch, its loss weighted by its
+    /// share of the rows: the summed gradients are then those of the whole batch. With
+    /// several workers, the logged loss parts are the leader's share's.
+    fn gradients(
+        &self,
+        stage: &Stage,
+        plan: &StagePlan,
+        batch: &[usize],
+        progress: &mut Progress,
+    ) -> Result<(GradStore, f64, BTreeMap<String, f64>)> {
+        // Each worker draws its own dropout masks, from its own fork, every step.
+        let mut worker_dropout = plan
+            .parallel
+            .map(|p| progress.dropout_rng.fork(p.rank() as u64 + 1));
+        let (mine, share) = match plan.parallel {
+            Some(p) => {
+                let r = shard_range(batch.len(), p.rank(), p.world_size());
+                let share = r.len() as f64 / batch.len() as f64;
+                (&batch[r], share)
+            }
+            None => (batch, 1.0),
+        };
+        if mine.is_empty() {
+            // No rows here (a batch smaller than the group): no gradient of its own.
+            let none = Tensor::zeros((), DType::F32, &self.device)?.backward()?;
+            return Ok((none, 0.0, BTreeMap::new()));
+        }
+        let longest = batch.iter().map(|&i| plan.lengths[i]).max().unwrap_or(0);
+        let pad_to = stage.settings.pad_to.map_or(longest, |p| p.max(longest));
+        let rows: Vec<&TrainExample> = mine.iter().map(|&i| &stage.data[i]).collect();
+        let encoded: Vec<&Encoded> = rows.iter().map(|e| &e.encoded).collect();
+        let input = pad_batch_to(&encoded, pad_to, self.pad_id, &self.device)?;
+        let teacher_out = match plan.teacher {
+            Some(t) => Some(t.forward(&input, plan.want, None)?),
+            None => None,
+        };
+        let cached_logits = self.cached_logits(stage, mine)?;
+        let cast;
+        let (model, projections) = match stage.settings.precision {
+            Precision::F32 => (&self.student.model, &self.student.projections),
+            p => {
+                cast = self.student.cast(p.compute_dtype())?;
+                (&cast.0, &cast.1)
+            }
+        };
+        let dropout = worker_dropout.as_mut().unwrap_or(&mut progress.dropout_rng);
+        let student_out = model.forward(&input, plan.want, Some(dropout))?;
+        let targets = self.targets(&rows)?;
+        let (loss, parts) = BatchLoss {
+            stage: stage.name,
+            weights: &stage.losses,
+            normalise: stage.settings.normalise,
+            pairs: &plan.pairs,
+            input: &input,
+            projections,
+            student: &student_out,
+            teacher: teacher_out.as_ref(),
+            teacher_logits: cached_logits.as_ref(),
+            targets: targets.as_ref(),
+            share: TokenShare::of(mine, batch, &plan.lengths, share),
+        }
+        .compute()?;
+        let loss = if share == 1.0 { loss } else { (loss * share)? };
+        let loss_scale = progress.loss_scale.as_ref().map_or(1.0, |s| s.scale);
+        let grads = if loss_scale == 1.0 {
+            loss.backward()?
+        } else {
+            (&loss * loss_scale)?.backward()?
+        };
+        Ok((grads, scalar(&loss)?, parts))
+    }
+
+    /// The cached teacher logits of `rows`, on this trainer's device.
+    fn cached_logits(&self, stage: &Stage, rows: &[usize]) -> Result<Option<Tensor>> {
+        let Some(all) = stage.teacher_logits else {
+            return Ok(None);
+        };
+        let idx: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
+        let picked = all.index_select(&Tensor::new(idx.as_slice(), all.device())?, 0)?;
+        Ok(Some(picked.to_device(&self.device)?))
+    }
+
+    /// Clips and applies the gradients (unscaled first under f16 loss scaling, the step
+    /// skipped on overflow); returns the gradient norm, none for a skipped step.
+    fn apply(
+        &self,
+        stage: &Stage,
+        optimizer: &mut AdamW,
+        grads: &GradStore,
+        progress: &mut Progress,
+    ) -> Result<Option<f64>> {
+        let clip = stage.settings.max_grad_norm;
+        let Some(scaler) = &mut progress.loss_scale else {
+            return Ok(Some(optimizer.step(grads, clip)?));
+        };
+        let norm = optimizer.step_scaled(grads, clip, scaler.scale)?;
+        if norm.is_none() && scaler.scale <= LossScale::MIN {
+            return Err(Error::msg(format!(
+                "stage `{}`: f16 gradients overflow even at loss scale 1 (step {}): the loss \
+                 diverged; lower the learning rate or train in bf16",
+                stage.name,
+                progress.step + 1
+            )));
+        }
+        scaler.update(norm.is_none());
+        Ok(norm)
+    }
+
+    /// Logs the step (the leader, every `log_every` steps and the last) and evaluates
+    /// when due; returns true when the stage stops early (patience ran out).
+    fn log_and_evaluate(
+        &self,
+        stage: &Stage,
+        plan: &StagePlan,
+        record: &StepRecord,
+        epoch_end: bool,
+        progress: &mut Progress,
+    ) -> Result<bool> {
+        let settings = stage.settings;
+        let last_step = progress.step >= plan.total_steps;
+        if plan.leader && (progress.step.is_multiple_of(settings.log_every.max(1)) || last_step) {
+            let mut line = serde_json::json!({
+                "stage": stage.name, "step": progress.step, "epoch": progress.epoch,
+                "loss": record.loss, "losses": record.parts, "lr": record.lr,
+                "grad_norm": record.grad_norm,
+            });
+            if let Some(s) = &progress.loss_scale {
+                line["loss_scale"] = s.scale.into();
+                line["skipped_steps"] = s.skipped.into();
+            }
+            self.run.log(&line)?;
+        }
+        let due = settings.eval_every > 0 && progress.step.is_multiple_of(settings.eval_every);
+        if !(due || epoch_end || last_step) {
+            return Ok(false);
+        }
+        let mut stop = false;
+        if let (true, Some(evaluator)) = (plan.leader, self.evaluator) {
+            stop = self.evaluate(stage, evaluator, progress)?;
+        }
+        if let Some(p) = plan.parallel {
+            stop = parallel::leader_decides(p, stop, &self.device)?;
+        }
+        progress.finished |= stop;
+        Ok(stop)
+    }
+
+    /// The leader writes the resume checkpoint at the end of the stage, of each epoch,
+    /// and every `checkpoint_every` steps.
+    fn checkpoint_if_due(
+        &self,
+        stage: &Stage,
+        plan: &StagePlan,
+        epoch_end: bool,
+        optimizer: &AdamW,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        let every = stage.settings.checkpoint_every.max(1);
+        if plan.leader && (progress.finished || epoch_end || progress.step.is_multiple_of(every)) {
+            progress.metrics_len = self.run.metrics_len();
+            checkpoint::save_resume(self.run, self.student, optimizer, progress)?;
+        }
+        Ok(())
     }
 
     /// Evaluates, logs, keeps the best checkpoint; returns true when patience ran out.
@@ -836,7 +736,7 @@ impl Trainer<'_> {
             progress.best_step = Some(progress.step);
             progress.evals_since_best = 0;
             if stage.keep_best {
-                self.save_best()?;
+                checkpoint::save_best(self.run, self.student)?;
             }
             Ok(false)
         } else {
@@ -847,110 +747,4 @@ impl Trainer<'_> {
                 .is_some_and(|p| progress.evals_since_best >= p))
         }
     }
-
-    /// Writes the student as a Hugging Face folder to checkpoints/best.
-    fn save_best(&self) -> Result<()> {
-        let tensors: HashMap<String, Tensor> = self
-            .student
-            .varmap
-            .data()
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(k, _)| !k.starts_with("fit_dense"))
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        let config =
-            serde_json::to_value(&self.student.config).map_err(|e| Error::msg(e.to_string()))?;
-        let tokenizer = self
-            .student
-            .tokenizer
-            .inner()
-            .to_string(true)
-            .map_err(|e| Error::msg(format!("serialising the tokenizer: {e}")))?;
-        self.run.write_checkpoint(
-            "best",
-            &[
-                ("model.safetensors", CheckpointFile::Tensors(tensors)),
-                ("config.json", CheckpointFile::Json(config)),
-                (
-                    "tokenizer.json",
-                    CheckpointFile::Bytes(tokenizer.into_bytes()),
-                ),
-            ],
-        )
-    }
-}
-
-/// Sums this worker's gradients and loss (both already weighted by its share of the
-/// batch) with the other workers', so every replica takes the same step; returns the
-/// whole batch's loss.
-fn sum_over_workers(
-    parallel: &dyn AllReduce,
-    optimizer: &AdamW,
-    grads: &mut candle_core::backprop::GradStore,
-    loss: f64,
-) -> Result<f64> {
-    let vars: Vec<&candle_core::Var> = optimizer.vars().collect();
-    let mut tensors = vars
-        .iter()
-        .map(|v| match grads.get(v.as_tensor()) {
-            Some(g) => Ok(g.clone()),
-            None => v.as_tensor().zeros_like(),
-        })
-        .collect::<candle_core::Result<Vec<Tensor>>>()?;
-    let device = vars
-        .first()
-        .map(|v| v.device().clone())
-        .unwrap_or(candle_core::Device::Cpu);
-    tensors.push(Tensor::new(&[loss as f32], &device)?);
-    let mut summed = parallel.all_reduce_sum(tensors)?;
-    let loss = summed
-        .pop()
-        .ok_or_else(|| Error::msg("all-reduce lost the loss"))?
-        .to_vec1::<f32>()?[0];
-    for (v, g) in vars.iter().zip(summed) {
-        grads.insert(v.as_tensor(), g);
-    }
-    Ok(loss as f64)
-}
-
-/// Every replica starts the stage from the leader's weights: replicas built apart (on
-/// other machines, other devices) cannot drift from a difference in initialisation.
-fn broadcast_weights(parallel: &dyn AllReduce, optimizer: &AdamW) -> Result<()> {
-    let vars: Vec<&candle_core::Var> = optimizer.vars().collect();
-    // A sum of the leader's values and zeros is the leader's values, exactly.
-    let mine = vars
-        .iter()
-        .map(|v| {
-            if parallel.is_leader() {
-                Ok(v.as_tensor().clone())
-            } else {
-                v.as_tensor().zeros_like()
-            }
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    for (v, t) in vars.iter().zip(parallel.all_reduce_sum(mine)?) {
-        v.set(&t)?;
-    }
-    Ok(())
-}
-
-/// The leader's yes or no, on every worker.
-fn leader_decides(
-    parallel: &dyn AllReduce,
-    yes: bool,
-    device: &candle_core::Device,
-) -> Result<bool> {
-    let mine = if parallel.is_leader() && yes {
-        1f32
-    } else {
-        0f32
-    };
-    let summed = parallel.all_reduce_sum(vec![Tensor::new(&[mine], device)?])?;
-    Ok(summed
-        .first()
-        .map(|t| t.to_vec1::<f32>())
-        .transpose()?
-        .is_some_and(|v| v[0] > 0.5))
 }

@@ -250,13 +250,7 @@ mod tests {
         )
         .unwrap();
         let varmap = built.varmap.unwrap();
-        let tensors = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors = crate::model::params::named_tensors(&varmap);
         (config, tensors)
     }
 

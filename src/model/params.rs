@@ -48,6 +48,21 @@ pub fn added_by_task(name: &str) -> bool {
         || name.starts_with("fit_dense")
 }
 
+/// The variables of `varmap` by name: handles sharing the variables' storage (the one
+/// place the map's lock is taken).
+pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The tensors of `varmap` by name; nothing is copied.
+pub fn named_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    named_vars(varmap)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect()
+}
+
 pub struct ParamSource {
     origin: String,
     pretrained: Mutex<HashMap<String, Tensor>>,

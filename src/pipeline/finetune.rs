@@ -15,7 +15,7 @@ use crate::export::DatasetInfo;
 use crate::export::{export_classifier, ExportOptions, ExportSource};
 use crate::metrics::Metrics;
 use crate::model::{BuildOptions, ModelFiles};
-use crate::recipe::{Recipe, StageData, StageSpec};
+use crate::recipe::{Recipe, StageSpec};
 use crate::run::{Opened, RunDir};
 use crate::{Error, Result};
 
@@ -23,26 +23,14 @@ use super::nodes::replicas;
 use super::stages::run_stages;
 use super::{load_task_data, GlueEvaluator, TaskData};
 
+/// The teacher's fine-tuning when a recipe gives no settings, and the `finetune`
+/// command's: a `finetune` stage at the defaults. (Its warm-up, the kind's default, is
+/// written out so that fine-tuning folders of earlier versions still resume.)
 pub fn default_finetune_stage() -> StageSpec {
     StageSpec {
         name: Some("finetune".into()),
-        kind: StageKind::Finetune,
-        data: StageData::Train,
-        losses: None,
-        layer_map: Default::default(),
-        epochs: 3,
-        max_steps: None,
-        learning_rate: 5e-5,
-        batch_size: 32,
-        warmup_ratio: Some(0.1),
-        schedule: None,
-        weight_decay: 0.01,
-        max_grad_norm: Some(1.0),
-        group_by_length: true,
-        checkpoint_every: 200,
-        precision: None,
-        eval_every: None,
-        normalise: Default::default(),
+        warmup_ratio: Some(StageKind::Finetune.default_warmup_ratio()),
+        ..StageSpec::new(StageKind::Finetune)
     }
 }
 
@@ -146,7 +134,7 @@ pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<Fi
             out.display()
         )));
     }
-    let devices = crate::device::parse_devices(&recipe.device)?;
+    let devices = recipe.device.open()?;
     let device = devices[0].clone();
     let data = load_task_data(recipe)?;
     let spec = recipe

@@ -16,7 +16,6 @@ pub use sweep::SweepReport;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -77,17 +76,9 @@ impl TaskData {
     }
 }
 
-pub fn data_source(spec: &str) -> DataSource {
-    if spec == "hub" {
-        DataSource::glue_hub()
-    } else {
-        DataSource::GlueDir(PathBuf::from(spec))
-    }
-}
-
 pub fn load_task_data(recipe: &Recipe) -> Result<TaskData> {
-    let task = Task::from_str(&recipe.task.name)?;
-    let source = data_source(&recipe.task.data);
+    let task = recipe.task.name;
+    let source = DataSource::parse(&recipe.task.data)?;
     let opts = |limit| LoadOptions {
         skip_malformed: recipe.task.skip_malformed,
         limit,
@@ -120,7 +111,7 @@ pub fn load_task_data(recipe: &Recipe) -> Result<TaskData> {
         dev,
         dev_mismatched,
         augmented: None,
-        max_seq_len: recipe.task.resolved_max_seq_len()?,
+        max_seq_len: recipe.task.resolved_max_seq_len(),
     })
 }
 
@@ -335,7 +326,7 @@ fn prepare_teacher(
 /// Runs a recipe end to end (on every device of `recipe.device` at once when it lists
 /// several).
 pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> Result<RunReport> {
-    let devices = crate::device::parse_devices(&recipe.device)?;
+    let devices = recipe.device.open()?;
     lead_run(recipe, recipe_path, force, &devices, None)
 }
 
@@ -575,7 +566,7 @@ fn export_student(
         language: Some("en".into()),
     };
     let options = ExportOptions {
-        dtype: crate::device::parse_dtype(&recipe.export.dtype)?,
+        dtype: recipe.export.dtype.dtype(),
         force: true, // the run folder is ours; a resumed run re-exports the same student
         check_examples: data.export_check_examples(),
         tolerance: None,

@@ -35,7 +35,7 @@ pub fn run_recipe_on_node(
              --nnodes, or run each variant as its own multi-node run with --set",
         ));
     }
-    let devices = crate::device::parse_devices(&recipe.device)?;
+    let devices = recipe.device.open()?;
     let identity = format!(
         "{:x}",
         sha2::Sha256::digest(
@@ -83,7 +83,7 @@ pub(super) fn local_teachers(
     tensors: &HashMap<String, Tensor>,
     devices: &[Device],
 ) -> Result<Vec<BertForSequenceClassification>> {
-    let dtype = crate::device::parse_dtype(&recipe.teacher.dtype)?;
+    let dtype = recipe.teacher.dtype.dtype();
     devices
         .iter()
         .map(|d| {

@@ -204,7 +204,7 @@ pub fn augment_task(
     }
     let rows: Vec<Vec<String>> = data.train.examples.iter().map(|e| e.texts()).collect();
     let ctx = crate::augment::job::JobContext {
-        task: &recipe.task.name,
+        task: recipe.task.name.name(),
         out_dir: &run.path("augmented"),
         seed: recipe.seed,
         device,

@@ -7,7 +7,7 @@
 //! A variant resumes like a run, and one that finished is not run again
 //! (`variant.json`). The best variant on dev is the run's result.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -155,9 +155,10 @@ fn snapshot(replicas: &[Replica]) -> Result<Vec<Vec<(String, candle_core::Tensor
     replicas
         .iter()
         .map(|r| {
-            let data = r.student.varmap.data().lock().expect("varmap lock");
-            data.iter()
-                .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+            r.student
+                .named_tensors()
+                .into_iter()
+                .map(|(k, v)| Ok((k, v.copy()?)))
                 .collect()
         })
         .collect()
@@ -165,9 +166,9 @@ fn snapshot(replicas: &[Replica]) -> Result<Vec<Vec<(String, candle_core::Tensor
 
 fn restore(replicas: &[Replica], weights: &[Vec<(String, candle_core::Tensor)>]) -> Result<()> {
     for (r, w) in replicas.iter().zip(weights) {
-        let data = r.student.varmap.data().lock().expect("varmap lock");
+        let vars: HashMap<String, candle_core::Var> = r.student.named_vars().into_iter().collect();
         for (name, t) in w {
-            if let Some(var) = data.get(name) {
+            if let Some(var) = vars.get(name) {
                 var.set(t)?;
             }
         }

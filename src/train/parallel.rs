@@ -7,7 +7,8 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::{Error, Result};
 
@@ -67,6 +68,70 @@ pub fn shard_range(batch: usize, rank: usize, world: usize) -> std::ops::Range<u
     let extra = batch % world;
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
+}
+
+/// Sums this worker's gradients of `vars` and its loss (both already weighted by its
+/// share of the batch) with the other workers', so every replica takes the same step;
+/// returns the whole batch's loss.
+pub fn sum_over_workers(
+    parallel: &dyn AllReduce,
+    vars: &[&Var],
+    grads: &mut GradStore,
+    loss: f64,
+) -> Result<f64> {
+    let mut tensors = vars
+        .iter()
+        .map(|v| match grads.get(v.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<Vec<Tensor>>>()?;
+    let device = vars.first().map_or(Device::Cpu, |v| v.device().clone());
+    tensors.push(Tensor::new(&[loss as f32], &device)?);
+    let mut summed = parallel.all_reduce_sum(tensors)?;
+    let loss = summed
+        .pop()
+        .ok_or_else(|| Error::msg("all-reduce lost the loss"))?
+        .to_vec1::<f32>()?[0];
+    for (v, g) in vars.iter().zip(summed) {
+        grads.insert(v.as_tensor(), g);
+    }
+    Ok(loss as f64)
+}
+
+/// Every replica takes the leader's values of `vars`: replicas built apart (on other
+/// machines, other devices) cannot drift from a difference in initialisation.
+pub fn broadcast_from_leader(parallel: &dyn AllReduce, vars: &[&Var]) -> Result<()> {
+    // A sum of the leader's values and zeros is the leader's values, exactly.
+    let mine = vars
+        .iter()
+        .map(|v| {
+            if parallel.is_leader() {
+                Ok(v.as_tensor().clone())
+            } else {
+                v.as_tensor().zeros_like()
+            }
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for (v, t) in vars.iter().zip(parallel.all_reduce_sum(mine)?) {
+        v.set(&t)?;
+    }
+    Ok(())
+}
+
+/// The leader's yes or no, on every worker.
+pub fn leader_decides(parallel: &dyn AllReduce, yes: bool, device: &Device) -> Result<bool> {
+    let mine = if parallel.is_leader() && yes {
+        1f32
+    } else {
+        0f32
+    };
+    let summed = parallel.all_reduce_sum(vec![Tensor::new(&[mine], device)?])?;
+    Ok(summed
+        .first()
+        .map(|t| t.to_vec1::<f32>())
+        .transpose()?
+        .is_some_and(|v| v[0] > 0.5))
 }
 
 /// An all-reduce between threads of one process.
