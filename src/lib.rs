@@ -1,4 +1,21 @@
 //! candle-distill: TinyBERT-style distillation of BERT teachers on candle.
+//!
+//! The modules form layers: each uses only modules of its own layer and of the layers
+//! before it.
+//! 1. Foundations: `error`, `io` (atomic writes, folder locks), `rng`, `runtime`
+//!    (allocator, threads), `progress`, `device` (devices and float types), `hub`
+//!    (the Hugging Face hub and its cache).
+//! 2. Models and text: `model` (BERT, weights, CPU kernels), `tokenizer`.
+//! 3. Data and scores: `data` (GLUE and user files, encoded datasets, batches),
+//!    `metrics`.
+//! 4. Jobs on one model: `eval`, `export`, `inspect`, `bench`; `plot` and `run` (a run
+//!    folder: metrics, checkpoints, plots).
+//! 5. Training: `train` (optimizer, schedules, precision, collectives), `augment`, then
+//!    `distill` (losses, students, the staged trainer).
+//! 6. Jobs from recipes: `recipe` (the typed configuration), then `pipeline` (a whole
+//!    run) and `plan`.
+//!
+//! The binary (`src/cli`) uses the library only; `testing` is test support.
 
 pub mod augment;
 pub mod bench;

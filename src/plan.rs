@@ -10,8 +10,8 @@ use crate::distill::mapping;
 use crate::distill::trainer::check_compatible;
 use crate::distill::StudentInit;
 use crate::model::{BertConfig, ModelFiles};
-use crate::pipeline::load_task_data;
-use crate::recipe::{Recipe, StageData};
+use crate::pipeline::{load_task_data, TaskData};
+use crate::recipe::{Recipe, StageData, StageSpec};
 use crate::train::Precision;
 use crate::{Error, Result};
 
@@ -173,118 +173,17 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
             * (student.hidden_size * teacher.hidden_size + teacher.hidden_size),
         from_checkpoint: checkpoint_projections,
     });
-    let mut stages = Vec::new();
-    for (i, spec) in recipe.stages.iter().enumerate() {
-        let losses = spec.losses();
-        if losses.needs_teacher() {
-            check_compatible(&losses, &student, &teacher)?;
-        }
-        let pairs = if losses.needs_hidden_states() || losses.needs_attention() {
-            let mut p = mapping::resolve(
-                &spec.layer_map,
-                student.num_hidden_layers,
-                teacher.num_hidden_layers,
-            )?;
-            if losses.embedding > 0.0 {
-                p.insert(0, (0, 0));
-            }
-            p
-        } else {
-            Vec::new()
-        };
-        let examples = match (&spec.data, &recipe.augment) {
-            // Not augmented yet: at most every variant of every text is new.
-            (StageData::Augmented { path: None }, Some(a)) => {
-                let columns = if data.task.is_pair() { 2 } else { 1 };
-                data.train.len() * (1 + columns * variants_per_text(a))
-            }
-            _ => crate::pipeline::stage_dataset(spec, &data)?.len(),
-        };
-        let settings = spec.settings(recipe, i + 1 == recipe.stages.len());
-        let per_epoch = examples.div_ceil(spec.batch_size);
-        let steps = settings
-            .max_steps
-            .unwrap_or(usize::MAX)
-            .min(per_epoch * settings.epochs);
-        let w = serde_json::to_value(losses).map_err(|e| Error::msg(e.to_string()))?;
-        let loss_text: Vec<String> = w
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, v)| v.as_f64().is_some_and(|x| x > 0.0) && *k != "temperature")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        stages.push(StagePlan {
-            name: spec.display_name(i),
-            kind: format!("{:?}", spec.kind).to_lowercase(),
-            data: match &spec.data {
-                StageData::Train => format!("{} train", data.task),
-                StageData::Unlabeled { path } => format!("unlabeled {}", path.display()),
-                StageData::Augmented { path: Some(path) } => {
-                    format!("augmented {}", path.display())
-                }
-                StageData::Augmented { path: None } => format!(
-                    "{} train augmented ({}), at most {examples} rows",
-                    data.task,
-                    recipe
-                        .augment
-                        .as_ref()
-                        .map(|a| format!("{:?}", a.method).to_lowercase())
-                        .unwrap_or_default()
-                ),
-            },
-            losses: format!("{} (T={})", loss_text.join(", "), losses.temperature),
-            attention_shapes: losses.needs_attention().then(|| {
-                format!(
-                    "student (B, {}, L, L) vs teacher (B, {}, L, L), L <= {seq}",
-                    student.num_attention_heads, teacher.num_attention_heads
-                )
-            }),
-            hidden_shapes: losses.needs_hidden_states().then(|| {
-                if projections.is_some() {
-                    format!(
-                        "student (B, L, {}) -> projection -> (B, L, {}) vs teacher (B, L, {})",
-                        student.hidden_size, teacher.hidden_size, teacher.hidden_size
-                    )
-                } else {
-                    format!(
-                        "student (B, L, {}) vs teacher (B, L, {})",
-                        student.hidden_size, teacher.hidden_size
-                    )
-                }
-            }),
-            normalise: (losses.needs_attention() || losses.needs_hidden_states()).then(|| {
-                match settings.pad_to {
-                    Some(n) => {
-                        format!("reference: every batch padded to {n}, a mean over every position")
-                    }
-                    None => "tokens: a mean over real tokens; batches padded to their longest row"
-                        .to_string(),
-                }
-            }),
-            pairs,
-            epochs: settings.epochs,
-            batch_size: settings.batch_size,
-            steps,
-            examples_seen: steps
-                .saturating_mul(settings.batch_size)
-                .min(examples * settings.epochs),
-            learning_rate: settings.learning_rate,
-            eval_every: settings.eval_every,
-            evaluations: evaluations(steps, per_epoch, settings.eval_every),
-            schedule: format!(
-                "{:?}, warm-up {:.0}%{}",
-                settings.schedule,
-                settings.warmup_ratio * 100.0,
-                match settings.precision {
-                    Precision::F32 => "",
-                    Precision::Bf16 => ", bf16 compute",
-                    Precision::F16 => ", f16 compute with loss scaling",
-                }
-            )
-            .to_lowercase(),
-        });
-    }
+    let models = Models {
+        student: &student,
+        teacher: &teacher,
+        projected,
+    };
+    let stages = recipe
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| stage_plan(recipe, &data, &models, i, spec))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Plan {
         teacher: shape(recipe.teacher.model.clone(), &teacher, seq),
         student: shape(source, &student, seq),
@@ -303,6 +202,142 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
         stages,
         sweep: sweep_text(recipe)?,
         warnings: augmentation_warnings(recipe, &data)?,
+    })
+}
+
+/// The student and teacher configurations a plan compares, and whether the student's
+/// hidden states are projected to the teacher's width.
+struct Models<'a> {
+    student: &'a BertConfig,
+    teacher: &'a BertConfig,
+    projected: bool,
+}
+
+impl Models<'_> {
+    fn hidden_shapes(&self) -> String {
+        let (s, t) = (self.student.hidden_size, self.teacher.hidden_size);
+        if self.projected {
+            format!("student (B, L, {s}) -> projection -> (B, L, {t}) vs teacher (B, L, {t})")
+        } else {
+            format!("student (B, L, {s}) vs teacher (B, L, {t})")
+        }
+    }
+}
+
+/// Where a stage's rows come from, and how many an augmented stage may see.
+fn data_text(recipe: &Recipe, data: &TaskData, spec: &StageSpec, examples: usize) -> String {
+    match &spec.data {
+        StageData::Train => format!("{} train", data.task),
+        StageData::Unlabeled { path } => format!("unlabeled {}", path.display()),
+        StageData::Augmented { path: Some(path) } => format!("augmented {}", path.display()),
+        StageData::Augmented { path: None } => format!(
+            "{} train augmented ({}), at most {examples} rows",
+            data.task,
+            recipe
+                .augment
+                .as_ref()
+                .map(|a| format!("{:?}", a.method).to_lowercase())
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// "linear, warm-up 10%, bf16 compute".
+fn schedule_text(settings: &crate::distill::TrainSettings) -> String {
+    let precision = match settings.precision {
+        Precision::F32 => "",
+        Precision::Bf16 => ", bf16 compute",
+        Precision::F16 => ", f16 compute with loss scaling",
+    };
+    format!(
+        "{:?}, warm-up {:.0}%{precision}",
+        settings.schedule,
+        settings.warmup_ratio * 100.0
+    )
+    .to_lowercase()
+}
+
+/// Stage `i` of the recipe: data, losses, shapes compared, steps and evaluations.
+fn stage_plan(
+    recipe: &Recipe,
+    data: &TaskData,
+    models: &Models,
+    i: usize,
+    spec: &StageSpec,
+) -> Result<StagePlan> {
+    let (student, teacher) = (models.student, models.teacher);
+    let seq = data.max_seq_len;
+    let losses = spec.losses();
+    if losses.needs_teacher() {
+        check_compatible(&losses, models.student, models.teacher)?;
+    }
+    let pairs = if losses.needs_hidden_states() || losses.needs_attention() {
+        let mut p = mapping::resolve(
+            &spec.layer_map,
+            student.num_hidden_layers,
+            teacher.num_hidden_layers,
+        )?;
+        if losses.embedding > 0.0 {
+            p.insert(0, (0, 0));
+        }
+        p
+    } else {
+        Vec::new()
+    };
+    let examples = match (&spec.data, &recipe.augment) {
+        // Not augmented yet: at most every variant of every text is new.
+        (StageData::Augmented { path: None }, Some(a)) => {
+            let columns = if data.task.is_pair() { 2 } else { 1 };
+            data.train.len() * (1 + columns * variants_per_text(a))
+        }
+        _ => crate::pipeline::stage_dataset(spec, data)?.len(),
+    };
+    let settings = spec.settings(recipe, i + 1 == recipe.stages.len());
+    let per_epoch = examples.div_ceil(spec.batch_size);
+    let steps = settings
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(per_epoch * settings.epochs);
+    let w = serde_json::to_value(losses).map_err(|e| Error::msg(e.to_string()))?;
+    let loss_text: Vec<String> = w
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| v.as_f64().is_some_and(|x| x > 0.0) && *k != "temperature")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Ok(StagePlan {
+        name: spec.display_name(i),
+        kind: format!("{:?}", spec.kind).to_lowercase(),
+        data: data_text(recipe, data, spec, examples),
+        losses: format!("{} (T={})", loss_text.join(", "), losses.temperature),
+        attention_shapes: losses.needs_attention().then(|| {
+            format!(
+                "student (B, {}, L, L) vs teacher (B, {}, L, L), L <= {seq}",
+                student.num_attention_heads, teacher.num_attention_heads
+            )
+        }),
+        hidden_shapes: losses.needs_hidden_states().then(|| models.hidden_shapes()),
+        normalise: (losses.needs_attention() || losses.needs_hidden_states()).then(
+            || match settings.pad_to {
+                Some(n) => {
+                    format!("reference: every batch padded to {n}, a mean over every position")
+                }
+                None => "tokens: a mean over real tokens; batches padded to their longest row"
+                    .to_string(),
+            },
+        ),
+        pairs,
+        epochs: settings.epochs,
+        batch_size: settings.batch_size,
+        steps,
+        examples_seen: steps
+            .saturating_mul(settings.batch_size)
+            .min(examples * settings.epochs),
+        learning_rate: settings.learning_rate,
+        eval_every: settings.eval_every,
+        evaluations: evaluations(steps, per_epoch, settings.eval_every),
+        schedule: schedule_text(&settings),
     })
 }
 

@@ -47,20 +47,23 @@ pub fn tiny_train_examples(
     tokenizer: &crate::tokenizer::TextTokenizer,
     n: usize,
     seed: u64,
-) -> Result<Vec<crate::distill::TrainExample>> {
+) -> Result<crate::data::EncodedDataset> {
     let mut rng = crate::rng::Rng::new(seed);
-    (0..n)
-        .map(|i| {
+    let encodings = (0..n)
+        .map(|_| {
             let words = 2 + rng.below(10);
             let text: Vec<&str> = (0..words)
                 .map(|_| TINY_WORDS[rng.below(TINY_WORDS.len())])
                 .collect();
-            Ok(crate::distill::TrainExample {
-                encoded: tokenizer.encode(&text.join(" "), None, 24)?,
-                target: crate::distill::Target::Class((i % 2) as u32),
-            })
+            tokenizer.encode(&text.join(" "), None, 24)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(crate::data::EncodedDataset {
+        encodings,
+        labels: (0..n).map(|i| crate::data::Label::Class(i % 2)).collect(),
+        regression: false,
+        pad_id: tokenizer.pad_id(),
+    })
 }
 
 /// What the trainer tests distil from: the tiny tokenizer (written under `dir/tok`),
@@ -69,7 +72,7 @@ pub struct TinyDistillation {
     pub tokenizer: crate::tokenizer::TextTokenizer,
     pub teacher_config: BertConfig,
     pub teacher: crate::model::BertForSequenceClassification,
-    pub examples: Vec<crate::distill::TrainExample>,
+    pub examples: crate::data::EncodedDataset,
     pub logits: candle_core::Tensor,
 }
 
@@ -86,11 +89,9 @@ impl TinyDistillation {
             })?;
         let (teacher_config, teacher) = tiny_teacher(device, 5)?;
         let examples = tiny_train_examples(&tokenizer, rows, 9)?;
-        let encoded: Vec<&crate::tokenizer::Encoded> =
-            examples.iter().map(|e| &e.encoded).collect();
         let logits = crate::distill::cache::model_logits(
             &teacher,
-            &encoded,
+            &examples.encoded(),
             16,
             tokenizer.pad_id(),
             device,
@@ -127,7 +128,7 @@ impl TinyDistillation {
 pub fn run_two_stages(
     trainer: &crate::distill::Trainer,
     settings: &crate::distill::TrainSettings,
-    data: &[crate::distill::TrainExample],
+    data: &crate::data::EncodedDataset,
     logits: Option<&candle_core::Tensor>,
     seed: u64,
     adjust: impl Fn(&mut crate::distill::Stage),

@@ -161,7 +161,6 @@ fn train_on(device: &Device, root: &Path) -> HashMap<String, Tensor> {
         evaluator: None,
         run: &run,
         device: device.clone(),
-        pad_id: tok.pad_id(),
         interrupt_after: None,
         parallel: None,
     };

@@ -62,7 +62,6 @@ fn train(s: &Setup, run_dir: &Path, parallel: Option<&dyn AllReduce>) -> HashMap
         evaluator: None,
         run: &run,
         device: dev.clone(),
-        pad_id: s.tiny.tokenizer.pad_id(),
         interrupt_after: None,
         parallel,
     };

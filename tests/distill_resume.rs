@@ -31,7 +31,6 @@ fn run(
     let tiny = TinyDistillation::new(dir.parent().unwrap(), 90, &dev).unwrap();
     let init = tiny_student_init();
     let (teacher, examples, logits) = (&tiny.teacher, &tiny.examples, &tiny.logits);
-    let tok = &tiny.tokenizer;
     let settings = TrainSettings {
         epochs: 3,
         learning_rate: 1e-3,
@@ -77,7 +76,6 @@ fn run(
                     evaluator: None,
                     run: &run,
                     device: dev.clone(),
-                    pad_id: tok.pad_id(),
                     interrupt_after: None,
                     parallel: None,
                 };
@@ -89,7 +87,6 @@ fn run(
                 evaluator: None,
                 run: &run,
                 device: dev.clone(),
-                pad_id: tok.pad_id(),
                 interrupt_after: kill.filter(|(s, _)| *s == index).map(|(_, step)| step),
                 parallel: None,
             };
@@ -204,7 +201,6 @@ fn first_step_losses(dir: &std::path::Path, settings: &TrainSettings) -> serde_j
         evaluator: None,
         run: &run,
         device: dev,
-        pad_id: tiny.tokenizer.pad_id(),
         interrupt_after: None,
         parallel: None,
     };

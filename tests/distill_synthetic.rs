@@ -3,16 +3,17 @@
 //! prediction losses, and must agree with it on held-out inputs.
 
 use candle_core::{DType, Device, Tensor};
+use candle_distill::data::{EncodedDataset, Label};
 use candle_distill::distill::cache::model_logits;
 use candle_distill::distill::{
-    build_student, Evaluator, LayerMap, Scores, Stage, StageKind, Student, StudentInit, Target,
-    TeacherParts, TrainExample, TrainSettings, Trainer,
+    build_student, Evaluator, LayerMap, Scores, Stage, StageKind, Student, StudentInit,
+    TeacherParts, TrainSettings, Trainer,
 };
 use candle_distill::model::{build_classifier, BertForSequenceClassification, BuildOptions};
 use candle_distill::rng::Rng;
 use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{tiny_config, write_tiny_tokenizer};
-use candle_distill::tokenizer::{Encoded, TextTokenizer, TokenizerFiles};
+use candle_distill::tokenizer::{TextTokenizer, TokenizerFiles};
 
 const POSITIVE: &[&str] = &[
     "good", "great", "fun", "love", "best", "funny", "nice", "happy",
@@ -48,34 +49,38 @@ fn sentence(rng: &mut Rng) -> (String, u32) {
     }
 }
 
-fn dataset(tok: &TextTokenizer, n: usize, seed: u64) -> Vec<TrainExample> {
+fn dataset(tok: &TextTokenizer, n: usize, seed: u64) -> EncodedDataset {
     let mut rng = Rng::new(seed);
-    (0..n)
+    let (encodings, labels) = (0..n)
         .map(|_| {
             let (text, label) = sentence(&mut rng);
-            TrainExample {
-                encoded: tok.encode(&text, None, 32).unwrap(),
-                target: Target::Class(label),
-            }
+            (
+                tok.encode(&text, None, 32).unwrap(),
+                Label::Class(label as usize),
+            )
         })
-        .collect()
+        .unzip();
+    EncodedDataset {
+        encodings,
+        labels,
+        regression: false,
+        pad_id: tok.pad_id(),
+    }
 }
 
-fn predictions(model: &BertForSequenceClassification, data: &[TrainExample], pad: u32) -> Vec<u32> {
-    let enc: Vec<&Encoded> = data.iter().map(|e| &e.encoded).collect();
-    let logits = model_logits(model, &enc, 64, pad, &Device::Cpu).unwrap();
+fn predictions(model: &BertForSequenceClassification, data: &EncodedDataset) -> Vec<u32> {
+    let logits = model_logits(model, &data.encoded(), 64, data.pad_id, &Device::Cpu).unwrap();
     logits.argmax(1).unwrap().to_vec1().unwrap()
 }
 
 struct Agreement<'a> {
     reference: Vec<u32>,
-    data: &'a [TrainExample],
-    pad: u32,
+    data: &'a EncodedDataset,
 }
 
 impl Evaluator for Agreement<'_> {
     fn evaluate(&self, model: &BertForSequenceClassification) -> candle_distill::Result<Scores> {
-        let p = predictions(model, self.data, self.pad);
+        let p = predictions(model, self.data);
         let agree = p
             .iter()
             .zip(&self.reference)
@@ -110,7 +115,6 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         ..Default::default()
     })
     .unwrap();
-    let pad = tok.pad_id();
     let train = dataset(&tok, 800, 1);
     let held_out = dataset(&tok, 400, 2);
 
@@ -144,7 +148,6 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         evaluator: None,
         run: &run,
         device: dev.clone(),
-        pad_id: pad,
         interrupt_after: None,
         parallel: None,
     };
@@ -167,13 +170,14 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         .unwrap();
     let teacher = teacher_as_student.model;
     let gold: Vec<u32> = held_out
+        .labels
         .iter()
-        .map(|e| match e.target {
-            Target::Class(c) => c,
+        .map(|l| match l {
+            Label::Class(c) => *c as u32,
             _ => unreachable!(),
         })
         .collect();
-    let teacher_pred = predictions(&teacher, &held_out, pad);
+    let teacher_pred = predictions(&teacher, &held_out);
     let teacher_acc = teacher_pred
         .iter()
         .zip(&gold)
@@ -219,17 +223,10 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
     else {
         panic!()
     };
-    let unlabeled: Vec<TrainExample> = train
-        .iter()
-        .map(|e| TrainExample {
-            target: Target::None,
-            ..e.clone()
-        })
-        .collect();
+    let unlabeled = train.clone().without_labels();
     let evaluator = Agreement {
         reference: teacher_pred.clone(),
         data: &held_out,
-        pad,
     };
     let trainer = Trainer {
         teacher: Some(&teacher),
@@ -237,7 +234,6 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         evaluator: Some(&evaluator),
         run: &run,
         device: dev.clone(),
-        pad_id: pad,
         interrupt_after: None,
         parallel: None,
     };
@@ -260,8 +256,7 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         )
         .unwrap();
     assert!(summary.final_loss.is_finite());
-    let enc: Vec<&Encoded> = unlabeled.iter().map(|e| &e.encoded).collect();
-    let logits = model_logits(&teacher, &enc, 64, pad, &dev).unwrap();
+    let logits = model_logits(&teacher, &unlabeled.encoded(), 64, unlabeled.pad_id, &dev).unwrap();
     let pred = settings(4, 3e-3, 32);
     let summary = trainer
         .run_stage(
@@ -281,7 +276,7 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         )
         .unwrap();
     let best = summary.best.unwrap().main;
-    let student_pred = predictions(&student.model, &held_out, pad);
+    let student_pred = predictions(&student.model, &held_out);
     let agree = student_pred
         .iter()
         .zip(&teacher_pred)

@@ -62,7 +62,6 @@ fn train(dir: &std::path::Path, precision: Precision) -> Trained {
         evaluator: None,
         run: &run,
         device: dev.clone(),
-        pad_id: tiny.tokenizer.pad_id(),
         interrupt_after: None,
         parallel: None,
     };

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use super::dataset::{Dataset, Label};
 use crate::model::BertInput;
 use crate::rng::Rng;
-use crate::tokenizer::{pad_batch, Encoded, TextTokenizer};
+use crate::tokenizer::{pad_batch_to, Encoded, TextTokenizer};
 use crate::{Error, Result};
 
 /// Every example of a dataset, tokenised once.
@@ -64,10 +64,31 @@ impl EncodedDataset {
         self.encodings.iter().map(|e| e.ids.len()).collect()
     }
 
+    /// The same examples without labels: what distillation stages train on (they
+    /// learn from the teacher alone).
+    pub fn without_labels(mut self) -> Self {
+        self.labels.fill(Label::Unlabeled);
+        self
+    }
+
+    pub fn has_unlabeled(&self) -> bool {
+        self.labels.iter().any(|l| matches!(l, Label::Unlabeled))
+    }
+
+    /// The examples' encodings, in order.
+    pub fn encoded(&self) -> Vec<&Encoded> {
+        self.encodings.iter().collect()
+    }
+
     /// Pads the examples at `indices` to their longest and builds inputs and labels.
     pub fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch> {
+        self.batch_padded(indices, 0, device)
+    }
+
+    /// As [`batch`](Self::batch), padded to at least `pad_to` tokens.
+    pub fn batch_padded(&self, indices: &[usize], pad_to: usize, device: &Device) -> Result<Batch> {
         let examples: Vec<&Encoded> = indices.iter().map(|&i| &self.encodings[i]).collect();
-        let input = pad_batch(&examples, self.pad_id, device)?;
+        let input = pad_batch_to(&examples, pad_to, self.pad_id, device)?;
         let labels: Vec<Label> = indices.iter().map(|&i| self.labels[i]).collect();
         let labels = if labels.iter().all(|l| matches!(l, Label::Unlabeled)) {
             None

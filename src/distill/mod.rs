@@ -13,6 +13,5 @@ pub use losses::{LossWeights, Normalise};
 pub use mapping::{LayerMap, MapStrategy};
 pub use student::{build_student, Projection, Student, StudentInit, StudentSpec, TeacherParts};
 pub use trainer::{
-    Evaluator, Progress, Scores, Stage, StageKind, StageSummary, Target, TrainExample,
-    TrainSettings, Trainer,
+    Evaluator, Progress, Scores, Stage, StageKind, StageSummary, TrainSettings, Trainer,
 };

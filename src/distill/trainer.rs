@@ -14,28 +14,13 @@ use super::losses::{LossWeights, Normalise};
 use super::mapping::{self, LayerMap};
 use super::objective::{scalar, BatchLoss, TokenShare};
 use super::student::Student;
-use crate::data::batch_order;
+use crate::data::{batch_order, Batch, EncodedDataset};
 use crate::model::{BertForSequenceClassification, Outputs};
 use crate::rng::Rng;
 use crate::run::RunDir;
-use crate::tokenizer::{pad_batch_to, Encoded};
 use crate::train::parallel::{self, shard_range, AllReduce};
 use crate::train::{lr_at, AdamW, AdamWConfig, LossScale, Precision, Schedule};
 use crate::{Error, Result};
-
-/// The gold target of one example.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Target {
-    Class(u32),
-    Score(f32),
-    None,
-}
-
-#[derive(Debug, Clone)]
-pub struct TrainExample {
-    pub encoded: Encoded,
-    pub target: Target,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -214,7 +199,7 @@ pub struct Stage<'a> {
     pub losses: LossWeights,
     pub layer_map: &'a LayerMap,
     pub settings: &'a TrainSettings,
-    pub data: &'a [TrainExample],
+    pub data: &'a EncodedDataset,
     /// Teacher logits per example (cached), for prediction losses.
     pub teacher_logits: Option<&'a Tensor>,
     /// Save the best dev checkpoint (the final stage).
@@ -228,7 +213,6 @@ pub struct Trainer<'a> {
     pub evaluator: Option<&'a dyn Evaluator>,
     pub run: &'a RunDir,
     pub device: Device,
-    pub pad_id: u32,
     /// Testing aid: fail as a killed process would, right after this many steps of a
     /// stage (before any checkpoint of that step is written).
     pub interrupt_after: Option<usize>,
@@ -286,32 +270,6 @@ struct StepRecord {
 }
 
 impl<'a> Trainer<'a> {
-    fn targets(&self, batch: &[&TrainExample]) -> Result<Option<Tensor>> {
-        match batch.first().map(|e| e.target) {
-            Some(Target::Class(_)) => {
-                let v = batch
-                    .iter()
-                    .map(|e| match e.target {
-                        Target::Class(c) => Ok(c),
-                        _ => Err(Error::msg("mixed label kinds in one batch")),
-                    })
-                    .collect::<Result<Vec<u32>>>()?;
-                Ok(Some(Tensor::new(v.as_slice(), &self.device)?))
-            }
-            Some(Target::Score(_)) => {
-                let v = batch
-                    .iter()
-                    .map(|e| match e.target {
-                        Target::Score(s) => Ok(s),
-                        _ => Err(Error::msg("mixed label kinds in one batch")),
-                    })
-                    .collect::<Result<Vec<f32>>>()?;
-                Ok(Some(Tensor::new(v.as_slice(), &self.device)?))
-            }
-            _ => Ok(None),
-        }
-    }
-
     /// Restores student variables from the resume checkpoint.
     pub fn restore_student(&self) -> Result<()> {
         checkpoint::restore_student(self.run, self.student, &self.device)
@@ -409,7 +367,7 @@ impl<'a> Trainer<'a> {
             }
             None => Vec::new(),
         };
-        let lengths: Vec<usize> = stage.data.iter().map(|e| e.encoded.ids.len()).collect();
+        let lengths = stage.data.lengths();
         let batches_per_epoch = lengths.len().div_ceil(settings.batch_size);
         let total_steps = settings
             .max_steps
@@ -577,9 +535,7 @@ impl<'a> Trainer<'a> {
         }
         let longest = batch.iter().map(|&i| plan.lengths[i]).max().unwrap_or(0);
         let pad_to = stage.settings.pad_to.map_or(longest, |p| p.max(longest));
-        let rows: Vec<&TrainExample> = mine.iter().map(|&i| &stage.data[i]).collect();
-        let encoded: Vec<&Encoded> = rows.iter().map(|e| &e.encoded).collect();
-        let input = pad_batch_to(&encoded, pad_to, self.pad_id, &self.device)?;
+        let Batch { input, labels, .. } = stage.data.batch_padded(mine, pad_to, &self.device)?;
         let teacher_out = match plan.teacher {
             Some(t) => Some(t.forward(&input, plan.want, None)?),
             None => None,
@@ -595,7 +551,6 @@ impl<'a> Trainer<'a> {
         };
         let dropout = worker_dropout.as_mut().unwrap_or(&mut progress.dropout_rng);
         let student_out = model.forward(&input, plan.want, Some(dropout))?;
-        let targets = self.targets(&rows)?;
         let (loss, parts) = BatchLoss {
             stage: stage.name,
             weights: &stage.losses,
@@ -606,7 +561,7 @@ impl<'a> Trainer<'a> {
             student: &student_out,
             teacher: teacher_out.as_ref(),
             teacher_logits: cached_logits.as_ref(),
-            targets: targets.as_ref(),
+            targets: labels.as_ref(),
             share: TokenShare::of(mine, batch, &plan.lengths, share),
         }
         .compute()?;

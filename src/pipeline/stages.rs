@@ -9,15 +9,14 @@ use candle_core::Device;
 use crate::data::{Dataset, Label, Split};
 use crate::distill::cache::{cache_key, cached_logits, model_logits};
 use crate::distill::replicas::{on_every_replica, Replica};
-use crate::distill::{
-    Evaluator, Progress, Stage, StageKind, StageSummary, Target, TrainExample, Trainer,
-};
+use crate::distill::{Evaluator, Progress, Stage, StageKind, StageSummary, Trainer};
 use crate::recipe::{Recipe, StageData, StageSpec};
 use crate::run::RunDir;
-use crate::tokenizer::{Encoded, TextTokenizer};
+use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
 
-use super::{encode, TaskData};
+use super::TaskData;
+use crate::data::EncodedDataset;
 
 /// Where a run's teacher logits are cached: the folder and the teacher's identity.
 /// Nodes other than node 0 pass none and compute their own.
@@ -46,7 +45,6 @@ pub fn run_stages(
         .first()
         .ok_or_else(|| Error::msg("no replica to train"))?;
     let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json")?;
-    let pad_id = first.student.tokenizer.pad_id();
     let mut summaries = Vec::new();
     let mut restored = false;
     for (index, spec) in specs.iter().enumerate() {
@@ -61,7 +59,7 @@ pub fn run_stages(
         if saved.is_some() && resume.is_none() && !restored {
             // A previous stage finished before the interruption: continue from its weights.
             for r in replicas {
-                trainer_for(r, run, evaluator, pad_id).restore_student()?;
+                trainer_for(r, run, evaluator).restore_student()?;
             }
         }
         restored = true;
@@ -69,8 +67,8 @@ pub fn run_stages(
         let losses = spec.losses();
         let teacher_logits = match first.teacher {
             Some(t) if losses.needs_teacher_logits() => {
-                let enc: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
-                let compute = || model_logits(t, &enc, 64, pad_id, &first.device);
+                let enc = examples.encoded();
+                let compute = || model_logits(t, &enc, 64, examples.pad_id, &first.device);
                 Some(match logit_cache {
                     Some(cache) => {
                         let key = cache_key(
@@ -109,7 +107,7 @@ pub fn run_stages(
             }
         );
         summaries.push(on_every_replica(replicas, |r| {
-            trainer_for(r, run, evaluator, pad_id).run_stage(&stage, resume.clone())
+            trainer_for(r, run, evaluator).run_stage(&stage, resume.clone())
         })?);
     }
     Ok(summaries)
@@ -120,7 +118,6 @@ fn trainer_for<'a>(
     r: &Replica<'a>,
     run: &'a RunDir,
     evaluator: Option<&'a dyn Evaluator>,
-    pad_id: u32,
 ) -> Trainer<'a> {
     Trainer {
         teacher: r.teacher,
@@ -128,7 +125,6 @@ fn trainer_for<'a>(
         evaluator: evaluator.filter(|_| r.is_leader()),
         run,
         device: r.device.clone(),
-        pad_id,
         interrupt_after: None,
         parallel: r.parallel,
     }
@@ -231,22 +227,19 @@ fn stage_examples(
     spec: &StageSpec,
     data: &TaskData,
     tokenizer: &TextTokenizer,
-) -> Result<Vec<TrainExample>> {
+) -> Result<EncodedDataset> {
     let dataset = stage_dataset(spec, data)?;
-    let mut examples = encode(&dataset, tokenizer, data.max_seq_len)?;
-    if spec.kind == StageKind::Finetune || spec.losses().needs_labels() {
-        if examples.iter().any(|e| e.target == Target::None) {
-            return Err(Error::msg(format!(
-                "stage `{}` trains on gold labels but {} has unlabeled rows",
-                spec.display_name(0),
-                dataset.origin
-            )));
-        }
-    } else {
+    let examples = EncodedDataset::new(&dataset, tokenizer, data.max_seq_len)?;
+    if !(spec.kind == StageKind::Finetune || spec.losses().needs_labels()) {
         // Distillation stages learn from the teacher alone.
-        for e in &mut examples {
-            e.target = Target::None;
-        }
+        return Ok(examples.without_labels());
+    }
+    if examples.has_unlabeled() {
+        return Err(Error::msg(format!(
+            "stage `{}` trains on gold labels but {} has unlabeled rows",
+            spec.display_name(0),
+            dataset.origin
+        )));
     }
     Ok(examples)
 }

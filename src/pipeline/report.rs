@@ -1,0 +1,191 @@
+//! What a run reports at its end (`report.json`, `report.md`): both models' dev
+//! scores, sizes and speed, and every stage.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use super::sweep::SweepReport;
+use super::task::{GlueEvaluator, TaskData};
+use crate::data::EncodedDataset;
+use crate::distill::StageSummary;
+use crate::metrics::Metrics;
+use crate::model::BertForSequenceClassification;
+use crate::recipe::Recipe;
+use crate::tokenizer::TextTokenizer;
+use crate::Result;
+
+/// What a run reports at its end.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub recipe: String,
+    pub task: String,
+    pub teacher: ModelSummary,
+    pub student: ModelSummary,
+    pub stages: Vec<StageSummary>,
+    /// The variants of a sweep, when the recipe has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepReport>,
+    pub seconds: f64,
+    pub student_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelSummary {
+    pub model: String,
+    pub parameters: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub dev: Metrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_mismatched: Option<Metrics>,
+    /// Milliseconds per batch of 32 at the task's max_seq_len, on the run's device.
+    pub latency_ms_batch32: f64,
+}
+
+pub(super) fn tensor_params(tensors: &HashMap<String, Tensor>) -> usize {
+    tensors.values().map(|t| t.elem_count()).sum()
+}
+
+/// Scores and times models for the report: dev (and MNLI's mismatched dev) metrics,
+/// latency on 32 dev examples at the task's max_seq_len.
+pub(super) struct Scorer<'a> {
+    recipe: &'a Recipe,
+    data: &'a TaskData,
+    tokenizer: &'a TextTokenizer,
+    device: &'a Device,
+    sample: EncodedDataset,
+}
+
+impl<'a> Scorer<'a> {
+    pub(super) fn new(
+        recipe: &'a Recipe,
+        data: &'a TaskData,
+        tokenizer: &'a TextTokenizer,
+        device: &'a Device,
+    ) -> Result<Self> {
+        let sample = EncodedDataset::new(&data.dev, tokenizer, data.max_seq_len)?;
+        Ok(Scorer {
+            recipe,
+            data,
+            tokenizer,
+            device,
+            sample,
+        })
+    }
+
+    /// The summary of `model`, named `name`, of `parameters` parameters (the trained
+    /// ones, without training-only projections), whose dev metrics are `dev`.
+    pub(super) fn summary(
+        &self,
+        name: String,
+        parameters: usize,
+        model: &BertForSequenceClassification,
+        dev: Metrics,
+    ) -> Result<ModelSummary> {
+        let config = model.config();
+        Ok(ModelSummary {
+            model: name,
+            parameters,
+            layers: config.num_hidden_layers,
+            hidden_size: config.hidden_size,
+            dev,
+            dev_mismatched: self.mismatched(model)?,
+            latency_ms_batch32: self.latency_ms(model)?,
+        })
+    }
+
+    fn mismatched(&self, model: &BertForSequenceClassification) -> Result<Option<Metrics>> {
+        let Some(dev) = &self.data.dev_mismatched else {
+            return Ok(None);
+        };
+        let evaluator = GlueEvaluator::new(
+            dev,
+            self.tokenizer,
+            self.data.max_seq_len,
+            self.recipe.eval.batch_size,
+            self.device,
+        )?;
+        Ok(Some(evaluator.metrics(model)?))
+    }
+
+    fn latency_ms(&self, model: &BertForSequenceClassification) -> Result<f64> {
+        let first: Vec<usize> = (0..self.sample.len().min(32)).collect();
+        let input = self.sample.batch(&first, self.device)?.input;
+        model.logits(&input)?; // warm-up
+        let start = Instant::now();
+        let reps = 3;
+        for _ in 0..reps {
+            model.logits(&input)?.to_device(&Device::Cpu)?;
+        }
+        Ok(start.elapsed().as_secs_f64() * 1000.0 / reps as f64)
+    }
+}
+
+impl RunReport {
+    pub fn to_markdown(&self) -> String {
+        let t = &self.teacher;
+        let s = &self.student;
+        let mut md = format!("# {} on {}\n\n", self.recipe, self.task);
+        md += "| | teacher | student |\n|---|---|---|\n";
+        md += &format!("| model | {} | {} |\n", t.model, s.model);
+        md += &format!(
+            "| layers / width | {} / {} | {} / {} |\n",
+            t.layers, t.hidden_size, s.layers, s.hidden_size
+        );
+        md += &format!(
+            "| parameters | {:.1}M | {:.1}M |\n",
+            t.parameters as f64 / 1e6,
+            s.parameters as f64 / 1e6
+        );
+        md += &format!(
+            "| dev {} | {:.4} | {:.4} |\n",
+            t.dev.score_name, t.dev.score, s.dev.score
+        );
+        // The other metrics of the task (the score row already shows its own).
+        for (k, v) in t.dev.values.iter().filter(|(k, _)| **k != t.dev.score_name) {
+            md += &format!(
+                "| dev {k} | {:.4} | {:.4} |\n",
+                v,
+                s.dev.get(k).unwrap_or(f64::NAN)
+            );
+        }
+        if let (Some(tm), Some(sm)) = (&t.dev_mismatched, &s.dev_mismatched) {
+            md += &format!(
+                "| dev mismatched {} | {:.4} | {:.4} |\n",
+                tm.score_name, tm.score, sm.score
+            );
+        }
+        md += &format!(
+            "| latency, batch 32 (ms) | {:.1} | {:.1} |\n",
+            t.latency_ms_batch32, s.latency_ms_batch32
+        );
+        md += &format!(
+            "\nThe student keeps {:.1}% of the teacher's dev score with {:.1}x fewer parameters and runs {:.1}x faster.\n",
+            100.0 * s.dev.score / t.dev.score,
+            t.parameters as f64 / s.parameters as f64,
+            t.latency_ms_batch32 / s.latency_ms_batch32
+        );
+        md += "\n## Stages\n\n| stage | steps | seconds | final loss | best dev |\n|---|---|---|---|---|\n";
+        for st in &self.stages {
+            md += &format!(
+                "| {} | {} | {:.0} | {:.4} | {} |\n",
+                st.name,
+                st.steps,
+                st.seconds,
+                st.final_loss,
+                st.best
+                    .as_ref()
+                    .map(|b| format!("{:.4}", b.main))
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
+        if let Some(sweep) = &self.sweep {
+            md += &sweep.to_markdown();
+        }
+        md
+    }
+}
