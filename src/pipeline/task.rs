@@ -52,29 +52,17 @@ impl TaskData {
 pub fn load_task_data(recipe: &Recipe) -> Result<TaskData> {
     let task = recipe.task.name;
     let source = DataSource::parse(&recipe.task.data)?;
-    let opts = |limit| LoadOptions {
-        skip_malformed: recipe.task.skip_malformed,
-        limit,
+    let load = |split, limit| {
+        let options = LoadOptions {
+            skip_malformed: recipe.task.skip_malformed,
+            limit,
+        };
+        load_dataset(&source, Some(task), split, &options)
     };
-    let train = load_dataset(
-        &source,
-        Some(task),
-        Split::Train,
-        &opts(recipe.task.train_limit),
-    )?;
-    let dev = load_dataset(
-        &source,
-        Some(task),
-        Split::Dev,
-        &opts(recipe.task.dev_limit),
-    )?;
+    let train = load(Split::Train, recipe.task.train_limit)?;
+    let dev = load(Split::Dev, recipe.task.dev_limit)?;
     let dev_mismatched = if task.has_split(Split::DevMismatched) {
-        Some(load_dataset(
-            &source,
-            Some(task),
-            Split::DevMismatched,
-            &opts(recipe.task.dev_limit),
-        )?)
+        Some(load(Split::DevMismatched, recipe.task.dev_limit)?)
     } else {
         None
     };
