@@ -424,6 +424,40 @@ mod tests {
         assert!(moving_average(&[(0.0, f64::NAN)], 3)[0].1.is_nan());
     }
 
+    /// The teacher's fine-tuning logs as any stage does (`Trainer` writes `stage` =
+    /// the stage's name: "finetune" by default, "teacher-finetune" in the bundled
+    /// recipes), into its own run folder `<run>/teacher-finetune/`; its lines get
+    /// their own loss panel, and stay apart from the distillation stages' if both
+    /// are in one file.
+    #[test]
+    fn teacher_finetune_lines_get_their_own_panel() {
+        let line = |stage: &str, step: u32, loss: f64| {
+            format!(
+                "{{\"stage\":\"{stage}\",\"step\":{step},\"epoch\":0,\"loss\":{loss},\
+                 \"losses\":{{\"hard\":{loss}}},\"lr\":2e-5,\"grad_norm\":1.5}}\n"
+            )
+        };
+        let teacher: String = (1..=3)
+            .map(|s| line("teacher-finetune", s, 0.7 / s as f64))
+            .collect();
+        let eval = "{\"stage\":\"teacher-finetune\",\"step\":3,\"eval\":{\"accuracy\":0.9},\"main\":0.9}\n";
+        let charts = charts_from_metrics(&format!("{teacher}{eval}")).unwrap();
+        let titles: Vec<&str> = charts.iter().map(|c| c.title.as_str()).collect();
+        assert_eq!(titles, ["teacher-finetune loss", "dev metrics"]);
+        assert_eq!(
+            charts[0].series.len(),
+            1,
+            "the `hard` part repeats the total"
+        );
+        assert_eq!(charts[0].series[0].points.len(), 3);
+
+        let student: String = (1..=2).map(|s| line("prediction", s, 0.3)).collect();
+        let charts = charts_from_metrics(&format!("{teacher}{student}")).unwrap();
+        let titles: Vec<&str> = charts.iter().map(|c| c.title.as_str()).collect();
+        assert_eq!(titles, ["teacher-finetune loss", "prediction loss"]);
+        assert_eq!(charts[1].series[0].points, vec![(1.0, 0.3), (2.0, 0.3)]);
+    }
+
     #[test]
     fn writes_a_png_for_a_metrics_file_and_refuses_an_empty_one() {
         let dir = tempfile::tempdir().unwrap();
