@@ -23,6 +23,8 @@ use crate::{Error, Result};
 
 pub const RECIPE_FILE: &str = "recipe.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The teacher's fine-tuning inside a run: a run folder of its own.
+pub const TEACHER_FINETUNE_DIR: &str = "teacher-finetune";
 
 pub struct RunDir {
     root: PathBuf,
@@ -211,13 +213,18 @@ pub enum CheckpointFile {
 }
 
 impl RunDir {
-    /// Redraws `loss.png` from `metrics.jsonl` (nothing to draw yet is not an error).
+    /// Redraws `loss.png` from `metrics.jsonl`, with the teacher's fine-tuning (its
+    /// own run folder, `teacher-finetune/`) in panels of its own when the run did it.
+    /// Nothing to draw yet is not an error.
     pub fn write_plot(&self) -> Result<()> {
+        let has_lines = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) > 0;
         let metrics = self.path(METRICS_FILE);
-        if std::fs::metadata(&metrics).map(|m| m.len()).unwrap_or(0) == 0 {
+        if !has_lines(&metrics) {
             return Ok(());
         }
-        crate::plot::plot_metrics_file(&metrics, &self.path("loss.png"))
+        let teacher = self.path(TEACHER_FINETUNE_DIR).join(METRICS_FILE);
+        let teacher = has_lines(&teacher).then_some(teacher.as_path());
+        crate::plot::plot_run_metrics(&metrics, teacher, &self.path("loss.png"))
     }
 }
 

@@ -75,7 +75,7 @@ pub(super) fn prepare_teacher(
         &spec,
         recipe,
         data,
-        &run.path("teacher-finetune"),
+        &run.path(crate::run::TEACHER_FINETUNE_DIR),
         devices,
     )?;
     let spec = dir.display().to_string();

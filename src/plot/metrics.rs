@@ -21,8 +21,34 @@ pub fn charts_from_metrics(jsonl_text: &str) -> Result<Vec<Chart>> {
 
 /// Reads `metrics` (a metrics.jsonl file) and writes its charts to `png` atomically.
 pub fn plot_metrics_file(metrics: &Path, png: &Path) -> Result<()> {
+    plot_run_metrics(metrics, None, png)
+}
+
+/// A run's charts: those of its teacher's fine-tuning first when `teacher` (that
+/// run's metrics.jsonl) is given, its dev panel titled "teacher dev metrics", then the
+/// run's own.
+pub fn run_charts(metrics: &Path, teacher: Option<&Path>) -> Result<Vec<Chart>> {
+    let mut charts = Vec::new();
+    if let Some(teacher) = teacher {
+        for mut chart in file_charts(teacher)? {
+            if chart.title == DEV_TITLE {
+                chart.title = format!("teacher {DEV_TITLE}");
+            }
+            charts.push(chart);
+        }
+    }
+    charts.extend(file_charts(metrics)?);
+    Ok(charts)
+}
+
+fn file_charts(metrics: &Path) -> Result<Vec<Chart>> {
     let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
-    let charts = parse(&text, &metrics.display().to_string())?.into_charts();
+    Ok(parse(&text, &metrics.display().to_string())?.into_charts())
+}
+
+/// Writes [`run_charts`] to `png` atomically.
+pub fn plot_run_metrics(metrics: &Path, teacher: Option<&Path>, png: &Path) -> Result<()> {
+    let charts = run_charts(metrics, teacher)?;
     if charts.is_empty() {
         return Err(Error::invalid(
             metrics.display(),
@@ -32,6 +58,8 @@ pub fn plot_metrics_file(metrics: &Path, png: &Path) -> Result<()> {
     }
     super::write_png(&charts, png)
 }
+
+const DEV_TITLE: &str = "dev metrics";
 
 type Points = Vec<(f64, f64)>;
 
@@ -236,7 +264,7 @@ fn eval_chart(evals: Vec<(String, Named)>) -> Option<Chart> {
         }
     }
     (!series.is_empty()).then(|| Chart {
-        title: "dev metrics".into(),
+        title: DEV_TITLE.into(),
         x_label: "step".into(),
         y_label: "score".into(),
         series,
@@ -456,6 +484,40 @@ mod tests {
         let titles: Vec<&str> = charts.iter().map(|c| c.title.as_str()).collect();
         assert_eq!(titles, ["teacher-finetune loss", "prediction loss"]);
         assert_eq!(charts[1].series[0].points, vec![(1.0, 0.3), (2.0, 0.3)]);
+    }
+
+    /// The main run's plot shows the teacher's fine-tuning (kept in its own folder)
+    /// in panels of its own, first.
+    #[test]
+    fn a_run_plot_has_the_teacher_finetune_panels_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, teacher) = (dir.path().join("m.jsonl"), dir.path().join("t.jsonl"));
+        let train = |stage: &str| format!("{{\"stage\":\"{stage}\",\"step\":1,\"loss\":0.5}}\n");
+        let eval = |stage: &str| {
+            format!("{{\"stage\":\"{stage}\",\"step\":1,\"eval\":{{\"accuracy\":0.8}}}}\n")
+        };
+        let finetune = format!("{}{}", train("teacher-finetune"), eval("teacher-finetune"));
+        std::fs::write(&teacher, finetune).unwrap();
+        std::fs::write(
+            &main,
+            format!("{}{}", train("prediction"), eval("prediction")),
+        )
+        .unwrap();
+        let titles: Vec<String> = run_charts(&main, Some(&teacher))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.title)
+            .collect();
+        let want = [
+            "teacher-finetune loss",
+            "teacher dev metrics",
+            "prediction loss",
+            "dev metrics",
+        ];
+        assert_eq!(titles, want);
+        let png = dir.path().join("loss.png");
+        plot_run_metrics(&main, Some(&teacher), &png).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! PNG line charts of training runs (loss curves, dev metrics), drawn with `plotters`.
 //!
-//! Text is set in DejaVu Sans, embedded in the binary from `assets/fonts/` and given
+//! Text is set in DejaVu Sans, embedded in the binary from `src/plot/font/` and given
 //! to plotters' `ab_glyph` renderer, so a plot needs no system fonts or libraries on
 //! the machine that trains. Each [`Chart`] is one panel; [`render_panels`] lays the
 //! panels out in a grid and encodes the image with the `png` crate. Non-finite values
@@ -24,7 +24,7 @@ use plotters_backend::{BackendColor, BackendCoord, BackendTextStyle, DrawingErro
 
 use crate::{Error, Result};
 
-pub use metrics::{charts_from_metrics, plot_metrics_file};
+pub use metrics::{charts_from_metrics, plot_metrics_file, plot_run_metrics, run_charts};
 
 /// One named curve.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -101,7 +101,7 @@ const LINE_WIDTH: u32 = 2;
 const RAW_ALPHA: f64 = 0.3;
 
 /// The bundled font, registered as plotters' "sans-serif" family.
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("font/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 
 /// Renders `panels` in a grid `columns` wide, each panel `width` x `height` pixels,
@@ -145,7 +145,7 @@ fn bundled_font() -> Result<&'static FontRef<'static>> {
         })
         .as_ref()
         .ok_or_else(|| {
-            Error::msg("the plot font bundled from assets/fonts/DejaVuSans.ttf could not be read")
+            Error::msg("the plot font bundled from src/plot/font/DejaVuSans.ttf could not be read")
         })
 }
 
