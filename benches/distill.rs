@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_distill::data::{inference_order, EncodedDataset, Label};
 use candle_distill::distill::objective::{BatchLoss, TokenShare};
 use candle_distill::distill::{LossWeights, Normalise};
 use candle_distill::model::bert::Linear;
@@ -344,63 +345,56 @@ fn sst2_path() -> PathBuf {
     repo_root().join("../shared/data/glue/SST-2/train.tsv")
 }
 
-/// Token ids of the first 4,000 SST-2 training sentences, truncated to 64.
-fn sst2_ids() -> Result<Vec<Vec<u32>>> {
+/// The first 4,000 SST-2 training sentences, tokenised and truncated to 64 tokens.
+fn sst2() -> Result<EncodedDataset> {
     let err = |e: String| candle_core::Error::Msg(e);
     let files =
         ModelFiles::resolve(&minilm_dir().display().to_string()).map_err(|e| err(e.to_string()))?;
     let tokenizer = files.read_tokenizer().map_err(|e| err(e.to_string()))?;
     let text = std::fs::read_to_string(sst2_path()).map_err(|e| err(e.to_string()))?;
-    text.lines()
+    let encodings = text
+        .lines()
         .skip(1)
         .take(SST2_SENTENCES)
         .map(|line| {
             let sentence = line.split('\t').next().unwrap_or("");
             tokenizer
                 .encode(sentence, None, EPOCH_MAX_LEN)
-                .map(|e| e.ids)
                 .map_err(|e| err(e.to_string()))
         })
-        .collect()
-}
-
-/// Batches of example indices: in order, or (grouped) sorted by length so each batch
-/// pads only to its own longest sentence. Deterministic, so PyTorch sees the same shapes.
-fn batches(lengths: &[usize], grouped: bool) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    if grouped {
-        order.sort_by_key(|&i| (lengths[i], i));
-    }
-    order.chunks(EPOCH_BATCH).map(|c| c.to_vec()).collect()
-}
-
-fn batch_input(ids: &[Vec<u32>], rows: &[usize], pad_to: Option<usize>) -> Result<BertInput> {
-    let seq = pad_to.unwrap_or_else(|| rows.iter().map(|&r| ids[r].len()).max().unwrap_or(0));
-    let mut flat = vec![0u32; rows.len() * seq];
-    let mut mask = vec![0u32; rows.len() * seq];
-    for (b, &r) in rows.iter().enumerate() {
-        flat[b * seq..b * seq + ids[r].len()].copy_from_slice(&ids[r]);
-        mask[b * seq..b * seq + ids[r].len()].fill(1);
-    }
-    let dev = bench_device();
-    Ok(BertInput {
-        input_ids: Tensor::from_vec(flat, (rows.len(), seq), &dev)?,
-        token_type_ids: Tensor::zeros((rows.len(), seq), DType::U32, &dev)?,
-        attention_mask: Tensor::from_vec(mask, (rows.len(), seq), &dev)?,
+        .collect::<Result<Vec<_>>>()?;
+    Ok(EncodedDataset {
+        labels: vec![Label::Unlabeled; encodings.len()],
+        encodings,
+        regression: false,
+        pad_id: tokenizer.pad_id(),
     })
 }
 
+/// Batches of example indices: in order, or (grouped) the trainer's inference order,
+/// sorted by length so each batch pads only to its own longest sentence.
+/// Deterministic: PyTorch's side (sorted the other way round) gets the same shapes.
+fn batches(lengths: &[usize], grouped: bool) -> Vec<Vec<usize>> {
+    if grouped {
+        return inference_order(lengths, EPOCH_BATCH);
+    }
+    let order: Vec<usize> = (0..lengths.len()).collect();
+    order.chunks(EPOCH_BATCH).map(<[usize]>::to_vec).collect()
+}
+
 fn measure_epoch(grouped: bool) -> Result<Timing> {
-    let ids = sst2_ids()?;
-    let lengths: Vec<usize> = ids.iter().map(|i| i.len()).collect();
-    let plan = batches(&lengths, grouped);
-    let pad_to = (!grouped).then_some(EPOCH_MAX_LEN);
+    let data = sst2()?;
+    let plan = batches(&data.lengths(), grouped);
+    let pad_to = if grouped { 0 } else { EPOCH_MAX_LEN };
     let (teacher, _) = random_model(&teacher_minilm(), false, 3)?;
     let mut student = Student::new(&student_config(3), 384)?;
     let usage = Usage::now();
     let start = Instant::now();
     for rows in &plan {
-        let input = batch_input(&ids, rows, pad_to)?;
+        let input = data
+            .batch_padded(rows, pad_to, &bench_device())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            .input;
         let t = teacher_forward(&teacher, &input)?;
         student.step(&input, &t, false)?;
     }

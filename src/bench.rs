@@ -129,6 +129,31 @@ fn check_options(opts: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
+/// Milliseconds of each timed forward pass of `model` on random input of one shape,
+/// after the warm-up passes; sorted.
+fn time_shape(
+    model: &crate::model::BertForSequenceClassification,
+    vocab_size: usize,
+    seq: usize,
+    batch: usize,
+    opts: &BenchOptions,
+) -> Result<Vec<f64>> {
+    let input = random_input(batch, seq, vocab_size, &opts.device)?;
+    let run = || -> Result<f64> {
+        let start = Instant::now();
+        let logits = model.logits(&input)?;
+        opts.device.synchronize()?;
+        drop(logits);
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    for _ in 0..opts.warmup {
+        run()?;
+    }
+    let mut times = (0..opts.iters).map(|_| run()).collect::<Result<Vec<_>>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
 /// Times every model in `specs` on every (sequence length, batch size).
 pub fn bench(specs: &[String], opts: &BenchOptions) -> Result<BenchReport> {
     check_options(opts)?;
@@ -180,19 +205,7 @@ pub fn bench(specs: &[String], opts: &BenchOptions) -> Result<BenchReport> {
         progress.set_message(spec.clone());
         for &seq in &opts.seq_lens {
             for &batch in &opts.batches {
-                let input = random_input(batch, seq, config.vocab_size, &opts.device)?;
-                let run = || -> Result<f64> {
-                    let start = Instant::now();
-                    let logits = model.logits(&input)?;
-                    opts.device.synchronize()?;
-                    drop(logits);
-                    Ok(start.elapsed().as_secs_f64() * 1e3)
-                };
-                for _ in 0..opts.warmup {
-                    run()?;
-                }
-                let mut times = (0..opts.iters).map(|_| run()).collect::<Result<Vec<_>>>()?;
-                times.sort_by(f64::total_cmp);
+                let times = time_shape(&model, config.vocab_size, seq, batch, opts)?;
                 let median_ms = median(&times);
                 results.push(BenchResult {
                     model: index,

@@ -434,6 +434,7 @@ fn finetune_plan(
 }
 
 impl Plan {
+    // Long on purpose: the printed plan, section by section in the order it is read.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let m = |m: &ModelShape| {

@@ -163,20 +163,7 @@ pub fn run_cached(
     }
     let out = spec.output_path();
     if out.is_file() {
-        let manifest: Manifest = crate::io::read_json(&spec.manifest_path())?;
-        if manifest.key != spec.key {
-            crate::bail!(
-                "{} belongs to another key ({}); remove it to recompute",
-                out.display(),
-                manifest.key
-            );
-        }
-        return Ok(Outcome {
-            path: out,
-            manifest,
-            reused: true,
-            chunks_resumed: 0,
-        });
+        return reuse(spec, out);
     }
     let chunk_rows = spec.chunk_rows.max(1);
     let partial = spec.partial_dir();
@@ -217,23 +204,8 @@ pub fn run_cached(
         bar.inc((end - start) as u64);
     }
     bar.finish_and_clear();
-    // Join the chunks into the final file, atomically.
     let tmp = crate::io::temp_path(&out);
-    let mut output_rows = 0;
-    {
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = std::io::BufWriter::new(file);
-        for c in 0..chunks {
-            let path = chunk_path(&partial, c);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            output_rows += bytes.iter().filter(|&&b| b == b'\n').count();
-            w.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
-        }
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    }
+    let output_rows = join_chunks(&partial, chunks, &tmp)?;
     let manifest = Manifest {
         key: spec.key.clone(),
         task: spec.task.clone(),
@@ -251,6 +223,41 @@ pub fn run_cached(
         reused: false,
         chunks_resumed: resumed,
     })
+}
+
+/// The finished file of an earlier run, when it is this spec's.
+fn reuse(spec: &CacheSpec, out: PathBuf) -> Result<Outcome> {
+    let manifest: Manifest = crate::io::read_json(&spec.manifest_path())?;
+    if manifest.key != spec.key {
+        crate::bail!(
+            "{} belongs to another key ({}); remove it to recompute",
+            out.display(),
+            manifest.key
+        );
+    }
+    Ok(Outcome {
+        path: out,
+        manifest,
+        reused: true,
+        chunks_resumed: 0,
+    })
+}
+
+/// Writes the `chunks` chunk files of `partial`, in order, to `tmp` (synced, to be
+/// moved into place); returns the number of rows.
+fn join_chunks(partial: &Path, chunks: usize, tmp: &Path) -> Result<usize> {
+    let file = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    let mut rows = 0;
+    for c in 0..chunks {
+        let path = chunk_path(partial, c);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        rows += bytes.iter().filter(|&&b| b == b'\n').count();
+        w.write_all(&bytes).map_err(|e| Error::io(tmp, e))?;
+    }
+    let file = w.into_inner().map_err(|e| Error::io(tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(tmp, e))?;
+    Ok(rows)
 }
 
 fn chunk_path(dir: &Path, index: usize) -> PathBuf {

@@ -47,6 +47,8 @@ pub fn load(dir: &Path, task: Task, split: Split, options: &LoadOptions) -> Resu
 }
 
 /// Loads one GLUE TSV file of `task`.
+// Long on purpose: one pass over the rows, whose malformed-row reporting, column
+// lookup and label parsing share the state of the pass.
 pub fn load_file(path: &Path, task: Task, split: Split, options: &LoadOptions) -> Result<Dataset> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let origin = path.display().to_string();

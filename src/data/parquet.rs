@@ -46,6 +46,8 @@ fn parquet_err(origin: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Reads a parquet file with the hub's GLUE columns for `task`.
+// Long on purpose: one pass over the row groups, as `glue_tsv::load_file` does over
+// lines, with the same reporting of malformed rows.
 pub fn load_file(path: &Path, task: Task, split: Split, options: &LoadOptions) -> Result<Dataset> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;

@@ -197,68 +197,12 @@ pub fn build_student(
     device: &Device,
 ) -> Result<Student> {
     let init = &spec.init;
-    let (mut config, tensors, tokenizer, description) = match init {
-        StudentInit::Checkpoint { model } => {
-            let files = ModelFiles::resolve(model)?;
-            let config = files.read_config()?;
-            let tokenizer = files.read_tokenizer()?;
-            if tokenizer.vocab_hash() != teacher.tokenizer.vocab_hash() {
-                return Err(Error::msg(format!(
-                    "the student checkpoint `{model}` has a different vocabulary from the teacher \
-                     ({} vs {} tokens, sha256 {} vs {}); student and teacher must share one tokenizer",
-                    tokenizer.vocab_size(),
-                    teacher.tokenizer.vocab_size(),
-                    &tokenizer.vocab_hash()[..12],
-                    &teacher.tokenizer.vocab_hash()[..12]
-                )));
-            }
-            let mut tensors = files.read_weights()?;
-            // A general checkpoint's head (MLM, NSP) or another task's classifier is not ours.
-            tensors.retain(|k, _| !k.starts_with("classifier.") && !k.starts_with("cls."));
-            (config, tensors, tokenizer, format!("checkpoint {model}"))
-        }
-        StudentInit::TeacherLayers { layers } => {
-            let n = teacher.config.num_hidden_layers;
-            if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > n) {
-                return Err(Error::invalid(
-                    "student.layers",
-                    format!("{layers:?}"),
-                    format!("expected teacher layers between 1 and {n}"),
-                ));
-            }
-            let mut config = teacher.config.clone();
-            config.num_hidden_layers = layers.len();
-            let tensors = subset_layers(teacher.tensors, layers);
-            let description = format!("teacher layers {layers:?}");
-            (config, tensors, teacher.tokenizer.clone(), description)
-        }
-        StudentInit::Random {
-            layers,
-            hidden,
-            heads,
-            intermediate,
-        } => {
-            let mut config = BertConfig::with_shape(
-                teacher.config.vocab_size,
-                *hidden,
-                *layers,
-                *heads,
-                *intermediate,
-            );
-            config.max_position_embeddings = teacher.config.max_position_embeddings;
-            config.type_vocab_size = teacher.config.type_vocab_size;
-            config.validate("student")?;
-            let description = format!(
-                "random {layers} layers, hidden {hidden}, {heads} heads, FFN {intermediate}"
-            );
-            (
-                config,
-                HashMap::new(),
-                teacher.tokenizer.clone(),
-                description,
-            )
-        }
-    };
+    let Start {
+        mut config,
+        tensors,
+        tokenizer,
+        description,
+    } = starting_point(init, teacher)?;
     config.set_labels(labels);
     config.architectures = Some(vec!["BertForSequenceClassification".into()]);
     let teacher_width = teacher.config.hidden_size;
@@ -306,6 +250,90 @@ pub fn build_student(
         projections,
         tokenizer,
         description,
+    })
+}
+
+/// What a student starts from, before its head and projections: configuration,
+/// tensors, tokenizer, and a description for plans and reports.
+struct Start {
+    config: BertConfig,
+    tensors: HashMap<String, Tensor>,
+    tokenizer: TextTokenizer,
+    description: String,
+}
+
+fn starting_point(init: &StudentInit, teacher: &TeacherParts) -> Result<Start> {
+    Ok(match init {
+        StudentInit::Checkpoint { model } => {
+            let files = ModelFiles::resolve(model)?;
+            let config = files.read_config()?;
+            let tokenizer = files.read_tokenizer()?;
+            if tokenizer.vocab_hash() != teacher.tokenizer.vocab_hash() {
+                return Err(Error::msg(format!(
+                    "the student checkpoint `{model}` has a different vocabulary from the teacher \
+                     ({} vs {} tokens, sha256 {} vs {}); student and teacher must share one tokenizer",
+                    tokenizer.vocab_size(),
+                    teacher.tokenizer.vocab_size(),
+                    &tokenizer.vocab_hash()[..12],
+                    &teacher.tokenizer.vocab_hash()[..12]
+                )));
+            }
+            let mut tensors = files.read_weights()?;
+            // A general checkpoint's head (MLM, NSP) or another task's classifier is not ours.
+            tensors.retain(|k, _| !k.starts_with("classifier.") && !k.starts_with("cls."));
+            Start {
+                config,
+                tensors,
+                tokenizer,
+                description: format!("checkpoint {model}"),
+            }
+        }
+        StudentInit::TeacherLayers { layers } => {
+            let n = teacher.config.num_hidden_layers;
+            if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > n) {
+                return Err(Error::invalid(
+                    "student.layers",
+                    format!("{layers:?}"),
+                    format!("expected teacher layers between 1 and {n}"),
+                ));
+            }
+            let mut config = teacher.config.clone();
+            config.num_hidden_layers = layers.len();
+            let tensors = subset_layers(teacher.tensors, layers);
+            let description = format!("teacher layers {layers:?}");
+            Start {
+                config,
+                tensors,
+                tokenizer: teacher.tokenizer.clone(),
+                description,
+            }
+        }
+        StudentInit::Random {
+            layers,
+            hidden,
+            heads,
+            intermediate,
+        } => {
+            let mut config = BertConfig::with_shape(
+                teacher.config.vocab_size,
+                *hidden,
+                *layers,
+                *heads,
+                *intermediate,
+            );
+            config.max_position_embeddings = teacher.config.max_position_embeddings;
+            config.type_vocab_size = teacher.config.type_vocab_size;
+            config.validate("student")?;
+            let description = format!(
+                "random {layers} layers, hidden {hidden}, {heads} heads, FFN {intermediate}"
+            );
+            Start {
+                config,
+                tensors: HashMap::new(),
+                tokenizer: teacher.tokenizer.clone(),
+                description,
+            }
+        }
     })
 }
 

@@ -159,6 +159,8 @@ impl ModelCard {
     }
 
     /// The whole README.md.
+    // Long on purpose: the card's sections in the order a reader meets them, each a
+    // few lines of text; split, the order would be spread over several functions.
     pub(crate) fn render(&self, student: &StudentFacts) -> String {
         let mut md = self.front_matter(student);
         let title = self.model_name.as_deref().unwrap_or(student.name);

@@ -133,60 +133,16 @@ pub fn export_classifier(
         &BuildOptions::inference(&Device::Cpu),
     )?;
     let dropped: BTreeSet<String> = reference.report.unused.iter().cloned().collect();
-    if !dropped.is_empty() {
-        tracing::info!(
-            "leaving out {} training-only tensors: {}",
-            dropped.len(),
-            dropped.iter().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let written = source
-        .tensors
-        .iter()
-        .filter(|(name, _)| !dropped.contains(*name))
-        .map(|(name, t)| {
-            let t = t
-                .to_device(&Device::Cpu)?
-                .to_dtype(opts.dtype)?
-                .contiguous()?;
-            Ok((name.clone(), t))
-        })
-        .collect::<Result<HashMap<_, _>>>()?;
+    let written = exported_tensors(source, &dropped, opts.dtype)?;
     let parameters = written.values().map(|t| t.elem_count()).sum();
-
     let tokenizer = ResolvedTokenizer::new(&source.tokenizer)?;
-    let tok_vocab = tokenizer.tokenizer.vocab_size();
-    if tok_vocab > config.vocab_size {
-        return Err(Error::invalid(
-            "tokenizer",
-            "vocabulary",
-            format!(
-                "{tok_vocab} tokens, but the model's vocab_size is {}",
-                config.vocab_size
-            ),
-        ));
-    }
+    check_vocabulary(&tokenizer, &config)?;
 
     let staging = Staging::create(out)?;
     let dir = staging.path();
-    let weights = dir.join("model.safetensors");
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(
-        written.iter().map(|(k, v)| (k.as_str(), v)),
-        Some(metadata),
-        &weights,
-    )
-    .map_err(|e| Error::Weights {
-        path: weights.display().to_string(),
-        name: "*".into(),
-        message: format!("cannot write: {e}"),
-    })?;
-    let size_on_disk_bytes = std::fs::metadata(&weights)
-        .map_err(|e| Error::io(&weights, e))?
-        .len();
+    let size_on_disk_bytes = write_weights(&dir.join("model.safetensors"), &written)?;
     crate::io::write_json(&dir.join("config.json"), &config)?;
     tokenizer.write(dir, config.max_position_embeddings)?;
-
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -202,10 +158,8 @@ pub fn export_classifier(
         regression: config.is_regression(),
         dtype: dtype_name,
     };
-    crate::io::write_atomic(
-        &dir.join("README.md"),
-        source.card.render(&facts).as_bytes(),
-    )?;
+    let card = source.card.render(&facts);
+    crate::io::write_atomic(&dir.join("README.md"), card.as_bytes())?;
 
     let examples = if opts.check_examples.is_empty() {
         default_examples()
@@ -239,6 +193,67 @@ pub fn export_classifier(
         files: FILES.iter().map(|s| s.to_string()).collect(),
         check,
     })
+}
+
+/// The tensors to write: every source tensor but the training-only ones (`dropped`),
+/// on the CPU in `dtype`.
+fn exported_tensors(
+    source: &ExportSource,
+    dropped: &BTreeSet<String>,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
+    if !dropped.is_empty() {
+        let names: Vec<&str> = dropped.iter().map(String::as_str).collect();
+        tracing::info!(
+            "leaving out {} training-only tensors: {}",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    source
+        .tensors
+        .iter()
+        .filter(|(name, _)| !dropped.contains(*name))
+        .map(|(name, t)| {
+            let t = t.to_device(&Device::Cpu)?.to_dtype(dtype)?.contiguous()?;
+            Ok((name.clone(), t))
+        })
+        .collect()
+}
+
+/// Every token id the tokenizer gives must have an embedding row.
+fn check_vocabulary(tokenizer: &ResolvedTokenizer, config: &BertConfig) -> Result<()> {
+    let tok_vocab = tokenizer.tokenizer.vocab_size();
+    if tok_vocab > config.vocab_size {
+        return Err(Error::invalid(
+            "tokenizer",
+            "vocabulary",
+            format!(
+                "{tok_vocab} tokens, but the model's vocab_size is {}",
+                config.vocab_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `tensors` as safetensors with transformers' `format: pt` metadata; returns
+/// the file's size.
+fn write_weights(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<u64> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        Some(metadata),
+        path,
+    )
+    .map_err(|e| Error::Weights {
+        path: path.display().to_string(),
+        name: "*".into(),
+        message: format!("cannot write: {e}"),
+    })?;
+    Ok(std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len())
 }
 
 /// The config transformers needs to load the student as `BertForSequenceClassification`.

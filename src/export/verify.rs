@@ -139,22 +139,12 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Re-loads the folder at `dir` and compares it with what was meant to be written.
-pub(crate) fn verify_folder(
+/// The weights: exactly the intended names, dtypes and values.
+fn check_weights(
     dir: &Path,
-    reference: &BertForSequenceClassification,
-    reference_tokenizer: &TextTokenizer,
+    stored: &HashMap<String, Tensor>,
     written: &HashMap<String, Tensor>,
-    examples: &[Example],
-    tolerance: f64,
-) -> Result<LogitCheck> {
-    let spec = dir
-        .to_str()
-        .ok_or_else(|| Error::invalid(dir.display(), "path", "is not valid UTF-8"))?;
-    let loaded = load_classifier(spec, &BuildOptions::inference(&Device::Cpu))?;
-
-    // The weights: exactly the intended names, dtypes and values.
-    let stored = loaded.files.read_weights()?;
+) -> Result<()> {
     if let Some(name) = written.keys().find(|k| !stored.contains_key(*k)) {
         return Err(mismatch(dir, format!("tensor `{name}` is missing")));
     }
@@ -171,21 +161,26 @@ pub(crate) fn verify_folder(
             ));
         }
     }
+    Ok(())
+}
 
-    // The tokenizer: tokenizer.json and the vocab.txt + tokenizer_config.json pair
-    // must both tokenise as the source did.
+/// The tokenizer: tokenizer.json (`loaded`) and the vocab.txt + tokenizer_config.json
+/// pair must both tokenise the examples as the source did.
+fn check_tokenizers(
+    dir: &Path,
+    loaded: &TextTokenizer,
+    source: &TextTokenizer,
+    examples: &[Example],
+    max_len: usize,
+) -> Result<()> {
     let from_vocab = TextTokenizer::from_files(&TokenizerFiles {
         vocab_txt: Some(dir.join("vocab.txt")),
         tokenizer_config: Some(dir.join("tokenizer_config.json")),
         ..Default::default()
     })?;
-    let max_len = reference.config().max_position_embeddings;
     for (a, b) in examples {
-        let want = reference_tokenizer.encode(a, b.as_deref(), max_len)?;
-        for (file, tok) in [
-            ("tokenizer.json", &loaded.tokenizer),
-            ("vocab.txt", &from_vocab),
-        ] {
+        let want = source.encode(a, b.as_deref(), max_len)?;
+        for (file, tok) in [("tokenizer.json", loaded), ("vocab.txt", &from_vocab)] {
             if tok.encode(a, b.as_deref(), max_len)? != want {
                 return Err(mismatch(
                     dir,
@@ -194,7 +189,32 @@ pub(crate) fn verify_folder(
             }
         }
     }
+    Ok(())
+}
 
+/// Re-loads the folder at `dir` and compares it with what was meant to be written.
+pub(crate) fn verify_folder(
+    dir: &Path,
+    reference: &BertForSequenceClassification,
+    reference_tokenizer: &TextTokenizer,
+    written: &HashMap<String, Tensor>,
+    examples: &[Example],
+    tolerance: f64,
+) -> Result<LogitCheck> {
+    let spec = dir
+        .to_str()
+        .ok_or_else(|| Error::invalid(dir.display(), "path", "is not valid UTF-8"))?;
+    let loaded = load_classifier(spec, &BuildOptions::inference(&Device::Cpu))?;
+
+    check_weights(dir, &loaded.files.read_weights()?, written)?;
+    let max_len = reference.config().max_position_embeddings;
+    check_tokenizers(
+        dir,
+        &loaded.tokenizer,
+        reference_tokenizer,
+        examples,
+        max_len,
+    )?;
     // The logits.
     let reference_logits = classifier_logits(
         reference,

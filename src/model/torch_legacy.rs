@@ -34,6 +34,8 @@ pub fn is_legacy(path: &Path) -> Result<bool> {
 }
 
 /// Reads every tensor of a legacy-format state dict, in its stored dtype, on the CPU.
+// Long on purpose: the file's records in their stored order (pickle, storage keys,
+// then each storage's bytes); each step needs the ones before it.
 pub fn read_legacy(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut r = BufReader::new(file);

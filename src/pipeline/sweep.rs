@@ -71,13 +71,16 @@ pub(super) fn run_variants(
     shared_seconds: f64,
 ) -> Result<SweepOutcome> {
     let variants = recipe.sweep_variants("the recipe")?;
-    let shared = run.root().join("checkpoints/last");
     // Sweeping the first stage shares no checkpoint: every variant starts from the
     // students' initial weights, kept here (deep copies) and put back before each.
     let initial = if recipe.first_swept_stage() == Some(0) {
         Some(snapshot(replicas)?)
     } else {
         None
+    };
+    let start = VariantStart {
+        shared: run.root().join("checkpoints/last"),
+        initial,
     };
     let mut results = Vec::new();
     let mut trained = Vec::new();
@@ -95,12 +98,7 @@ pub(super) fn run_variants(
         let vrun = match RunDir::open(&dir, &v.recipe.resolved_toml()?, false)? {
             Opened::Fresh(r) | Opened::Resume(r) => r,
         };
-        let last = vrun.root().join("checkpoints/last");
-        match &initial {
-            Some(weights) => restore(replicas, weights)?,
-            None if !last.join("progress.json").is_file() => copy_checkpoint(&shared, &last)?,
-            None => {}
-        }
+        start.prepare(&vrun, replicas)?;
         let stages = run_stages(
             &vrun,
             &v.recipe.stages,
@@ -112,18 +110,7 @@ pub(super) fn run_variants(
             Some(evaluator),
         )?;
         vrun.write_plot()?;
-        let best = crate::model::load_classifier(
-            &dir.join("checkpoints/best").display().to_string(),
-            &BuildOptions::inference(device),
-        )?;
-        let dev = evaluator.metrics(&best.built.model)?;
-        let result = VariantResult {
-            label: v.label.clone(),
-            score: dev.score,
-            score_name: dev.score_name.clone(),
-            dev: dev.values.clone(),
-            seconds: started.elapsed().as_secs_f64(),
-        };
+        let result = score_variant(&v.label, &vrun, evaluator, device, started)?;
         crate::io::write_json(&record, &result)?;
         results.push(result);
         trained.push(stages);
@@ -147,6 +134,47 @@ pub(super) fn run_variants(
             variants: results,
             best,
         },
+    })
+}
+
+/// Where every variant starts: from the shared stages' checkpoint, or (a sweep of the
+/// first stage) from the students' initial weights.
+struct VariantStart {
+    shared: PathBuf,
+    initial: Option<Vec<Vec<(String, candle_core::Tensor)>>>,
+}
+
+impl VariantStart {
+    /// Puts the start in place for the variant run `vrun`, unless it is resuming.
+    fn prepare(&self, vrun: &RunDir, replicas: &[Replica]) -> Result<()> {
+        let last = vrun.root().join("checkpoints/last");
+        match &self.initial {
+            Some(weights) => restore(replicas, weights),
+            None if !last.join("progress.json").is_file() => copy_checkpoint(&self.shared, &last),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The dev score of a finished variant's best student.
+fn score_variant(
+    label: &str,
+    vrun: &RunDir,
+    evaluator: &GlueEvaluator,
+    device: &Device,
+    started: Instant,
+) -> Result<VariantResult> {
+    let best = crate::model::load_classifier(
+        &vrun.root().join("checkpoints/best").display().to_string(),
+        &BuildOptions::inference(device),
+    )?;
+    let dev = evaluator.metrics(&best.built.model)?;
+    Ok(VariantResult {
+        label: label.to_string(),
+        score: dev.score,
+        score_name: dev.score_name.clone(),
+        dev: dev.values.clone(),
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -147,9 +147,9 @@ impl Rendezvous {
         }
     }
 
-    fn lead(spec: &NodeSpec, local_workers: usize, recipe: &str) -> Result<Rendezvous> {
-        // Every interface, as torchrun's store does: the name the other nodes use for
-        // node 0 need not be one of its own addresses (NAT, DNS aliases).
+    /// Node 0's socket, on every interface as torchrun's store does: the name the
+    /// other nodes use for node 0 need not be one of its own addresses (NAT, aliases).
+    fn listen(spec: &NodeSpec) -> Result<TcpListener> {
         let port = spec
             .master
             .rsplit_once(':')
@@ -165,6 +165,49 @@ impl Rendezvous {
             )
         })?;
         listener.set_nonblocking(true).map_err(net("node 0"))?;
+        Ok(listener)
+    }
+
+    /// Why node 0 turns a joining node away, if it does: another build, another shape
+    /// of cluster, a rank taken or out of range, another recipe.
+    fn refusal(
+        hello: &Hello,
+        spec: &NodeSpec,
+        local_workers: usize,
+        recipe: &str,
+        peers: &[Option<TcpStream>],
+    ) -> Option<String> {
+        if hello.protocol != PROTOCOL {
+            Some(format!(
+                "protocol {} (node 0 speaks {PROTOCOL}): run the same build on every node",
+                hello.protocol
+            ))
+        } else if hello.nnodes != spec.nnodes {
+            Some(format!(
+                "--nnodes {} (node 0 has {})",
+                hello.nnodes, spec.nnodes
+            ))
+        } else if hello.node_rank == 0 || hello.node_rank >= spec.nnodes {
+            Some(format!("--node-rank {}", hello.node_rank))
+        } else if peers[hello.node_rank - 1].is_some() {
+            Some(format!(
+                "--node-rank {}: another node already has it",
+                hello.node_rank
+            ))
+        } else if hello.local_workers != local_workers {
+            Some(format!(
+                "{} local device(s) (node 0 has {local_workers}): give every node the same number",
+                hello.local_workers
+            ))
+        } else if hello.recipe != recipe {
+            Some("a different recipe (after overrides) from node 0's".to_string())
+        } else {
+            None
+        }
+    }
+
+    fn lead(spec: &NodeSpec, local_workers: usize, recipe: &str) -> Result<Rendezvous> {
+        let listener = Self::listen(spec)?;
         tracing::info!(
             "node 0: waiting on {} for {} other node(s)",
             spec.master,
@@ -206,34 +249,7 @@ impl Rendezvous {
                     continue;
                 }
             };
-            let refusal = if hello.protocol != PROTOCOL {
-                Some(format!(
-                    "protocol {} (node 0 speaks {PROTOCOL}): run the same build on every node",
-                    hello.protocol
-                ))
-            } else if hello.nnodes != spec.nnodes {
-                Some(format!(
-                    "--nnodes {} (node 0 has {})",
-                    hello.nnodes, spec.nnodes
-                ))
-            } else if hello.node_rank == 0 || hello.node_rank >= spec.nnodes {
-                Some(format!("--node-rank {}", hello.node_rank))
-            } else if peers[hello.node_rank - 1].is_some() {
-                Some(format!(
-                    "--node-rank {}: another node already has it",
-                    hello.node_rank
-                ))
-            } else if hello.local_workers != local_workers {
-                Some(format!(
-                    "{} local device(s) (node 0 has {local_workers}): give every node the same number",
-                    hello.local_workers
-                ))
-            } else if hello.recipe != recipe {
-                Some("a different recipe (after overrides) from node 0's".to_string())
-            } else {
-                None
-            };
-            match refusal {
+            match Self::refusal(&hello, spec, local_workers, recipe, &peers) {
                 Some(why) => {
                     tracing::warn!("node 0: refused a node: {why}");
                     let _ = send_json(&mut stream, &Reply::Refused(why));
