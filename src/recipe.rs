@@ -67,8 +67,11 @@ pub struct Variant {
     pub recipe: Recipe,
 }
 
+/// The seed of a recipe that gives none, and of the commands' `--seed`.
+pub const DEFAULT_SEED: u64 = 42;
+
 fn default_seed() -> u64 {
-    42
+    DEFAULT_SEED
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

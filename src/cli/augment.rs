@@ -87,7 +87,7 @@ pub struct Args {
     /// Input rows per resumable chunk.
     #[arg(long, default_value_t = 256)]
     pub chunk_rows: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = candle_distill::recipe::DEFAULT_SEED)]
     pub seed: u64,
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]

@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value_t = STAGE.weight_decay)]
     pub weight_decay: f64,
     /// Clip the gradient norm at this value (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = STAGE.max_grad_norm.unwrap_or(0.0))]
     pub max_grad_norm: f64,
     /// Evaluate on dev every N steps (0: each epoch end).
     #[arg(long, default_value_t = STAGE.eval_every)]
@@ -51,7 +51,7 @@ pub struct Args {
     /// Use only the first N training rows.
     #[arg(long)]
     pub train_limit: Option<usize>,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = candle_distill::recipe::DEFAULT_SEED)]
     pub seed: u64,
     /// cpu, cuda:1, metal, auto, or a list (cuda:0,cuda:1): one data-parallel replica
     /// on each.

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::distill::replicas::local_group;
 use crate::distill::{
-    build_student, Progress, Projection, StageKind, StudentInit, StudentSpec, TeacherParts,
+    build_student, Projection, StageKind, StudentInit, StudentSpec, TeacherParts,
 };
 use crate::export::DatasetInfo;
 use crate::export::{export_classifier, ExportOptions, ExportSource};
@@ -51,7 +51,7 @@ pub fn finetune(
         Opened::Fresh(r) | Opened::Resume(r) => r,
     };
     let best = run.root().join("checkpoints/best");
-    let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json")?;
+    let saved = crate::distill::checkpoint::saved_progress(&run)?;
     if saved.as_ref().is_some_and(|p| p.finished) && best.is_dir() {
         return Ok(best);
     }

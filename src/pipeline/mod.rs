@@ -107,7 +107,7 @@ pub(super) fn lead_run(
         &trained.best_dir.display().to_string(),
         &BuildOptions::inference(device),
     )?;
-    let scorer = Scorer::new(recipe, &data, &tokenizer, device)?;
+    let scorer = Scorer::new(recipe, &data, &tokenizer, &evaluator, device)?;
     let teacher = scorer.summary(
         teacher_spec.clone(),
         tensor_params(&tensors),

@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use super::sweep::SweepReport;
 use super::task::{GlueEvaluator, TaskData};
-use crate::data::EncodedDataset;
 use crate::distill::StageSummary;
 use crate::metrics::Metrics;
 use crate::model::BertForSequenceClassification;
@@ -50,30 +49,40 @@ pub(super) fn tensor_params(tensors: &HashMap<String, Tensor>) -> usize {
     tensors.values().map(|t| t.elem_count()).sum()
 }
 
-/// Scores and times models for the report: dev (and MNLI's mismatched dev) metrics,
-/// latency on 32 dev examples at the task's max_seq_len.
+/// Scores and times models for the report: MNLI's mismatched dev metrics (its
+/// evaluator built once for both models) and latency on the first 32 dev examples at
+/// the task's max_seq_len (tokenised once, by the dev evaluator).
 pub(super) struct Scorer<'a> {
-    recipe: &'a Recipe,
-    data: &'a TaskData,
-    tokenizer: &'a TextTokenizer,
+    dev: &'a GlueEvaluator,
+    mismatched: Option<GlueEvaluator>,
     device: &'a Device,
-    sample: EncodedDataset,
 }
 
 impl<'a> Scorer<'a> {
     pub(super) fn new(
-        recipe: &'a Recipe,
-        data: &'a TaskData,
-        tokenizer: &'a TextTokenizer,
+        recipe: &Recipe,
+        data: &TaskData,
+        tokenizer: &TextTokenizer,
+        dev: &'a GlueEvaluator,
         device: &'a Device,
     ) -> Result<Self> {
-        let sample = EncodedDataset::new(&data.dev, tokenizer, data.max_seq_len)?;
+        let mismatched = data
+            .dev_mismatched
+            .as_ref()
+            .map(|d| {
+                GlueEvaluator::new(
+                    d,
+                    tokenizer,
+                    data.max_seq_len,
+                    recipe.eval.batch_size,
+                    device,
+                )
+            })
+            .transpose()?;
         Ok(Scorer {
-            recipe,
-            data,
-            tokenizer,
+            dev,
+            mismatched,
             device,
-            sample,
         })
     }
 
@@ -93,28 +102,19 @@ impl<'a> Scorer<'a> {
             layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
             dev,
-            dev_mismatched: self.mismatched(model)?,
+            dev_mismatched: self
+                .mismatched
+                .as_ref()
+                .map(|e| e.metrics(model))
+                .transpose()?,
             latency_ms_batch32: self.latency_ms(model)?,
         })
     }
 
-    fn mismatched(&self, model: &BertForSequenceClassification) -> Result<Option<Metrics>> {
-        let Some(dev) = &self.data.dev_mismatched else {
-            return Ok(None);
-        };
-        let evaluator = GlueEvaluator::new(
-            dev,
-            self.tokenizer,
-            self.data.max_seq_len,
-            self.recipe.eval.batch_size,
-            self.device,
-        )?;
-        Ok(Some(evaluator.metrics(model)?))
-    }
-
     fn latency_ms(&self, model: &BertForSequenceClassification) -> Result<f64> {
-        let first: Vec<usize> = (0..self.sample.len().min(32)).collect();
-        let input = self.sample.batch(&first, self.device)?.input;
+        let sample = &self.dev.encoded;
+        let first: Vec<usize> = (0..sample.len().min(32)).collect();
+        let input = sample.batch(&first, self.device)?.input;
         model.logits(&input)?; // warm-up
         let start = Instant::now();
         let reps = 3;

@@ -9,7 +9,7 @@ use candle_core::Device;
 use crate::data::{Dataset, Label, Split};
 use crate::distill::cache::{cache_key, cached_logits, model_logits};
 use crate::distill::replicas::{on_every_replica, Replica};
-use crate::distill::{Evaluator, Progress, Stage, StageKind, StageSummary, Trainer};
+use crate::distill::{Evaluator, Stage, StageKind, StageSummary, Trainer};
 use crate::recipe::{Recipe, StageData, StageSpec};
 use crate::run::RunDir;
 use crate::tokenizer::TextTokenizer;
@@ -44,7 +44,7 @@ pub fn run_stages(
     let first = replicas
         .first()
         .ok_or_else(|| Error::msg("no replica to train"))?;
-    let saved: Option<Progress> = run.read_checkpoint_json("last", "progress.json")?;
+    let saved = crate::distill::checkpoint::saved_progress(run)?;
     let mut summaries = Vec::new();
     let mut restored = false;
     for (index, spec) in specs.iter().enumerate() {
