@@ -283,3 +283,11 @@ pub fn write_tiny_student(dir: &Path, seed: u64) -> Result<()> {
     );
     crate::model::weights::save_safetensors(&tensors, &path)
 }
+
+/// The largest absolute difference between two tensors of one shape (for checks of a
+/// fused op against its composition).
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}

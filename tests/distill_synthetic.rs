@@ -141,7 +141,9 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
     else {
         panic!()
     };
-    let finetune = settings(5, 3e-3, 32);
+    // 3e-3 for 5 epochs learned the rule under some dropout masks and not others
+    // (held-out accuracy 0.86-1.0 over stage seeds 1-4); 1e-3 for 8 learns it under all.
+    let finetune = settings(8, 1e-3, 32);
     let trainer = Trainer {
         teacher: None,
         student: &teacher_as_student,

@@ -100,23 +100,16 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.t()?;
-        let y = match x.rank() {
-            2 => ops::matmul(x, &w)?,
-            _ => {
-                // Fold leading dims into one matmul: faster than a broadcast batch matmul.
-                let dims = x.dims();
-                let last = dims[dims.len() - 1];
-                let rows = x.elem_count() / last;
-                let mut out_dims = dims.to_vec();
-                *out_dims.last_mut().expect("rank >= 1") = w.dim(1)?;
-                ops::matmul(&x.reshape((rows, last))?, &w)?.reshape(out_dims)?
-            }
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        if x.rank() == 2 {
+            return ops::linear(x, &self.weight, self.bias.as_ref());
         }
+        // Fold leading dims into one product: faster than a broadcast batch matmul.
+        let dims = x.dims();
+        let last = dims[dims.len() - 1];
+        let rows = x.elem_count() / last;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+        ops::linear(&x.reshape((rows, last))?, &self.weight, self.bias.as_ref())?.reshape(out_dims)
     }
 }
 
@@ -258,6 +251,32 @@ impl SelfAttention {
 
     /// Returns the attention block's output and its pre-softmax scores.
     fn forward(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
+        let (scores, context) = self.attend(x, mask, train)?;
+        let out = dropout(&self.output.forward(&context)?, self.hidden_dropout, train)?;
+        let out = self.layer_norm.forward(&(out + x)?)?;
+        Ok((out, scores))
+    }
+
+    /// Scores and merged context: two fused ops for f32 on the CPU with a system BLAS
+    /// (`attention`), candle ops otherwise.
+    fn attend(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
+        #[cfg(system_blas)]
+        if super::attention::applies(x) && super::attention::applies(mask) {
+            use super::attention;
+            let (b, s, _) = x.dims3()?;
+            let (q, k, v) = (
+                self.query.forward(x)?,
+                self.key.forward(x)?,
+                self.value.forward(x)?,
+            );
+            let scores = attention::scores(&q, &k, &mask.reshape((b, s))?, self.heads)?;
+            let dropout = train.as_deref_mut().map(|rng| attention::Dropout {
+                p: self.attention_dropout,
+                seed: rng.next_u64(),
+            });
+            let context = attention::context(&scores, &v, self.heads, dropout)?;
+            return Ok((scores, context));
+        }
         let (b, s, h) = x.dims3()?;
         // Scaling the queries, not the (seq x seq) scores, saves a pass over the scores.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -265,15 +284,15 @@ impl SelfAttention {
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
         let scores = ops::matmul(&q, &k.t()?)?.broadcast_add(mask)?;
-        let probs = ops::softmax_last_dim(&scores)?;
-        let probs = dropout(&probs, self.attention_dropout, train)?;
+        let mut probs = ops::softmax_last_dim(&scores)?;
+        if let Some(rng) = train {
+            probs = ops::attention_dropout(&probs, self.attention_dropout, rng.next_u64())?;
+        }
         let context = ops::matmul(&probs, &v)?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, s, h))?;
-        let out = dropout(&self.output.forward(&context)?, self.hidden_dropout, train)?;
-        let out = self.layer_norm.forward(&(out + x)?)?;
-        Ok((out, scores))
+        Ok((scores, context))
     }
 }
 

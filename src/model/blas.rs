@@ -8,9 +8,11 @@
 //! passed to BLAS as transposes, not copied.
 
 use std::ffi::c_int;
+
+use candle_core::backend::BackendStorage;
 use std::sync::Once;
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 const ROW_MAJOR: c_int = 101;
@@ -42,29 +44,14 @@ extern "C" {
     fn openblas_set_num_threads(n: c_int);
 }
 
-/// OpenBLAS runs single-threaded: the parallelism is rayon's (see `cpu_fwd`).
-fn init_threads() {
+/// OpenBLAS runs single-threaded: the parallelism is rayon's (see `Product::gemm`).
+pub(super) fn init_threads() {
     #[cfg(not(blas_accelerate))]
     {
         static ONCE: Once = Once::new();
         // SAFETY: sets a global thread count; no pointers involved.
         ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
     }
-}
-
-/// Products under this many floating-point operations run on the calling thread.
-const SMALL_FLOP: usize = 1 << 21;
-
-/// Output rows per rayon task: whole batch entries when there are enough of them to
-/// share out, else blocks of rows large enough to be worth a task (about 4 MFLOP).
-fn rows_per_task(threads: usize, batch: usize, m: usize, n: usize, k: usize) -> usize {
-    let threads = threads.max(1);
-    if batch >= threads {
-        return m;
-    }
-    let by_work = (1 << 22) / (2 * n * k).max(1);
-    let by_threads = m.div_ceil(threads * 2 / batch.max(1)).max(1);
-    by_work.max(by_threads).clamp(1, m)
 }
 
 /// How one operand's (batch..., rows, cols) layout maps onto BLAS arguments.
@@ -108,6 +95,214 @@ fn operand(l: &Layout) -> Option<Operand> {
     })
 }
 
+/// One single-threaded row-major product on raw pointers, `c = alpha op(a) op(b) +
+/// beta c`, for kernels that walk their own blocks (`attention`).
+///
+/// # Safety
+/// The pointers must be valid for the (m, k), (k, n) and (m, n) matrices that the
+/// transposes and leading dimensions describe; with `beta == 0`, `c` is not read.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn sgemm(
+    (trans_a, trans_b): (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    beta: f32,
+    (c, ldc): (*mut f32, usize),
+) {
+    let flag = |t: bool| if t { TRANS } else { NO_TRANS };
+    // SAFETY: the caller's contract.
+    unsafe {
+        cblas_sgemm(
+            ROW_MAJOR,
+            flag(trans_a),
+            flag(trans_b),
+            m as c_int,
+            n as c_int,
+            k as c_int,
+            alpha,
+            a,
+            lda as c_int,
+            b,
+            ldb as c_int,
+            beta,
+            c,
+            ldc as c_int,
+        )
+    }
+}
+
+/// Products under this many floating-point operations run on the calling thread.
+const SMALL_FLOP: usize = 1 << 21;
+/// Smallest share of one product worth a rayon task (floating-point operations).
+const TASK_FLOP: usize = 1 << 22;
+
+/// How a product's output is shared out among rayon tasks. Each task packs the whole
+/// of the operand it does not split, so the split runs along the longer side of the
+/// output: rows when there are more rows than columns, else columns. Splitting a
+/// 64-row product by rows packed the whole weight matrix four times over (a third of
+/// a batch-1 inference in `perf`); splitting the weight gradient (312 rows, 2048-long
+/// inner dimension) by rows repacked the 2048-row gradient in every task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// One task per batch entry.
+    Entries,
+    /// Blocks of this many output rows of each entry.
+    Rows(usize),
+    /// Blocks of this many output columns of each entry.
+    Cols(usize),
+}
+
+impl Split {
+    fn choose(threads: usize, batch: usize, m: usize, n: usize, k: usize) -> Split {
+        let threads = threads.max(1);
+        if batch >= threads {
+            return Split::Entries;
+        }
+        // Two tasks a thread, so a thread slowed by a neighbour on a shared VM can
+        // hand work over; none smaller than TASK_FLOP.
+        let wanted = (threads * 2).div_ceil(batch.max(1));
+        let side = |len: usize, other: usize| {
+            let by_work = TASK_FLOP / (2 * other * k).max(1);
+            len.div_ceil(wanted).max(by_work).clamp(1, len)
+        };
+        if m >= n {
+            Split::Rows(side(m, n))
+        } else {
+            Split::Cols(side(n, m))
+        }
+    }
+
+    /// Tasks for one batch entry of an (m, n) output.
+    fn per_entry(self, m: usize, n: usize) -> usize {
+        match self {
+            Split::Entries => 1,
+            Split::Rows(r) => m.div_ceil(r),
+            Split::Cols(c) => n.div_ceil(c),
+        }
+    }
+
+    /// Task `t`'s batch entry, first row, rows, first column and columns.
+    fn block(self, t: usize, m: usize, n: usize) -> (usize, usize, usize, usize, usize) {
+        let per = self.per_entry(m, n);
+        let (i, j) = (t / per, t % per);
+        match self {
+            Split::Entries => (i, 0, m, 0, n),
+            Split::Rows(r) => (i, j * r, r.min(m - j * r), 0, n),
+            Split::Cols(c) => (i, 0, m, j * c, c.min(n - j * c)),
+        }
+    }
+}
+
+/// An output's base pointer, shared by tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: every user hands it only to tasks that write disjoint blocks (here
+// `Split::block`; `attention`'s heads), and joins them all before the buffer is read.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `offset` must lie within the buffer.
+    pub(super) unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// One product's operands and shape: `c = a @ b + beta * c` for each of `batch`
+/// entries of (m, k) by (k, n).
+struct Product<'a> {
+    a: &'a [f32],
+    oa: Operand,
+    b: &'a [f32],
+    ob: Operand,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+impl Product<'_> {
+    /// Writes the (batch, m, n) product into `c` (contiguous, batch * m * n floats).
+    /// With `beta == 0` it never reads `c`, so `c` may be uninitialised (the BLAS
+    /// specification: "when beta is zero, C need not be set on input").
+    ///
+    /// # Safety
+    /// `c` must be valid for writes of batch * m * n floats, and the operands' layouts
+    /// must lie within their slices (candle validated them against their storage).
+    unsafe fn gemm(&self, c: *mut f32, beta: f32) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        init_threads();
+        // One thread pool, rayon's: BLAS runs single-threaded inside rayon tasks. Two
+        // pools on two cores (OpenBLAS's spinning beside rayon's) cost a second of
+        // system time per distillation step.
+        let split = Split::choose(rayon::current_num_threads(), self.batch, m, n, k);
+        let tasks = self.batch * split.per_entry(m, n);
+        let out = OutPtr(c);
+        let task = |t: usize| {
+            let (i, r0, mr, c0, nc) = split.block(t, m, n);
+            let (oa, ob) = (self.oa, self.ob);
+            let pa = oa.offset + i * oa.batch_stride + r0 * if oa.trans { 1 } else { oa.ld };
+            let pb = ob.offset + i * ob.batch_stride + c0 * if ob.trans { ob.ld } else { 1 };
+            // SAFETY: see the function's contract; block (i, r0.., c0..) of entry i lies
+            // within c's batch * m * n floats, and no other task writes it.
+            unsafe {
+                cblas_sgemm(
+                    ROW_MAJOR,
+                    if oa.trans { TRANS } else { NO_TRANS },
+                    if ob.trans { TRANS } else { NO_TRANS },
+                    mr as c_int,
+                    nc as c_int,
+                    k as c_int,
+                    1.0,
+                    self.a[pa..].as_ptr(),
+                    oa.ld as c_int,
+                    self.b[pb..].as_ptr(),
+                    ob.ld as c_int,
+                    beta,
+                    out.at(i * m * n + r0 * n + c0),
+                    n as c_int,
+                )
+            };
+        };
+        // Small products stay on the calling thread: waking a worker costs more.
+        if 2 * self.batch * m * n * k < SMALL_FLOP {
+            (0..tasks).for_each(task);
+        } else {
+            (0..tasks).into_par_iter().for_each(task);
+        }
+    }
+}
+fn f32_slice<'a>(s: &'a CpuStorage, op: &str) -> Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(v) => Ok(v),
+        other => bail!("{op}: f32 operands only, got {:?}", other.dtype()),
+    }
+}
+
+fn operands(l1: &Layout, l2: &Layout, op: &str) -> Result<(Operand, Operand)> {
+    match (operand(l1), operand(l2)) {
+        (Some(oa), Some(ob)) => Ok((oa, ob)),
+        _ => bail!(
+            "{op}: unsupported strides {:?} / {:?}",
+            l1.stride(),
+            l2.stride()
+        ),
+    }
+}
+
+/// A batch * m * n output filled by `fill` (which must write every float).
+pub(super) fn output(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut c = Vec::with_capacity(len);
+    fill(c.as_mut_ptr());
+    // SAFETY: `fill` wrote all `len` floats (gemm with beta 0, or rows set first).
+    unsafe { c.set_len(len) };
+    c
+}
+
 struct Matmul;
 
 impl CustomOp2 for Matmul {
@@ -122,69 +317,35 @@ impl CustomOp2 for Matmul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-            bail!("openblas matmul: f32 operands only");
-        };
+        let (a, b) = (f32_slice(s1, "matmul")?, f32_slice(s2, "matmul")?);
         let (da, db) = (l1.dims(), l2.dims());
         let r = da.len();
         if r < 2 || db.len() != r || da[..r - 2] != db[..r - 2] || da[r - 1] != db[r - 2] {
             bail!("openblas matmul: shapes {da:?} and {db:?} do not multiply");
         }
-        let (Some(oa), Some(ob)) = (operand(l1), operand(l2)) else {
-            bail!(
-                "openblas matmul: unsupported strides {:?} / {:?}",
-                l1.stride(),
-                l2.stride()
-            );
-        };
+        let (oa, ob) = operands(l1, l2, "openblas matmul")?;
         let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
         let batch: usize = da[..r - 2].iter().product();
         let mut out_dims = da.to_vec();
         out_dims[r - 1] = n;
-        let mut c = vec![0f32; batch * m * n];
-        if m * n * k > 0 {
-            init_threads();
-            // One thread pool, rayon's: BLAS runs single-threaded inside rayon tasks,
-            // each on a block of output rows of one batch entry. Two pools on two cores
-            // (OpenBLAS's spinning beside rayon's) cost a second of system time per
-            // distillation step.
-            let rows = rows_per_task(rayon::current_num_threads(), batch, m, n, k);
-            let product = |(t, block): (usize, &mut [f32])| {
-                let per_entry = m.div_ceil(rows);
-                let (i, r0) = (t / per_entry, (t % per_entry) * rows);
-                let mr = block.len() / n;
-                let pa = oa.offset + i * oa.batch_stride + r0 * if oa.trans { 1 } else { oa.ld };
-                let pb = ob.offset + i * ob.batch_stride;
-                // SAFETY: the layouts were checked above: every index sgemm reads lies
-                // within the operand's storage (candle validated the layouts against it;
-                // rows r0..r0+mr of `a` are inside its m rows), and `block` holds mr * n
-                // floats of `c`.
-                unsafe {
-                    cblas_sgemm(
-                        ROW_MAJOR,
-                        if oa.trans { TRANS } else { NO_TRANS },
-                        if ob.trans { TRANS } else { NO_TRANS },
-                        mr as c_int,
-                        n as c_int,
-                        k as c_int,
-                        1.0,
-                        a[pa..].as_ptr(),
-                        oa.ld as c_int,
-                        b[pb..].as_ptr(),
-                        ob.ld as c_int,
-                        0.0,
-                        block.as_mut_ptr(),
-                        n as c_int,
-                    )
-                };
+        let len = batch * m * n;
+        let c = if k == 0 {
+            vec![0f32; len]
+        } else {
+            let product = Product {
+                a,
+                oa,
+                b,
+                ob,
+                batch,
+                m,
+                n,
+                k,
             };
-            // Small products stay on the calling thread: waking a worker costs more.
-            if 2 * batch * m * n * k < SMALL_FLOP {
-                c.chunks_mut(rows * n).enumerate().for_each(product);
-            } else {
-                c.par_chunks_mut(rows * n).enumerate().for_each(product);
-            }
-        }
+            // SAFETY: `output` hands over room for len floats; gemm with beta 0 writes
+            // each of them; the layouts were checked by candle and `operands`.
+            output(len, |c| unsafe { product.gemm(c, 0.0) })
+        };
         Ok((CpuStorage::F32(c), Shape::from(out_dims)))
     }
 
@@ -197,6 +358,96 @@ impl CustomOp2 for Matmul {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(matmul(grad, &b.t()?)?), Some(matmul(&a.t()?, grad)?)))
     }
+}
+
+/// A dense layer in one op, `x W^T + b` for x (rows, in), W (out, in), b (out): the
+/// bias is written into the output first and BLAS adds the product to it, and the
+/// backward pass returns dx, dW and db directly. As a matmul plus `broadcast_add`,
+/// candle's backward spends four more passes over the (rows, out) output (a zeroed
+/// buffer and a sum for each side of the add) and two over W (its transposed view).
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "openblas-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(sx, "linear")?, f32_slice(sw, "linear")?);
+        let bias = match (f32_slice(sb, "linear")?, lb.contiguous_offsets()) {
+            (b, Some((start, end))) => &b[start..end],
+            _ => bail!("linear: the bias must be contiguous"),
+        };
+        let ((m, k), (n, kw)) = (lx.shape().dims2()?, lw.shape().dims2()?);
+        if k != kw || bias.len() != n {
+            bail!(
+                "linear: input {:?}, weight {:?} and bias {:?} do not fit",
+                lx.dims(),
+                lw.dims(),
+                lb.dims()
+            );
+        }
+        let wt = lw.transpose(0, 1)?;
+        let (oa, ob) = operands(lx, &wt, "linear")?;
+        let product = Product {
+            a: x,
+            oa,
+            b: w,
+            ob,
+            batch: 1,
+            m,
+            n,
+            k,
+        };
+        let c = output(m * n, |c| {
+            // SAFETY: the rows are set to the bias first (all m * n floats), then gemm
+            // adds the product in place; layouts checked by candle and `operands`.
+            unsafe {
+                for row in 0..m {
+                    std::ptr::copy_nonoverlapping(bias.as_ptr(), c.add(row * n), n);
+                }
+                if k > 0 {
+                    product.gemm(c, 1.0);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(c), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = matmul(grad, w)?;
+        let dw = matmul(&grad.t()?, x)?;
+        let db = grad.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `x W^T + b` for f32 CPU tensors, x of rank 2.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let x = match operand(x.layout()) {
+        Some(_) => x.clone(),
+        None => x.contiguous()?,
+    };
+    let w = match operand(w.layout()) {
+        Some(_) => w.clone(),
+        None => w.contiguous()?,
+    };
+    x.apply_op3(&w, &b.contiguous()?, Linear)
 }
 
 /// `a @ b` for f32 CPU tensors of equal batch dims; copies operands BLAS cannot read in place.
@@ -215,20 +466,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_abs_diff as max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn matches_candle_matmul_with_transposes_batches_and_gradients() {
@@ -260,34 +499,87 @@ mod tests {
         assert!(max_diff(&ours, &plain) < 1e-5);
     }
 
-    #[test]
-    fn large_products_split_into_row_blocks_match_candle() {
-        let dev = Device::Cpu;
-        let (m, k, n) = (301, 400, 300);
-        assert!(
-            rows_per_task(2, 1, m, n, k) < m,
-            "this product must be split"
-        );
-        assert!(2 * m * n * k >= SMALL_FLOP);
-        // Two threads, as on this project's machines, whatever this one has.
+    /// Runs `f` in a pool of two threads, as on this project's machines.
+    fn two_threads(f: impl FnOnce() + Send) {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        pool.install(|| {
-            let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
-            let at = Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            // Row blocks of a plain and of a transposed left operand, times a transposed right.
-            for left in [a, at.t().unwrap()] {
-                let ours = matmul(&left, &b.t().unwrap()).unwrap();
-                let plain = left.matmul(&b.t().unwrap()).unwrap();
+        pool.install(f);
+    }
+
+    #[test]
+    fn products_split_along_the_longer_side_match_candle() {
+        let dev = Device::Cpu;
+        // Tall outputs split by rows, wide ones (a batch-1 inference's 64 tokens by a
+        // 1,200-wide layer, a weight gradient) by columns; both large enough to share.
+        assert!(matches!(Split::choose(2, 1, 301, 300, 400), Split::Rows(r) if r < 301));
+        assert!(matches!(Split::choose(2, 1, 64, 1200, 312), Split::Cols(c) if c < 1200));
+        assert_eq!(Split::choose(2, 4, 64, 1200, 312), Split::Entries);
+        for (m, k, n) in [(301, 400, 300), (64, 312, 1201)] {
+            assert!(2 * m * n * k >= SMALL_FLOP);
+            two_threads(|| {
+                let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                let at = Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap();
+                let b = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+                let bt = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+                // Plain and transposed operands on either side.
+                for left in [a, at.t().unwrap()] {
+                    for right in [b.t().unwrap(), bt.clone()] {
+                        let ours = matmul(&left, &right).unwrap();
+                        let plain = left.matmul(&right).unwrap();
+                        assert!(max_diff(&ours, &plain) < 1e-3, "({m}, {k}, {n})");
+                    }
+                }
+                // A batch smaller than the thread count is split within each entry.
+                let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev).unwrap();
+                let y = Tensor::randn(0f32, 1.0, (1, k, n), &dev).unwrap();
+                assert!(max_diff(&matmul(&x, &y).unwrap(), &x.matmul(&y).unwrap()) < 1e-3);
+            });
+        }
+    }
+
+    #[test]
+    fn linear_matches_matmul_plus_bias_with_gradients() {
+        let dev = Device::Cpu;
+        // A small layer (one thread) and a wide one (split by columns).
+        for (rows, input, out) in [(5, 7, 3), (64, 312, 1200)] {
+            two_threads(|| {
+                let x = Var::randn(0f32, 1.0, (rows, input), &dev).unwrap();
+                let w = Var::randn(0f32, 1.0, (out, input), &dev).unwrap();
+                let b = Var::randn(0f32, 1.0, out, &dev).unwrap();
+                let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+                let ours = linear(xt, wt, bt).unwrap();
+                let plain = xt
+                    .matmul(&wt.t().unwrap())
+                    .unwrap()
+                    .broadcast_add(bt)
+                    .unwrap();
                 assert!(max_diff(&ours, &plain) < 1e-3);
-            }
-            // A batch smaller than the thread count is split by rows within each entry.
-            let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev).unwrap();
-            let y = Tensor::randn(0f32, 1.0, (1, k, n), &dev).unwrap();
-            assert!(max_diff(&matmul(&x, &y).unwrap(), &x.matmul(&y).unwrap()) < 1e-3);
-        });
+                let weights = Tensor::randn(0f32, 1.0, (rows, out), &dev).unwrap();
+                let go = (ours * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let gp = (plain * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for v in [&x, &w, &b] {
+                    let (o, p) = (
+                        go.get(v.as_tensor()).unwrap(),
+                        gp.get(v.as_tensor()).unwrap(),
+                    );
+                    assert_eq!(o.dims(), p.dims());
+                    let scale = max_diff(p, &p.zeros_like().unwrap());
+                    let d = max_diff(o, p);
+                    assert!(d <= 1e-5 * scale.max(1.0), "gradient differs by {d}");
+                }
+            });
+        }
     }
 }

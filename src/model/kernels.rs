@@ -24,7 +24,7 @@ pub fn applies(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let Some((start, end)) = l.contiguous_offsets() else {
         bail!("{op}: input must be contiguous");
     };
@@ -63,7 +63,7 @@ fn sum8(x: impl Iterator<Item = f32>) -> f32 {
     acc.iter().sum()
 }
 
-fn softmax_row(x: &[f32], y: &mut [f32]) {
+pub(super) fn softmax_row(x: &[f32], y: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for (y, &x) in y.iter_mut().zip(x) {
         *y = (x - max).exp();
@@ -684,20 +684,8 @@ pub fn token_pair_mse(a: &Tensor, b: &Tensor, mask: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_abs_diff as max_diff;
     use candle_core::{Var, D};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// A loss with distinct weights per element, so every gradient entry matters.
     fn weighted_sum(y: &Tensor) -> Tensor {

@@ -1,5 +1,7 @@
 //! The BERT model, its config, and loading checkpoints from folders or the hub.
 
+#[cfg(system_blas)]
+pub mod attention;
 pub mod bert;
 #[cfg(system_blas)]
 pub mod blas;

@@ -62,6 +62,23 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// A dense layer, `x W^T + b` for x (rows, in) and W (out, in): one fused op through
+/// the system BLAS for f32 CPU tensors when build.rs found one, a matmul and a
+/// broadcast add otherwise.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    #[cfg(system_blas)]
+    if let Some(b) = bias {
+        if kernels::applies(x) && kernels::applies(weight) && kernels::applies(b) {
+            return super::blas::linear(x, weight, b);
+        }
+    }
+    let y = matmul(x, &weight.t()?)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
 /// GELU, erf form (BERT's "gelu"), with a fused backward on the CPU.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if kernels::applies(x) {
@@ -78,25 +95,58 @@ pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let keep = 1.0 - p;
-    let scale = 1.0 / keep;
     if !x.device().is_cpu() {
-        // Drawn on the device: masks drawn element by element on the CPU and copied
-        // over took three quarters of a TinyBERT-4 training step on an H200 (285 ms
-        // against 70 ms). `BertModel::forward` seeds the device generator from the
-        // run's generator once a pass (seeding creates a cuRAND generator), so masks
-        // still follow the run's seed and its resume state.
-        let draws = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
-        let mask = (draws.ge(p as f64)?.to_dtype(x.dtype())? * scale as f64)?;
-        return x.mul(&mask);
+        return device_dropout(x, p);
     }
-    let n = x.elem_count();
-    let mask: Vec<f32> = (0..n)
-        .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.next_f32() < 1.0 - p { scale } else { 0.0 })
         .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?
-        .to_device(x.device())?
-        .to_dtype(x.dtype())?;
+    apply_mask(x, mask)
+}
+
+/// Dropout on attention probabilities with the mask [`keeps`] draws from `seed`: the
+/// mask the fused attention op (`attention::context`) draws on f32, so a bf16 or f16
+/// run sees the same masks as an f32 one. On a GPU, the device's generator.
+pub fn attention_dropout(probs: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(probs.clone());
+    }
+    if !probs.device().is_cpu() {
+        return device_dropout(probs, p);
+    }
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..probs.elem_count())
+        .map(|i| if keeps(seed, i, p) { scale } else { 0.0 })
+        .collect();
+    apply_mask(probs, mask)
+}
+
+/// Whether dropout keeps element `index` of a mask drawn from `seed` with drop
+/// probability `p`. A hash (the SplitMix64 finaliser) rather than a stream, so the
+/// fused attention's backward pass finds any element's draw again without the draws
+/// before it.
+pub fn keeps(seed: u64, index: usize, p: f32) -> bool {
+    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32) >= p
+}
+
+/// Dropout drawn on the device: masks drawn element by element on the CPU and copied
+/// over took three quarters of a TinyBERT-4 training step on an H200 (285 ms against
+/// 70 ms). `BertModel::forward` seeds the device generator from the run's generator
+/// once a pass (seeding creates a cuRAND generator), so masks still follow the run's
+/// seed and its resume state.
+fn device_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+    let draws = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+    let mask = (draws.ge(p as f64)?.to_dtype(x.dtype())? * (1.0 / (1.0 - p as f64)))?;
+    x.mul(&mask)
+}
+
+fn apply_mask(x: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
+    let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?.to_dtype(x.dtype())?;
     x.mul(&mask)
 }
 
