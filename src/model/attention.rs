@@ -443,7 +443,7 @@ mod tests {
             .unwrap();
         let mut probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
         if let Some(dropout) = dropout {
-            probs = super::super::ops::attention_dropout(&probs, dropout.p, dropout.seed).unwrap();
+            probs = super::super::ops::seeded_dropout(&probs, dropout.p, dropout.seed).unwrap();
         }
         let context = probs
             .matmul(&split(v, heads))

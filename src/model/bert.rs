@@ -100,16 +100,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.rank() == 2 {
-            return ops::linear(x, &self.weight, self.bias.as_ref());
-        }
-        // Fold leading dims into one product: faster than a broadcast batch matmul.
-        let dims = x.dims();
-        let last = dims[dims.len() - 1];
-        let rows = x.elem_count() / last;
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
-        ops::linear(&x.reshape((rows, last))?, &self.weight, self.bias.as_ref())?.reshape(out_dims)
+        ops::linear(x, &self.weight, self.bias.as_ref())
     }
 }
 
@@ -286,7 +277,7 @@ impl SelfAttention {
         let scores = ops::matmul(&q, &k.t()?)?.broadcast_add(mask)?;
         let mut probs = ops::softmax_last_dim(&scores)?;
         if let Some(rng) = train {
-            probs = ops::attention_dropout(&probs, self.attention_dropout, rng.next_u64())?;
+            probs = ops::seeded_dropout(&probs, self.attention_dropout, rng.next_u64())?;
         }
         let context = ops::matmul(&probs, &v)?
             .transpose(1, 2)?

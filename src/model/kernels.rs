@@ -14,6 +14,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::ops;
+
 /// Rows per rayon task: rows are short (a few hundred floats), so batch them.
 const MIN_ROWS_PER_TASK: usize = 16;
 /// Elements per rayon task for elementwise kernels.
@@ -360,6 +362,50 @@ impl CustomOp2 for GeluErfGrad {
 /// GELU (erf form) with a fused backward. `x` must satisfy [`applies`].
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluErf)
+}
+
+// ---------------------------------------------------------------- dropout
+
+/// Inverted dropout with the mask [`ops::keeps`] draws from a seed, as one node of the
+/// graph. As `x * mask`, candle's backward also multiplies out (and sums into a zeroed
+/// buffer) a gradient for the constant mask; here the backward finds the mask again.
+#[derive(Clone, Copy)]
+struct Dropout {
+    p: f32,
+    seed: u64,
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "fused-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let scale = 1.0 / (1.0 - self.p);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(MIN_ELEMS_PER_TASK)
+            .zip(x.par_chunks(MIN_ELEMS_PER_TASK))
+            .enumerate()
+            .for_each(|(chunk, (y, x))| {
+                let first = chunk * MIN_ELEMS_PER_TASK;
+                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    let kept = ops::keeps(self.seed, first + i, self.p);
+                    *y = if kept { x * scale } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+/// Dropout with drop probability `p` (below 1) and the mask of `seed`. `x` must
+/// satisfy [`applies`].
+pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Dropout { p, seed })
 }
 
 // ---------------------------------------------------------------- masked MSE
@@ -797,6 +843,31 @@ mod tests {
             1e-5,
         );
         finite_differences(&x, |t| gelu_erf(t).unwrap(), &[0, 17, 999]);
+    }
+
+    #[test]
+    fn dropout_matches_the_seeds_mask_as_a_tensor() {
+        // Long enough for several rayon chunks, so each chunk's first index is checked.
+        let n = 5 * (MIN_ELEMS_PER_TASK / 2 + 3);
+        let x = Var::randn(0f32, 1.0, (n / 5, 5), &Device::Cpu).unwrap();
+        let (p, seed) = (0.25, 99);
+        let mask: Vec<f32> = (0..n)
+            .map(|i| {
+                if ops::keeps(seed, i, p) {
+                    1.0 / (1.0 - p)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (n / 5, 5), &Device::Cpu).unwrap();
+        check_against(
+            &[&x],
+            |t| dropout(t[0], p, seed).unwrap(),
+            |t| (t[0] * &mask).unwrap(),
+            1e-6,
+        );
+        finite_differences(&x, |t| dropout(t, p, seed).unwrap(), &[0, 17, n - 1]);
     }
 
     #[test]

@@ -62,9 +62,9 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// A dense layer, `x W^T + b` for x (rows, in) and W (out, in): one fused op through
-/// the system BLAS for f32 CPU tensors when build.rs found one, a matmul and a
-/// broadcast add otherwise.
+/// A dense layer, `x W^T + b` for x (..., in) and W (out, in): one fused op through
+/// the system BLAS for f32 CPU tensors when build.rs found one, a matmul (leading dims
+/// folded into rows) and a broadcast add otherwise.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     #[cfg(system_blas)]
     if let Some(b) = bias {
@@ -72,7 +72,16 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             return super::blas::linear(x, weight, b);
         }
     }
-    let y = matmul(x, &weight.t()?)?;
+    let y = match x.rank() {
+        2 => matmul(x, &weight.t()?)?,
+        _ => {
+            // One product over all rows: faster than a broadcast batch matmul.
+            let mut out_dims = x.dims().to_vec();
+            *out_dims.last_mut().expect("rank >= 1") = weight.dim(0)?;
+            let rows = x.flatten_to(x.rank() - 2)?;
+            matmul(&rows, &weight.t()?)?.reshape(out_dims)?
+        }
+    };
     match bias {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
@@ -88,9 +97,10 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Inverted dropout whose mask comes from the caller's seeded generator on the CPU
-/// (from the device's, seeded from it, on a GPU), so a resumed run draws the same
-/// masks as an uninterrupted one.
+/// Inverted dropout. On the CPU its mask is [`keeps`]'s for a seed drawn from the
+/// caller's generator, so a resumed run draws the same masks as an uninterrupted one
+/// and an f32 run (one fused op) the same as a half-precision one. On a GPU it comes
+/// from the device's generator, which `BertModel::forward` seeds from the run's.
 pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
@@ -98,28 +108,28 @@ pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return device_dropout(x, p);
     }
-    let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.next_f32() < 1.0 - p { scale } else { 0.0 })
-        .collect();
-    apply_mask(x, mask)
+    seeded_dropout(x, p, rng.next_u64())
 }
 
-/// Dropout on attention probabilities with the mask [`keeps`] draws from `seed`: the
-/// mask the fused attention op (`attention::context`) draws on f32, so a bf16 or f16
-/// run sees the same masks as an f32 one. On a GPU, the device's generator.
-pub fn attention_dropout(probs: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+/// Dropout with the mask [`keeps`] draws from `seed` on the CPU (one fused op for
+/// f32, the same mask as a tensor otherwise); on a GPU, the device's generator. The
+/// fused attention (`attention::context`) draws the same masks.
+pub fn seeded_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     if p <= 0.0 {
-        return Ok(probs.clone());
+        return Ok(x.clone());
     }
-    if !probs.device().is_cpu() {
-        return device_dropout(probs, p);
+    if !x.device().is_cpu() {
+        return device_dropout(x, p);
+    }
+    if kernels::applies(x) {
+        return kernels::dropout(x, p, seed);
     }
     let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..probs.elem_count())
+    let mask: Vec<f32> = (0..x.elem_count())
         .map(|i| if keeps(seed, i, p) { scale } else { 0.0 })
         .collect();
-    apply_mask(probs, mask)
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
 }
 
 /// Whether dropout keeps element `index` of a mask drawn from `seed` with drop
@@ -142,11 +152,6 @@ pub fn keeps(seed: u64, index: usize, p: f32) -> bool {
 fn device_dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     let draws = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
     let mask = (draws.ge(p as f64)?.to_dtype(x.dtype())? * (1.0 / (1.0 - p as f64)))?;
-    x.mul(&mask)
-}
-
-fn apply_mask(x: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
-    let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?.to_dtype(x.dtype())?;
     x.mul(&mask)
 }
 
