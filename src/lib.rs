@@ -5,7 +5,8 @@
 //! 1. Foundations: `error`, `io` (atomic writes, folder locks), `rng`, `runtime`
 //!    (allocator, threads), `progress`, `device` (devices and float types), `hub`
 //!    (the Hugging Face hub and its cache).
-//! 2. Models and text: `model` (BERT, weights, CPU kernels), `tokenizer`.
+//! 2. Models and text: `model` (BERT, weights; fused CPU kernels, attention and BLAS
+//!    products), `tokenizer`.
 //! 3. Data and scores: `data` (GLUE and user files, encoded datasets, batches),
 //!    `metrics`.
 //! 4. Jobs on one model: `eval`, `export`, `inspect`, `bench`; `plot` and `run` (a run

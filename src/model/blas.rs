@@ -5,7 +5,9 @@
 //! On this project's 2-core AVX2 machines the `gemm` crate candle uses reaches about
 //! 90-117 GFLOP/s where an optimised BLAS reaches about 150 (../shared/notes/candle.md);
 //! BERT training and inference are mostly matmul. Transposed operands (`x.t()`) are
-//! passed to BLAS as transposes, not copied.
+//! passed to BLAS as transposes, not copied. Dense layers are one op ([`linear`]) with
+//! the bias written in first and their own backward; `attention` calls [`sgemm`] per
+//! head.
 
 use std::ffi::c_int;
 
