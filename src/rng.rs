@@ -6,6 +6,21 @@
 
 use serde::{Deserialize, Serialize};
 
+/// SplitMix64's increment, 2^64 / golden ratio.
+pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's finaliser: spreads the bits of `z` over the whole word.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The top 24 bits of `bits` as a float uniform in [0, 1).
+pub fn unit_f32(bits: u64) -> f32 {
+    (bits >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rng {
     s: [u64; 4],
@@ -16,11 +31,8 @@ impl Rng {
         // SplitMix64 spreads the seed over the state, as the xoshiro authors advise.
         let mut x = seed;
         let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            x = x.wrapping_add(GOLDEN_GAMMA);
+            mix64(x)
         };
         Rng {
             s: [next(), next(), next(), next()],
@@ -47,7 +59,7 @@ impl Rng {
 
     /// Uniform in [0, 1).
     pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+        unit_f32(self.next_u64())
     }
 
     /// Uniform in [0, 1).

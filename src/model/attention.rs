@@ -19,7 +19,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::blas::{init_threads, output, sgemm, OutPtr as Out};
+use super::blas::{init_threads, output, repeat_row, sgemm, OutPtr as Out};
 use super::kernels::{contiguous_f32, softmax_row, with_f32};
 use super::ops::keeps;
 
@@ -153,9 +153,7 @@ impl CustomOp3 for Scores {
                 // at a stride of h * d lie within them.
                 unsafe {
                     let block = c.at(dims.block(t));
-                    for row in 0..s {
-                        std::ptr::copy_nonoverlapping(entry_mask.as_ptr(), block.add(row * s), s);
-                    }
+                    repeat_row(block, entry_mask, s);
                     let (qh, kh) = (q.as_ptr().add(dims.head(t)), k.as_ptr().add(dims.head(t)));
                     sgemm(
                         (false, true),
@@ -245,22 +243,25 @@ struct Context {
 }
 
 impl Context {
-    /// Head t's probabilities, (s, s): the softmax of its scores' rows, and the same
-    /// after dropout (equal without dropout).
-    fn probs(&self, dims: Dims, scores: &[f32], t: usize) -> (Vec<f32>, Vec<f32>) {
+    /// Head t's probabilities, (s, s): the softmax of its scores' rows.
+    fn probs(&self, dims: Dims, scores: &[f32], t: usize) -> Vec<f32> {
         let s = dims.s;
         let block = &scores[dims.block(t)..][..s * s];
         let mut probs = vec![0f32; s * s];
         for (x, y) in block.chunks_exact(s).zip(probs.chunks_exact_mut(s)) {
             softmax_row(x, y);
         }
-        let mut dropped = probs.clone();
+        probs
+    }
+
+    /// Head t's dropout applied to its (s, s) probabilities (or their gradient), in
+    /// place; nothing without dropout.
+    fn drop(&self, dims: Dims, probs: &mut [f32], t: usize) {
         if let Some(dropout) = self.dropout {
-            for (i, row) in dropped.chunks_exact_mut(s).enumerate() {
-                dropout.apply(row, t * s + i);
+            for (i, row) in probs.chunks_exact_mut(dims.s).enumerate() {
+                dropout.apply(row, t * dims.s + i);
             }
         }
-        (probs, dropped)
     }
 
     /// Head t of the backward pass: dV into `dv`, dScores into `ds`.
@@ -272,7 +273,16 @@ impl Context {
         t: usize,
     ) {
         let (s, d, width) = (dims.s, dims.d, dims.width());
-        let (probs, dropped) = self.probs(dims, sc, t);
+        let probs = self.probs(dims, sc, t);
+        // The probabilities after dropout, a second buffer only when there is dropout.
+        let mut kept = Vec::new();
+        let dropped = if self.dropout.is_some() {
+            kept.extend_from_slice(&probs);
+            self.drop(dims, &mut kept, t);
+            &kept
+        } else {
+            &probs
+        };
         // SAFETY: v, g and dv hold (b, s, h * d) floats and ds (b, h, s, s), so head
         // t's strided columns and (s, s) block lie within them; only this task writes
         // head t's part of dv and ds, and beta 0 writes every float of it.
@@ -300,13 +310,10 @@ impl Context {
             );
             std::slice::from_raw_parts_mut(block, s * s)
         };
-        // Through dropout (dP = dP' * kept / (1 - p), i.e. dP' * P' / P) and softmax
-        // (dS = P (dP - sum(dP P))), row by row, in place.
-        let rows = block.chunks_exact_mut(s).zip(probs.chunks_exact(s));
-        for (i, (row, p)) in rows.enumerate() {
-            if let Some(dropout) = self.dropout {
-                dropout.apply(row, t * s + i);
-            }
+        // Through dropout (dP = dP' * kept / (1 - p)), then softmax
+        // (dS = P (dP - sum(dP P))) row by row, in place.
+        self.drop(dims, block, t);
+        for (row, p) in block.chunks_exact_mut(s).zip(probs.chunks_exact(s)) {
             let dot: f32 = row.iter().zip(p).map(|(g, p)| g * p).sum();
             for (g, p) in row.iter_mut().zip(p) {
                 *g = p * (*g - dot);
@@ -343,7 +350,8 @@ impl CustomOp2 for Context {
         let context = output(v.len(), |c| {
             let c = Out(c);
             each_head(dims, |t| {
-                let (_, dropped) = self.probs(dims, scores, t);
+                let mut dropped = self.probs(dims, scores, t);
+                self.drop(dims, &mut dropped, t);
                 // SAFETY: v and the output hold (b, s, h * d) floats, so head t's
                 // strided columns lie within them; only this task writes head t's
                 // columns of the output, and beta 0 writes every one of them.

@@ -16,7 +16,7 @@ use std::sync::Once;
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
-use super::kernels::with_f32;
+use super::kernels::{contiguous_f32, with_f32};
 use rayon::prelude::*;
 
 const ROW_MAJOR: c_int = 101;
@@ -386,10 +386,7 @@ impl CustomOp3 for Linear {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_slice(sx, "linear")?, f32_slice(sw, "linear")?);
-        let bias = match (f32_slice(sb, "linear")?, lb.contiguous_offsets()) {
-            (b, Some((start, end))) => &b[start..end],
-            _ => bail!("linear: the bias must be contiguous"),
-        };
+        let bias = contiguous_f32(sb, lb, "linear bias")?;
         // Leading dims fold into rows: the input is contiguous (`linear`).
         let dims = lx.dims();
         let (k, (n, kw)) = (*dims.last().unwrap_or(&0), lw.shape().dims2()?);
@@ -421,9 +418,7 @@ impl CustomOp3 for Linear {
             // SAFETY: the rows are set to the bias first (all m * n floats), then gemm
             // adds the product in place; layouts checked by candle and `operands`.
             unsafe {
-                for row in 0..m {
-                    std::ptr::copy_nonoverlapping(bias.as_ptr(), c.add(row * n), n);
-                }
+                repeat_row(c, bias, m);
                 if k > 0 {
                     product.gemm(c, 1.0);
                 }
@@ -468,25 +463,33 @@ fn column_sums(g: &Tensor) -> Result<Tensor> {
 /// inside the op, with no reshape nodes (each costs a zeroed buffer and a sum in
 /// candle's backward).
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let x = x.contiguous()?;
-    let w = match operand(w.layout()) {
-        Some(_) => w.clone(),
-        None => w.contiguous()?,
-    };
-    x.apply_op3(&w, &b.contiguous()?, Linear)
+    x.contiguous()?
+        .apply_op3(&in_place(w)?, &b.contiguous()?, Linear)
 }
 
-/// `a @ b` for f32 CPU tensors of equal batch dims; copies operands BLAS cannot read in place.
+/// `a @ b` for f32 CPU tensors of equal batch dims.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let a = match operand(a.layout()) {
-        Some(_) => a.clone(),
-        None => a.contiguous()?,
-    };
-    let b = match operand(b.layout()) {
-        Some(_) => b.clone(),
-        None => b.contiguous()?,
-    };
-    a.apply_op2(&b, Matmul)
+    in_place(a)?.apply_op2(&in_place(b)?, Matmul)
+}
+
+/// `t` itself when BLAS can read its layout in place, else a contiguous copy.
+fn in_place(t: &Tensor) -> Result<Tensor> {
+    match operand(t.layout()) {
+        Some(_) => Ok(t.clone()),
+        None => t.contiguous(),
+    }
+}
+
+/// Writes `row` into each of `rows` consecutive rows at `c`, before a product with
+/// beta 1 adds to them (a bias, an attention mask).
+///
+/// # Safety
+/// `c` must be valid for writes of rows * row.len() floats.
+pub(super) unsafe fn repeat_row(c: *mut f32, row: &[f32], rows: usize) {
+    for i in 0..rows {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(i * row.len()), row.len()) };
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::kernels;
-use crate::rng::Rng;
+use crate::rng::{mix64, unit_f32, Rng, GOLDEN_GAMMA};
 
 fn needs_grad(tensors: &[&Tensor]) -> bool {
     tensors.iter().any(|t| t.track_op())
@@ -102,13 +102,13 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 /// and an f32 run (one fused op) the same as a half-precision one. On a GPU it comes
 /// from the device's generator, which `BertModel::forward` seeds from the run's.
 pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
-    if p <= 0.0 {
-        return Ok(x.clone());
-    }
-    if !x.device().is_cpu() {
-        return device_dropout(x, p);
-    }
-    seeded_dropout(x, p, rng.next_u64())
+    // A seed only where it is used, so a GPU run's stream is as it was.
+    let seed = if p > 0.0 && x.device().is_cpu() {
+        rng.next_u64()
+    } else {
+        0
+    };
+    seeded_dropout(x, p, seed)
 }
 
 /// Dropout with the mask [`keeps`] draws from `seed` on the CPU (one fused op for
@@ -137,11 +137,8 @@ pub fn seeded_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
 /// fused attention's backward pass finds any element's draw again without the draws
 /// before it.
 pub fn keeps(seed: u64, index: usize, p: f32) -> bool {
-    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32) >= p
+    let z = mix64(seed ^ (index as u64).wrapping_mul(GOLDEN_GAMMA));
+    unit_f32(z) >= p
 }
 
 /// Dropout drawn on the device: masks drawn element by element on the CPU and copied
