@@ -19,6 +19,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub fn init() {
     #[cfg(feature = "mimalloc")]
     keep_freed_memory();
+    one_thread_pool();
+}
+
+/// candle runs its own element-wise ops (the gradient sums of backward passes, mostly)
+/// on a pool of its own whose idle workers spin for a while before they sleep; this
+/// crate's kernels and the BLAS products run on rayon's pool. Two pools on the same
+/// cores take turns: after each candle op its worker spins while rayon's threads
+/// multiply (8% of the quick start's samples were that spin, in `perf`). With
+/// `CANDLE_NUM_THREADS=1` candle's ops run on the calling thread, and the SST-2 epoch
+/// of benches/distill.rs took 21.4 s instead of 23.0-24.2 s on 2 cores; the student,
+/// teacher and inference rows did not change beyond their noise. Set the variable to
+/// choose otherwise.
+fn one_thread_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Before any candle op: its pool reads the variable once, when first used.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
 }
 
 /// mimalloc's `mi_option_purge_delay` (its `mi_option_e` enum, mimalloc.h): -1 never
@@ -32,9 +49,19 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
-#[cfg(all(test, feature = "mimalloc", target_os = "linux"))]
+#[cfg(test)]
 mod tests {
+    /// candle's own pool gets one thread unless the user chose a number.
+    #[test]
+    fn candle_runs_on_the_calling_thread_unless_told_otherwise() {
+        let chosen = std::env::var("CANDLE_NUM_THREADS").ok();
+        super::init();
+        let now = std::env::var("CANDLE_NUM_THREADS").ok();
+        assert_eq!(now.as_deref(), Some(chosen.as_deref().unwrap_or("1")));
+    }
+
     /// Minor page faults of the calling thread so far (field 10 of its stat line).
+    #[cfg(all(feature = "mimalloc", target_os = "linux"))]
     fn thread_minor_faults() -> u64 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         let rest = stat.rsplit_once(')').unwrap().1;
@@ -43,6 +70,7 @@ mod tests {
 
     /// Allocates, touches and frees 64 MiB, then waits past mimalloc's default purge
     /// delay; returns the faults the touching took.
+    #[cfg(all(feature = "mimalloc", target_os = "linux"))]
     fn churn() -> u64 {
         let before = thread_minor_faults();
         let mut buffer = vec![0u8; 64 << 20];
@@ -62,6 +90,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "mimalloc", target_os = "linux"))]
     fn freed_memory_is_reused_without_page_faults() {
         super::init();
         let first = churn();

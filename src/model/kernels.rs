@@ -12,9 +12,15 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape,
     Storage, Tensor,
 };
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::ops;
+
+// The slice loops below carry `#[multiversion(targets(...))]`: each is compiled a
+// second time with AVX2 (x86-64-v3's vector width; the default target's SSE2 has half)
+// and the CPU picks at run time. Element-wise loops and the fixed-lane sums give the
+// same bits either way: Rust never fuses a multiply and an add on its own.
 
 /// Rows per rayon task: rows are short (a few hundred floats), so batch them.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -112,6 +118,7 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub(super) fn softmax_row(x: &[f32], y: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for (y, &x) in y.iter_mut().zip(x) {
@@ -166,13 +173,16 @@ impl CustomOp2 for SoftmaxGrad {
         dx.par_chunks_mut(dim)
             .zip(y.par_chunks(dim).zip(g.par_chunks(dim)))
             .with_min_len(MIN_ROWS_PER_TASK)
-            .for_each(|(dx, (y, g))| {
-                let dot = sum8(y.iter().zip(g).map(|(a, b)| a * b));
-                for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                    *d = y * (g - dot);
-                }
-            });
+            .for_each(|(dx, (y, g))| softmax_grad_row(dx, y, g));
         Ok((CpuStorage::F32(dx), yl.shape().clone()))
+    }
+}
+
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn softmax_grad_row(dx: &mut [f32], y: &[f32], g: &[f32]) {
+    let dot = sum8(y.iter().zip(g).map(|(a, b)| a * b));
+    for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+        *d = y * (g - dot);
     }
 }
 
@@ -190,6 +200,14 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let mean = sum8(x.iter().copied()) / n;
     let var = sum8(x.iter().map(|v| (v - mean) * (v - mean))) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn layer_norm_row(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let (mean, rstd) = row_stats(x, eps);
+    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+        *y = (x - mean) * rstd * w + b;
+    }
 }
 
 struct LayerNorm {
@@ -221,12 +239,7 @@ impl CustomOp3 for LayerNorm {
         y.par_chunks_mut(dim)
             .zip(x.par_chunks(dim))
             .with_min_len(MIN_ROWS_PER_TASK)
-            .for_each(|(y, x)| {
-                let (mean, rstd) = row_stats(x, self.eps);
-                for i in 0..dim {
-                    y[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                }
-            });
+            .for_each(|(y, x)| layer_norm_row(y, x, w, b, self.eps));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -261,27 +274,27 @@ struct LayerNormGrad {
 /// Rows per block of the LayerNorm backward's dw/db sums (a fixed split: determinism).
 const LN_GRAD_ROWS: usize = 32;
 
-impl LayerNormGrad {
-    /// One row: writes dx, adds the row's dw and db terms to `acc` (dw then db).
-    fn row(&self, dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], acc: &mut [f32]) {
-        let dim = x.len();
-        let (mean, rstd) = row_stats(x, self.eps);
-        let inv_n = 1.0 / dim as f32;
-        let mut sum_gw = 0f32;
-        let mut sum_gwx = 0f32;
-        for i in 0..dim {
-            let xhat = (x[i] - mean) * rstd;
-            let gw = g[i] * w[i];
-            sum_gw += gw;
-            sum_gwx += gw * xhat;
-            acc[i] += g[i] * xhat;
-            acc[dim + i] += g[i];
-        }
-        let (m_gw, m_gwx) = (sum_gw * inv_n, sum_gwx * inv_n);
-        for i in 0..dim {
-            let xhat = (x[i] - mean) * rstd;
-            dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
-        }
+/// One row of the LayerNorm backward: writes dx, adds the row's dw and db terms to
+/// `acc` (dw then db).
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn layer_norm_grad_row(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], acc: &mut [f32], eps: f32) {
+    let dim = x.len();
+    let (mean, rstd) = row_stats(x, eps);
+    let inv_n = 1.0 / dim as f32;
+    let mut sum_gw = 0f32;
+    let mut sum_gwx = 0f32;
+    for i in 0..dim {
+        let xhat = (x[i] - mean) * rstd;
+        let gw = g[i] * w[i];
+        sum_gw += gw;
+        sum_gwx += gw * xhat;
+        acc[i] += g[i] * xhat;
+        acc[dim + i] += g[i];
+    }
+    let (m_gw, m_gwx) = (sum_gw * inv_n, sum_gwx * inv_n);
+    for i in 0..dim {
+        let xhat = (x[i] - mean) * rstd;
+        dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
     }
 }
 
@@ -316,7 +329,7 @@ impl CustomOp3 for LayerNormGrad {
             .map(|(dx, (x, g))| {
                 let mut acc = vec![0f32; 2 * dim];
                 for (dx, (x, g)) in dx.chunks_mut(dim).zip(x.chunks(dim).zip(g.chunks(dim))) {
-                    self.row(dx, x, g, w, &mut acc);
+                    layer_norm_grad_row(dx, x, g, w, &mut acc, self.eps);
                 }
                 acc
             })
@@ -355,6 +368,19 @@ fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
 }
 
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn gelu_slice(y: &mut [f32], x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x));
+}
+
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn gelu_grad_slice(dx: &mut [f32], x: &[f32], g: &[f32]) {
+    let pairs = x.iter().zip(g);
+    dx.iter_mut()
+        .zip(pairs)
+        .for_each(|(d, (&x, &g))| *d = g * gelu_grad(x));
+}
+
 struct GeluErf;
 
 impl CustomOp1 for GeluErf {
@@ -369,7 +395,7 @@ impl CustomOp1 for GeluErf {
         // element does not).
         y.par_chunks_mut(MIN_ELEMS_PER_TASK)
             .zip(x.par_chunks(MIN_ELEMS_PER_TASK))
-            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)));
+            .for_each(|(y, x)| gelu_slice(y, x));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -403,12 +429,7 @@ impl CustomOp2 for GeluErfGrad {
                 x.par_chunks(MIN_ELEMS_PER_TASK)
                     .zip(g.par_chunks(MIN_ELEMS_PER_TASK)),
             )
-            .for_each(|(d, (x, g))| {
-                let pairs = x.iter().zip(g);
-                d.iter_mut()
-                    .zip(pairs)
-                    .for_each(|(d, (&x, &g))| *d = g * gelu_grad(x));
-            });
+            .for_each(|(d, (x, g))| gelu_grad_slice(d, x, g));
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
