@@ -10,6 +10,10 @@
 //! (set to 2 by the parent unless already set), torch.set_num_threads on the other side.
 //! On a GPU (build with `--features cuda`): BENCH_DEVICE=cuda:0 runs both sides there,
 //! and BENCH_STEP_BATCH (default 16) sets the batch of the step measurements.
+//!
+//! The quickstart row is the whole job of `recipes/quickstart-cpu.toml` (CPU only; real
+//! MiniLM weights and the GLUE files), against benches/pytorch_quickstart.py doing the
+//! same job; the table is followed by both sides' dev accuracies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -43,6 +47,10 @@ const MEASUREMENTS: &[(&str, &str)] = &[
     ),
     ("infer_b1", "student inference b1 s64 (per batch)"),
     ("infer_b32", "student inference b32 s64 (per batch)"),
+    (
+        "quickstart",
+        "quick start end to end (recipes/quickstart-cpu.toml)",
+    ),
 ];
 
 const VOCAB: usize = 30522;
@@ -274,10 +282,19 @@ impl Usage {
     }
 }
 
-/// A row's wall seconds (the median run) and its per-run resource use.
+/// A row's wall seconds (the median run) and its per-run resource use; the quick
+/// start's dev accuracies too.
 struct Timing {
     seconds: f64,
     usage: Usage,
+    accuracy: Option<Accuracy>,
+}
+
+/// Dev accuracies of a whole job: the fine-tuned teacher's and the best student's.
+#[derive(Clone, Copy)]
+struct Accuracy {
+    teacher: f64,
+    student: f64,
 }
 
 /// Median seconds of `runs` calls after one warm-up call.
@@ -297,6 +314,7 @@ fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     Ok(Timing {
         usage: Usage::since(usage, runs),
         seconds: median(all),
+        accuracy: None,
     })
 }
 
@@ -402,6 +420,43 @@ fn measure_epoch(grouped: bool) -> Result<Timing> {
     Ok(Timing {
         seconds: start.elapsed().as_secs_f64(),
         usage: Usage::since(usage, 1),
+        accuracy: None,
+    })
+}
+
+/// `candle-distill run recipes/quickstart-cpu.toml` in this process, into a scratch
+/// folder, with the real MiniLM and the GLUE files: wall time from the recipe's
+/// loading to the exported student.
+fn measure_quickstart() -> Result<Timing> {
+    let err = |e: &dyn std::fmt::Display| candle_core::Error::Msg(e.to_string());
+    let glue = repo_root().join("../shared/data/glue");
+    if !bench_device().is_cpu() || !minilm_dir().is_dir() || !glue.is_dir() {
+        candle_core::bail!(
+            "the quick start runs on the CPU and needs {} and {}",
+            minilm_dir().display(),
+            glue.display()
+        );
+    }
+    let path = repo_root().join("recipes/quickstart-cpu.toml");
+    let sets = [
+        format!("teacher.model={}", minilm_dir().display()),
+        format!("task.data={}", glue.display()),
+    ];
+    let scratch = tempfile::tempdir().map_err(|e| err(&e))?;
+    let usage = Usage::now();
+    let start = Instant::now();
+    let mut recipe = candle_distill::recipe::Recipe::load(&path, &sets).map_err(|e| err(&e))?;
+    recipe.output = Some(scratch.path().join("run"));
+    let report =
+        candle_distill::pipeline::run_recipe(&recipe, Some(&path), false).map_err(|e| err(&e))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let accuracy = |m: &candle_distill::metrics::Metrics| m.values.get("accuracy").copied();
+    Ok(Timing {
+        seconds,
+        usage: Usage::since(usage, 1),
+        accuracy: accuracy(&report.teacher.dev)
+            .zip(accuracy(&report.student.dev))
+            .map(|(teacher, student)| Accuracy { teacher, student }),
     })
 }
 
@@ -420,12 +475,17 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 fn run_one(name: &str) -> Result<()> {
-    let Timing { seconds, usage } = match name {
+    let Timing {
+        seconds,
+        usage,
+        accuracy,
+    } = match name {
         "step" | "teacher" | "student" => measure_step(name)?,
         "epoch_pad64" => measure_epoch(false)?,
         "epoch_grouped" => measure_epoch(true)?,
         "infer_b1" => measure_inference(1)?,
         "infer_b32" => measure_inference(32)?,
+        "quickstart" => measure_quickstart()?,
         other => candle_core::bail!("unknown measurement `{other}`"),
     };
     let row = serde_json::json!({
@@ -435,6 +495,8 @@ fn run_one(name: &str) -> Result<()> {
         "sys_s": usage.sys_s,
         "minflt": usage.minflt,
         "peak_mb": peak_rss_mb(),
+        "teacher_accuracy": accuracy.map(|a| a.teacher),
+        "student_accuracy": accuracy.map(|a| a.student),
     });
     println!("{row}");
     Ok(())
@@ -449,6 +511,7 @@ struct Row {
     sys_s: Option<f64>,
     minflt: Option<f64>,
     peak_mb: Option<f64>,
+    accuracy: Option<Accuracy>,
 }
 
 fn parse_rows(stdout: &str) -> BTreeMap<String, Row> {
@@ -468,6 +531,11 @@ fn parse_rows(stdout: &str) -> BTreeMap<String, Row> {
                 sys_s: v.get("sys_s").and_then(|s| s.as_f64()),
                 minflt: v.get("minflt").and_then(|s| s.as_f64()),
                 peak_mb: v.get("peak_mb").and_then(|s| s.as_f64()),
+                accuracy: v
+                    .get("teacher_accuracy")
+                    .and_then(|a| a.as_f64())
+                    .zip(v.get("student_accuracy").and_then(|a| a.as_f64()))
+                    .map(|(teacher, student)| Accuracy { teacher, student }),
             },
         );
     }
@@ -491,6 +559,28 @@ fn fmt_usage(r: &Row) -> String {
     match (r.user_s, r.sys_s, r.minflt) {
         (Some(u), Some(s), Some(f)) => format!("{u:.2}/{s:.2} s {:.0}k", f / 1e3),
         _ => "-".into(),
+    }
+}
+
+/// The quick start's dev accuracies on both sides, when it ran.
+fn print_accuracies(ours: &BTreeMap<String, Row>, theirs: &BTreeMap<String, Row>) {
+    let side = |rows: &BTreeMap<String, Row>| rows.get("quickstart").and_then(|r| r.accuracy);
+    let (o, t) = (side(ours), side(theirs));
+    if o.is_none() && t.is_none() {
+        return;
+    }
+    let pct = |a: Option<Accuracy>, f: fn(Accuracy) -> f64| {
+        a.map_or("-".into(), |a| format!("{:.2}%", 100.0 * f(a)))
+    };
+    println!("\nquick start, SST-2 dev accuracy     ours     PyTorch");
+    for (what, f) in [
+        (
+            "teacher (MiniLM-L6, fine-tuned)",
+            (|a| a.teacher) as fn(Accuracy) -> f64,
+        ),
+        ("student (its layers 2, 4, 6)", |a| a.student),
+    ] {
+        println!("{what:<36} {:>8} {:>10}", pct(o, f), pct(t, f));
     }
 }
 
@@ -602,6 +692,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             fmt_usage(&t)
         );
     }
+    print_accuracies(&ours, &theirs);
     println!(
         "(ratio = ours / PyTorch time; below 1 is faster. user/sys: CPU seconds per run, flt: minor page faults per run. RAYON_NUM_THREADS={threads}; device {}; step rows at batch {})",
         torch_device(),

@@ -6,6 +6,8 @@ Each measurement runs in its own subprocess (peak RSS from /proc/self/status VmH
 and prints one JSON line {"name", "seconds", "peak_mb", "user_s", "sys_s", "minflt"}
 (CPU seconds and minor page faults per timed run); with onnxruntime installed,
 the student inference rows are also measured through an ONNX export (ort_b1, ort_b32).
+The quickstart row is benches/pytorch_quickstart.py (the quick-start recipe's whole job)
+and adds both dev accuracies to its line.
 
     python benches/pytorch_reference.py [--only step,teacher,...] [--threads 2]
         [--device cpu|cuda:0] [--batch 16]
@@ -24,16 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-MINILM = ROOT / "target/test-assets/all-MiniLM-L6-v2"
-SST2 = ROOT / "../shared/data/glue/SST-2/train.tsv"
+# The epoch rows use the quick start's data and shapes (this folder is on sys.path).
+import pytorch_quickstart
+from pytorch_quickstart import BATCH as EPOCH_BATCH
+from pytorch_quickstart import GLUE, MINILM
+from pytorch_quickstart import MAX_LEN as EPOCH_MAX_LEN
+from pytorch_quickstart import TRAIN_LIMIT as SST2_SENTENCES
+
+SST2 = GLUE / "SST-2/train.tsv"
 VOCAB = 30522
-SST2_SENTENCES = 4000
-EPOCH_BATCH = 32
-EPOCH_MAX_LEN = 64
 DEVICE = "cpu"
 STEP_BATCH = 16
-ALL = ["step", "teacher", "student", "epoch_pad64", "epoch_grouped", "infer_b1", "infer_b32"]
+ALL = [
+    "step", "teacher", "student", "epoch_pad64", "epoch_grouped", "infer_b1", "infer_b32",
+    "quickstart",
+]
 
 
 def config(hidden, layers, heads, ffn, labels=2, attention="eager"):
@@ -311,7 +318,20 @@ def peak_mb():
     return None
 
 
+def measure_quickstart(threads):
+    """benches/pytorch_quickstart.py's whole job, into a scratch folder."""
+    usage = Usage()
+    with tempfile.TemporaryDirectory() as d:
+        result = pytorch_quickstart.run(threads, d)
+    return result.pop("seconds"), {**usage.per_run(1), **result}
+
+
 def run_one(name, threads):
+    if name == "quickstart":
+        # Timed from before torch's import, as the job a user starts.
+        seconds, usage = measure_quickstart(threads)
+        print(json.dumps({"name": name, "seconds": round(seconds, 2), "peak_mb": round(peak_mb()), **usage}))
+        return
     import torch
 
     torch.set_num_threads(threads)
@@ -356,9 +376,14 @@ def main():
         names += [n.replace("infer_", "ort_") for n in names if n.startswith("infer_")]
     except ImportError:
         print("onnxruntime not installed: no onnxruntime rows", file=sys.stderr)
-    if any(n.startswith("epoch_") for n in names) and not (MINILM.exists() and SST2.exists()):
+    if "quickstart" in names and DEVICE != "cpu":
+        print("quickstart row skipped: it runs on the CPU", file=sys.stderr)
+        names.remove("quickstart")
+    if any(n.startswith("epoch_") or n == "quickstart" for n in names) and not (
+        MINILM.exists() and SST2.exists()
+    ):
         print(f"epoch rows skipped: need {MINILM} and {SST2}", file=sys.stderr)
-        names = [n for n in names if not n.startswith("epoch_")]
+        names = [n for n in names if not (n.startswith("epoch_") or n == "quickstart")]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     for name in names:
         print(f"pytorch: {name} ...", file=sys.stderr)
