@@ -32,10 +32,17 @@ pub fn init() {
 /// teacher and inference rows did not change beyond their noise. Set the variable to
 /// choose otherwise.
 fn one_thread_pool() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // Before any candle op: its pool reads the variable once, when first used.
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    if let Some(threads) = candle_threads(std::env::var_os("CANDLE_NUM_THREADS")) {
+        // Before any candle op (its pool reads the variable once, when first used) and
+        // before `main` starts other threads.
+        std::env::set_var("CANDLE_NUM_THREADS", threads);
     }
+}
+
+/// What to set `CANDLE_NUM_THREADS` to, given its value: one thread unless the user
+/// chose.
+fn candle_threads(chosen: Option<std::ffi::OsString>) -> Option<&'static str> {
+    chosen.is_none().then_some("1")
 }
 
 /// mimalloc's `mi_option_purge_delay` (its `mi_option_e` enum, mimalloc.h): -1 never
@@ -51,13 +58,12 @@ fn keep_freed_memory() {
 
 #[cfg(test)]
 mod tests {
-    /// candle's own pool gets one thread unless the user chose a number.
+    /// candle's own pool gets one thread unless the user chose a number. (The decision
+    /// alone: setting the variable here would race with the other tests' threads.)
     #[test]
     fn candle_runs_on_the_calling_thread_unless_told_otherwise() {
-        let chosen = std::env::var("CANDLE_NUM_THREADS").ok();
-        super::init();
-        let now = std::env::var("CANDLE_NUM_THREADS").ok();
-        assert_eq!(now.as_deref(), Some(chosen.as_deref().unwrap_or("1")));
+        assert_eq!(super::candle_threads(None), Some("1"));
+        assert_eq!(super::candle_threads(Some("4".into())), None);
     }
 
     /// Minor page faults of the calling thread so far (field 10 of its stat line).
@@ -92,7 +98,7 @@ mod tests {
     #[test]
     #[cfg(all(feature = "mimalloc", target_os = "linux"))]
     fn freed_memory_is_reused_without_page_faults() {
-        super::init();
+        super::keep_freed_memory();
         let first = churn();
         // One more round settles the heap: other tests of this binary allocate and free
         // large buffers on other threads meanwhile (seen once: 16 faults, then 33, then
