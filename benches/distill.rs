@@ -359,8 +359,12 @@ fn minilm_dir() -> PathBuf {
     repo_root().join("target/test-assets/all-MiniLM-L6-v2")
 }
 
+fn glue_dir() -> PathBuf {
+    repo_root().join("../shared/data/glue")
+}
+
 fn sst2_path() -> PathBuf {
-    repo_root().join("../shared/data/glue/SST-2/train.tsv")
+    glue_dir().join("SST-2/train.tsv")
 }
 
 /// The first 4,000 SST-2 training sentences, tokenised and truncated to 64 tokens.
@@ -429,7 +433,7 @@ fn measure_epoch(grouped: bool) -> Result<Timing> {
 /// loading to the exported student.
 fn measure_quickstart() -> Result<Timing> {
     let err = |e: &dyn std::fmt::Display| candle_core::Error::Msg(e.to_string());
-    let glue = repo_root().join("../shared/data/glue");
+    let glue = glue_dir();
     if !bench_device().is_cpu() || !minilm_dir().is_dir() || !glue.is_dir() {
         candle_core::bail!(
             "the quick start runs on the CPU and needs {} and {}",

@@ -31,6 +31,7 @@ import pytorch_quickstart
 from pytorch_quickstart import BATCH as EPOCH_BATCH
 from pytorch_quickstart import GLUE, MINILM
 from pytorch_quickstart import MAX_LEN as EPOCH_MAX_LEN
+from pytorch_quickstart import keep_scores
 from pytorch_quickstart import TRAIN_LIMIT as SST2_SENTENCES
 
 SST2 = GLUE / "SST-2/train.tsv"
@@ -115,31 +116,6 @@ def distill_loss(s, t, proj, logits):
     return loss
 
 
-def keep_scores():
-    """Makes eager attention record its pre-softmax scores (QK^T/sqrt(d) + mask) on the
-    output, as TinyBERT's modified BERT returns them; costs nothing extra to compute."""
-    import torch
-    import transformers.models.bert.modeling_bert as mb
-
-    original_softmax = torch.nn.functional.softmax
-    store = []
-
-    def eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
-        if scaling is None:
-            scaling = query.size(-1) ** -0.5
-        w = torch.matmul(query, key.transpose(2, 3)) * scaling
-        if attention_mask is not None:
-            w = w + attention_mask[:, :, :, : key.shape[-2]]
-        store.append(w)
-        p = original_softmax(w, dim=-1)
-        p = torch.nn.functional.dropout(p, p=dropout, training=module.training)
-        out = torch.matmul(p, value).transpose(1, 2).contiguous()
-        return out, None
-
-    mb.eager_attention_forward = eager
-    return store
-
-
 def run_model(m, ids, mask, store):
     store.clear()
     out = m(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -222,9 +198,8 @@ def sst2_ids():
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(MINILM))
-    lines = SST2.read_text().splitlines()[1 : 1 + SST2_SENTENCES]
-    sentences = [l.split("\t")[0] for l in lines]
-    return [tok(s, truncation=True, max_length=EPOCH_MAX_LEN)["input_ids"] for s in sentences]
+    sentences, _ = pytorch_quickstart.read_sst2(SST2, SST2_SENTENCES)
+    return pytorch_quickstart.encode(tok, sentences)
 
 
 def batches(lengths, grouped):
