@@ -20,7 +20,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result
 use rayon::prelude::*;
 
 use super::blas::{init_threads, output, repeat_row, sgemm, OutPtr as Out};
-use super::kernels::{contiguous_f32, softmax_row, with_f32};
+use super::kernels::{contiguous_f32, softmax_grad_row_in_place, softmax_row, with_f32};
 use super::ops::keeps;
 
 /// Whether the fused ops handle `x`: f32 on the CPU.
@@ -314,10 +314,7 @@ impl Context {
         // (dS = P (dP - sum(dP P))) row by row, in place.
         self.drop(dims, block, t);
         for (row, p) in block.chunks_exact_mut(s).zip(probs.chunks_exact(s)) {
-            let dot: f32 = row.iter().zip(p).map(|(g, p)| g * p).sum();
-            for (g, p) in row.iter_mut().zip(p) {
-                *g = p * (*g - dot);
-            }
+            softmax_grad_row_in_place(row, p);
         }
     }
 }

@@ -12,15 +12,25 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape,
     Storage, Tensor,
 };
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::ops;
 
-// The slice loops below carry `#[multiversion(targets(...))]`: each is compiled a
-// second time with AVX2 (x86-64-v3's vector width; the default target's SSE2 has half)
-// and the CPU picks at run time. Element-wise loops and the fixed-lane sums give the
-// same bits either way: Rust never fuses a multiply and an add on its own.
+/// Compiles the slice loop it wraps three times: with AVX-512 (16 lanes and 32
+/// registers, which the erf and exp polynomials need to stay out of memory), with AVX2
+/// (x86-64-v3), and for the default target (SSE2, 4 lanes); the CPU picks at run time.
+/// Element-wise loops and the fixed-lane sums give the same bits in all three: Rust
+/// never fuses a multiply and an add on its own.
+macro_rules! vectorised {
+    ($item:item) => {
+        #[multiversion::multiversion(targets(
+            "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma",
+            "x86_64+avx2+fma"
+        ))]
+        $item
+    };
+}
+pub(crate) use vectorised;
 
 /// Rows per rayon task: rows are short (a few hundred floats), so batch them.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -61,7 +71,8 @@ fn last_dim(l: &Layout) -> Result<usize> {
 
 // ---------------------------------------------------------------- softmax
 
-/// Sum with eight independent accumulators, which the compiler vectorises.
+/// Sum with eight independent accumulators (element i into lane i % 8), which the
+/// compiler vectorises.
 #[inline]
 fn sum8(x: impl Iterator<Item = f32>) -> f32 {
     let mut acc = [0f32; 8];
@@ -69,6 +80,43 @@ fn sum8(x: impl Iterator<Item = f32>) -> f32 {
         acc[i % 8] += v;
     }
     acc.iter().sum()
+}
+
+/// [`sum8`] of `f(x, y)` over two slices, eight at a time: the same lanes and so the
+/// same bits, but the compiler sees whole vectors (the iterator form above leaves an
+/// index test per element in the rows of a softmax or a LayerNorm).
+#[inline(always)]
+fn sum8_zip(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
+    let rest = xs.remainder().iter().zip(ys.remainder());
+    for (x, y) in xs.zip(ys) {
+        for j in 0..8 {
+            acc[j] += f(x[j], y[j]);
+        }
+    }
+    for (a, (&x, &y)) in acc.iter_mut().zip(rest) {
+        *a += f(x, y);
+    }
+    acc.iter().sum()
+}
+
+/// The largest element, in eight lanes: a single running `max` is a chain of
+/// dependent instructions, 4 cycles an element.
+#[inline(always)]
+fn max8(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..8 {
+            acc[j] = acc[j].max(c[j]);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a = a.max(v);
+    }
+    acc.into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// e^x in straight-line arithmetic that the compiler vectorises: libm's `expf` is a
@@ -83,8 +131,12 @@ fn sum8(x: impl Iterator<Item = f32>) -> f32 {
 pub(super) fn exp(x: f32) -> f32 {
     let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
-    // round(x / ln 2) by adding and removing 1.5 * 2^23: no rounding call.
-    let k = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // round(x / ln 2) by adding and removing 1.5 * 2^23: no rounding call. The sum's
+    // low mantissa bits then hold k as an integer, read without a float-to-int
+    // conversion (Rust's saturating `as i32` does not vectorise: one lane at a time).
+    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let k = shifted - 12_582_912.0;
+    let k_int = shifted.to_bits().wrapping_sub(0x4B40_0000);
     // ln 2 in two parts (Cephes' C1, C2), so r keeps its low bits.
     let r = x - k * 0.693_359_4 + k * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4;
@@ -93,7 +145,7 @@ pub(super) fn exp(x: f32) -> f32 {
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(k_int.wrapping_add(127) << 23);
     let y = (p * r * r + r + 1.0) * scale;
     if underflow {
         0.0
@@ -118,14 +170,15 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-#[multiversion(targets("x86_64+avx2+fma"))]
-pub(super) fn softmax_row(x: &[f32], y: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = exp(x - max);
+vectorised! {
+    pub(super) fn softmax_row(x: &[f32], y: &mut [f32]) {
+        let max = max8(x);
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = exp(x - max);
+        }
+        let inv = 1.0 / sum8_zip(y, y, |v, _| v);
+        y.iter_mut().for_each(|v| *v *= inv);
     }
-    let inv = 1.0 / sum8(y.iter().copied());
-    y.iter_mut().for_each(|v| *v *= inv);
 }
 
 struct Softmax;
@@ -178,11 +231,22 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
-#[multiversion(targets("x86_64+avx2+fma"))]
-fn softmax_grad_row(dx: &mut [f32], y: &[f32], g: &[f32]) {
-    let dot = sum8(y.iter().zip(g).map(|(a, b)| a * b));
-    for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-        *d = y * (g - dot);
+vectorised! {
+    fn softmax_grad_row(dx: &mut [f32], y: &[f32], g: &[f32]) {
+        let dot = sum8_zip(y, g, |a, b| a * b);
+        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+            *d = y * (g - dot);
+        }
+    }
+}
+
+vectorised! {
+    /// [`softmax_grad_row`] with the gradient `g` replaced by the result.
+    pub(super) fn softmax_grad_row_in_place(g: &mut [f32], y: &[f32]) {
+        let dot = sum8_zip(y, g, |a, b| a * b);
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = y * (*g - dot);
+        }
     }
 }
 
@@ -197,16 +261,17 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 #[inline]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = sum8(x.iter().copied()) / n;
-    let var = sum8(x.iter().map(|v| (v - mean) * (v - mean))) / n;
+    let mean = sum8_zip(x, x, |v, _| v) / n;
+    let var = sum8_zip(x, x, |v, _| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-#[multiversion(targets("x86_64+avx2+fma"))]
-fn layer_norm_row(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
-    let (mean, rstd) = row_stats(x, eps);
-    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-        *y = (x - mean) * rstd * w + b;
+vectorised! {
+    fn layer_norm_row(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let (mean, rstd) = row_stats(x, eps);
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mean) * rstd * w + b;
+        }
     }
 }
 
@@ -274,27 +339,28 @@ struct LayerNormGrad {
 /// Rows per block of the LayerNorm backward's dw/db sums (a fixed split: determinism).
 const LN_GRAD_ROWS: usize = 32;
 
-/// One row of the LayerNorm backward: writes dx, adds the row's dw and db terms to
-/// `acc` (dw then db).
-#[multiversion(targets("x86_64+avx2+fma"))]
-fn layer_norm_grad_row(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], acc: &mut [f32], eps: f32) {
-    let dim = x.len();
-    let (mean, rstd) = row_stats(x, eps);
-    let inv_n = 1.0 / dim as f32;
-    let mut sum_gw = 0f32;
-    let mut sum_gwx = 0f32;
-    for i in 0..dim {
-        let xhat = (x[i] - mean) * rstd;
-        let gw = g[i] * w[i];
-        sum_gw += gw;
-        sum_gwx += gw * xhat;
-        acc[i] += g[i] * xhat;
-        acc[dim + i] += g[i];
-    }
-    let (m_gw, m_gwx) = (sum_gw * inv_n, sum_gwx * inv_n);
-    for i in 0..dim {
-        let xhat = (x[i] - mean) * rstd;
-        dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
+vectorised! {
+    /// One row of the LayerNorm backward: writes dx, adds the row's dw and db terms to
+    /// `acc` (dw then db).
+    fn layer_norm_grad_row(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], acc: &mut [f32], eps: f32) {
+        let dim = x.len();
+        let (mean, rstd) = row_stats(x, eps);
+        let inv_n = 1.0 / dim as f32;
+        let mut sum_gw = 0f32;
+        let mut sum_gwx = 0f32;
+        for i in 0..dim {
+            let xhat = (x[i] - mean) * rstd;
+            let gw = g[i] * w[i];
+            sum_gw += gw;
+            sum_gwx += gw * xhat;
+            acc[i] += g[i] * xhat;
+            acc[dim + i] += g[i];
+        }
+        let (m_gw, m_gwx) = (sum_gw * inv_n, sum_gwx * inv_n);
+        for i in 0..dim {
+            let xhat = (x[i] - mean) * rstd;
+            dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
+        }
     }
 }
 
@@ -368,17 +434,19 @@ fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
 }
 
-#[multiversion(targets("x86_64+avx2+fma"))]
-fn gelu_slice(y: &mut [f32], x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x));
+vectorised! {
+    fn gelu_slice(y: &mut [f32], x: &[f32]) {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x));
+    }
 }
 
-#[multiversion(targets("x86_64+avx2+fma"))]
-fn gelu_grad_slice(dx: &mut [f32], x: &[f32], g: &[f32]) {
-    let pairs = x.iter().zip(g);
-    dx.iter_mut()
-        .zip(pairs)
-        .for_each(|(d, (&x, &g))| *d = g * gelu_grad(x));
+vectorised! {
+    fn gelu_grad_slice(dx: &mut [f32], x: &[f32], g: &[f32]) {
+        let pairs = x.iter().zip(g);
+        dx.iter_mut()
+            .zip(pairs)
+            .for_each(|(d, (&x, &g))| *d = g * gelu_grad(x));
+    }
 }
 
 struct GeluErf;
@@ -889,9 +957,10 @@ mod tests {
     #[test]
     fn layer_norm_matches_plain_composition_and_finite_differences() {
         let dev = Device::Cpu;
-        let x = Var::randn(0.5f32, 2.0, (5, 7, 24), &dev).unwrap();
-        let w = Var::randn(1f32, 0.3, 24, &dev).unwrap();
-        let b = Var::randn(0f32, 0.3, 24, &dev).unwrap();
+        // 27 wide: the eight-lane sums' remainder is taken too.
+        let x = Var::randn(0.5f32, 2.0, (5, 7, 27), &dev).unwrap();
+        let w = Var::randn(1f32, 0.3, 27, &dev).unwrap();
+        let b = Var::randn(0f32, 0.3, 27, &dev).unwrap();
         check_against(
             &[&x, &w, &b],
             |t| layer_norm(t[0], t[1], t[2], 1e-12).unwrap(),
@@ -905,7 +974,7 @@ mod tests {
             &[0, 30, 500],
         );
         let xt = x.as_tensor().clone();
-        finite_differences(&w, |t| layer_norm(&xt, t, &bt, 1e-12).unwrap(), &[0, 23]);
+        finite_differences(&w, |t| layer_norm(&xt, t, &bt, 1e-12).unwrap(), &[0, 26]);
     }
 
     #[test]
@@ -918,6 +987,21 @@ mod tests {
             1e-5,
         );
         finite_differences(&x, |t| gelu_erf(t).unwrap(), &[0, 17, 999]);
+    }
+
+    #[test]
+    fn lane_reductions_match_their_iterator_forms_at_every_length() {
+        for n in 0..=27 {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.3) * 0.7).collect();
+            let y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.9).sin()).collect();
+            let dot = sum8_zip(&x, &y, |a, b| a * b);
+            assert_eq!(
+                dot.to_bits(),
+                sum8(x.iter().zip(&y).map(|(a, b)| a * b)).to_bits()
+            );
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max8(&x), max, "n = {n}");
+        }
     }
 
     #[test]

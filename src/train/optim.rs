@@ -10,10 +10,10 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::model::kernels;
+use crate::model::kernels::vectorised;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -144,36 +144,38 @@ impl InplaceOp2 for FusedAdamW<'_> {
     }
 }
 
-/// One AdamW update of a slice of parameters. Zipped, not indexed: without bounds
-/// checks the loop vectorises (with AVX2 where the CPU has it; same results).
-#[multiversion(targets("x86_64+avx2+fma"))]
-fn adamw_slice(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], u: &Update) {
-    let moments = m.iter_mut().zip(v.iter_mut());
-    for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(moments) {
-        let g = g * u.scale;
-        *m = u.beta1 * *m + (1.0 - u.beta1) * g;
-        *v = u.beta2 * *v + (1.0 - u.beta2) * g * g;
-        let update = (*m / u.bias1) / ((*v / u.bias2).sqrt() + u.eps);
-        *p = *p * u.keep - u.lr * update;
+vectorised! {
+    /// One AdamW update of a slice of parameters. Zipped, not indexed: without bounds
+    /// checks the loop vectorises (same results in every `vectorised!` version).
+    fn adamw_slice(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], u: &Update) {
+        let moments = m.iter_mut().zip(v.iter_mut());
+        for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(moments) {
+            let g = g * u.scale;
+            *m = u.beta1 * *m + (1.0 - u.beta1) * g;
+            *v = u.beta2 * *v + (1.0 - u.beta2) * g * g;
+            let update = (*m / u.bias1) / ((*v / u.bias2).sqrt() + u.eps);
+            *p = *p * u.keep - u.lr * update;
+        }
     }
 }
 
-/// The sum of squares of `values` in f64, over eight lanes the compiler vectorises
-/// (one running sum would be a chain of dependent additions); the same values always
-/// give the same sum.
-#[multiversion(targets("x86_64+avx2+fma"))]
-fn sum_of_squares(values: &[f32]) -> f64 {
-    const LANES: usize = 8;
-    let square = |x: f32| (x as f64) * (x as f64);
-    let mut lanes = [0f64; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest: f64 = chunks.remainder().iter().map(|&x| square(x)).sum();
-    for chunk in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane += square(x);
+vectorised! {
+    /// The sum of squares of `values` in f64, over eight lanes the compiler vectorises
+    /// (one running sum would be a chain of dependent additions); the same values always
+    /// give the same sum.
+    fn sum_of_squares(values: &[f32]) -> f64 {
+        const LANES: usize = 8;
+        let square = |x: f32| (x as f64) * (x as f64);
+        let mut lanes = [0f64; LANES];
+        let chunks = values.chunks_exact(LANES);
+        let rest: f64 = chunks.remainder().iter().map(|&x| square(x)).sum();
+        for chunk in chunks {
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane += square(x);
+            }
         }
+        lanes.iter().sum::<f64>() + rest
     }
-    lanes.iter().sum::<f64>() + rest
 }
 
 pub struct AdamW {
