@@ -152,12 +152,12 @@ pub fn compute_metrics(
         return Err(Error::msg("no examples to score"));
     }
     let mut values = BTreeMap::new();
-    let (score_name, score) = match (set, predictions, gold) {
+    let score = match (set, predictions, gold) {
         (MetricSet::Correlation, Predictions::Scores(p), Predictions::Scores(g)) => {
             let (r, rho) = (pearson(p, g), spearman(p, g));
             values.insert("pearson".into(), r);
             values.insert("spearman".into(), rho);
-            ("pearson_spearman_mean", (r + rho) / 2.0)
+            (r + rho) / 2.0
         }
         (MetricSet::Correlation, _, _) => {
             return Err(Error::msg("correlation metrics need real-valued scores"))
@@ -169,18 +169,19 @@ pub fn compute_metrics(
                 MetricSet::F1Accuracy => {
                     let f1 = f1_binary(p, g);
                     values.insert("f1".into(), f1);
-                    ("f1_accuracy_mean", (f1 + acc) / 2.0)
+                    (f1 + acc) / 2.0
                 }
                 MetricSet::Matthews => {
                     let mcc = matthews(p, g);
                     values.insert("matthews_correlation".into(), mcc);
-                    ("matthews_correlation", mcc)
+                    mcc
                 }
-                _ => ("accuracy", acc),
+                _ => acc,
             }
         }
         _ => return Err(Error::msg("classification metrics need class predictions")),
     };
+    let score_name = set.score_name();
     if score_name.ends_with("_mean") {
         values.insert(score_name.into(), score);
     }

@@ -63,6 +63,20 @@ fn run_writes_a_complete_run_folder_and_refuses_another_recipe_there() {
     let student = report["student"]["dev"]["accuracy"].as_f64().unwrap();
     assert!(teacher > 0.8, "teacher dev accuracy {teacher}");
     assert!(student > 0.7, "student dev accuracy {student}");
+    // The report's teacher scores, carried over from the fine-tuning (not evaluated
+    // again), are those of the fine-tuned teacher the run distilled from.
+    let o = cli()
+        .arg("eval")
+        .arg("--model")
+        .arg(out.join("teacher-finetune/checkpoints/best"))
+        .args(["--task", "SST-2", "--data"])
+        .arg(dir.path().join("glue"))
+        .args(["--batch-size", "16"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(eval["results"]["dev"]["metrics"], report["teacher"]["dev"]);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert_eq!(md.matches("| dev accuracy |").count(), 1, "{md}");
     let png = std::fs::read(out.join("loss.png")).unwrap();

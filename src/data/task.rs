@@ -45,6 +45,18 @@ pub enum MetricSet {
     Correlation,
 }
 
+impl MetricSet {
+    /// The name of the main score (`Metrics::score_name`).
+    pub fn score_name(self) -> &'static str {
+        match self {
+            MetricSet::Accuracy => "accuracy",
+            MetricSet::F1Accuracy => "f1_accuracy_mean",
+            MetricSet::Matthews => "matthews_correlation",
+            MetricSet::Correlation => "pearson_spearman_mean",
+        }
+    }
+}
+
 impl Task {
     pub const ALL: [Task; 9] = [
         Task::Cola,

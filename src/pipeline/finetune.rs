@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::distill::replicas::local_group;
 use crate::distill::{
-    build_student, Projection, StageKind, StudentInit, StudentSpec, TeacherParts,
+    build_student, Projection, Scores, StageKind, StudentInit, StudentSpec, TeacherParts,
 };
 use crate::export::DatasetInfo;
 use crate::export::{export_classifier, ExportOptions, ExportSource};
@@ -43,7 +43,7 @@ pub fn finetune(
     data: &TaskData,
     dir: &Path,
     devices: &[Device],
-) -> Result<PathBuf> {
+) -> Result<Finetuned> {
     let identity = serde_json::json!({"model": model, "stage": spec, "task": &recipe.task, "seed": recipe.seed});
     let text =
         serde_json::to_string_pretty(&identity).map_err(|e| Error::msg(e.to_string()))? + "\n";
@@ -52,8 +52,11 @@ pub fn finetune(
     };
     let best = run.root().join("checkpoints/best");
     let saved = crate::distill::checkpoint::saved_progress(&run)?;
-    if saved.as_ref().is_some_and(|p| p.finished) && best.is_dir() {
-        return Ok(best);
+    if let Some(progress) = saved.filter(|p| p.finished && best.is_dir()) {
+        return Ok(Finetuned {
+            best,
+            dev: progress.best,
+        });
     }
     let files = ModelFiles::resolve(model)?;
     let config = files.read_config()?;
@@ -94,7 +97,15 @@ pub fn finetune(
         Some(&evaluator),
     )?;
     run.write_plot()?;
-    Ok(best)
+    let dev = crate::distill::checkpoint::saved_progress(&run)?.and_then(|p| p.best);
+    Ok(Finetuned { best, dev })
+}
+
+/// A finished fine-tuning: its best checkpoint, a Hugging Face folder, and that
+/// checkpoint's dev scores.
+pub struct Finetuned {
+    pub best: PathBuf,
+    pub dev: Option<Scores>,
 }
 
 /// Result of `candle-distill finetune`.
@@ -149,7 +160,8 @@ pub fn finetune_to_folder(recipe: &Recipe, out: &Path, force: bool) -> Result<Fi
         &data,
         &training,
         &devices,
-    )?;
+    )?
+    .best;
     publish_checkpoint(&best, &recipe.teacher.model, &data, out)?;
     let model = crate::model::load_classifier(
         &out.display().to_string(),

@@ -32,7 +32,7 @@ use crate::distill::replicas::Replica;
 use crate::distill::replicas::{local_group, node_group, start_message};
 use crate::distill::{StageSummary, TeacherParts};
 use crate::metrics::Metrics;
-use crate::model::{BertForSequenceClassification, BuildOptions};
+use crate::model::BuildOptions;
 use crate::recipe::Recipe;
 use crate::run::{Opened, RunDir};
 use crate::train::cluster::{NodeSpec, Rendezvous};
@@ -65,7 +65,8 @@ pub(super) fn lead_run(
     let device = &devices[0];
     let run = open_run(recipe, recipe_path, force)?;
     let mut data = load_task_data(recipe)?;
-    let (teacher_files, teacher_spec) = prepare_teacher(recipe, &run, &data, devices)?;
+    let prepared = prepare_teacher(recipe, &run, &data, devices)?;
+    let (teacher_files, teacher_spec) = (prepared.files, prepared.spec);
     let config = teacher_files.read_config()?;
     let tokenizer = teacher_files.read_tokenizer()?;
     let tensors = teacher_files.read_weights()?;
@@ -77,7 +78,11 @@ pub(super) fn lead_run(
         recipe.eval.batch_size,
         device,
     )?;
-    let teacher_dev = check_teacher(recipe, &evaluator, &teachers[0], &data)?;
+    let teacher_dev = match prepared.dev {
+        Some(scores) => evaluator.metrics_of(scores),
+        None => evaluator.metrics(&teachers[0])?,
+    };
+    check_teacher(recipe, &teacher_dev, &data)?;
     // After the pre-flight: augmentation can take hours.
     augment_task(recipe, &run, &mut data, device)?;
     let parts = TeacherParts {
@@ -152,14 +157,7 @@ fn open_run(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> Result<
 }
 
 /// Pre-flight: a teacher near chance level wastes hours (TinyBERT #52: RTE 30.7).
-/// Returns its dev metrics.
-fn check_teacher(
-    recipe: &Recipe,
-    evaluator: &GlueEvaluator,
-    teacher: &BertForSequenceClassification,
-    data: &TaskData,
-) -> Result<Metrics> {
-    let dev = evaluator.metrics(teacher)?;
+fn check_teacher(recipe: &Recipe, dev: &Metrics, data: &TaskData) -> Result<()> {
     let chance = chance_score(data.task, &data.dev)?;
     tracing::info!(
         "teacher dev {} = {:.4} (chance {:.4})",
@@ -176,7 +174,7 @@ fn check_teacher(
             dev.score, dev.score_name, data.task
         )));
     }
-    Ok(dev)
+    Ok(())
 }
 
 /// What the stages produced: the best dev student of the final stage (of the best

@@ -111,6 +111,16 @@ impl GlueEvaluator {
         .metrics
         .ok_or_else(|| Error::msg(format!("{}: no labels to score", self.dataset.origin)))
     }
+
+    /// The metrics that `scores`, an earlier [`Evaluator::evaluate`] on this data, hold.
+    pub fn metrics_of(&self, scores: Scores) -> Metrics {
+        Metrics {
+            values: scores.metrics,
+            score: scores.main,
+            score_name: self.dataset.metric_set().score_name().into(),
+            n: self.dataset.len(),
+        }
+    }
 }
 
 impl Evaluator for GlueEvaluator {

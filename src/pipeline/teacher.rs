@@ -6,9 +6,12 @@ use candle_core::Device;
 use super::finetune::{default_finetune_stage, finetune};
 use super::task::TaskData;
 use crate::data::labels::{reconcile_labels, LabelMatch};
+use crate::device::FloatType;
+use crate::distill::Scores;
 use crate::model::ModelFiles;
 use crate::recipe::{FinetuneWhen, Recipe, StageSpec};
 use crate::run::RunDir;
+use crate::train::Precision;
 use crate::Result;
 
 /// Whether the run fine-tunes the teacher (`config`) on the task first: always, never,
@@ -53,16 +56,31 @@ pub fn teacher_finetune_stage(recipe: &Recipe) -> StageSpec {
         .unwrap_or_else(default_finetune_stage)
 }
 
-/// Loads or fine-tunes the teacher, then checks it is worth distilling from.
+/// The teacher of a run: its files, its name for reports, and its dev scores when
+/// they are already known.
+pub(super) struct PreparedTeacher {
+    pub files: ModelFiles,
+    pub spec: String,
+    /// The fine-tuning's best dev scores, when the teacher was fine-tuned in this run
+    /// in f32 and is used in f32: the same weights on the same dev set, so evaluating
+    /// it again (seconds on a CPU) would give the same numbers.
+    pub dev: Option<Scores>,
+}
+
+/// Loads or fine-tunes the teacher.
 pub(super) fn prepare_teacher(
     recipe: &Recipe,
     run: &RunDir,
     data: &TaskData,
     devices: &[Device],
-) -> Result<(ModelFiles, String)> {
+) -> Result<PreparedTeacher> {
     let files = ModelFiles::resolve(&recipe.teacher.model)?;
     if !teacher_needs_finetune(recipe, &files.read_config()?, data)? {
-        return Ok((files, recipe.teacher.model.clone()));
+        return Ok(PreparedTeacher {
+            files,
+            spec: recipe.teacher.model.clone(),
+            dev: None,
+        });
     }
     let spec = teacher_finetune_stage(recipe);
     tracing::info!(
@@ -70,7 +88,7 @@ pub(super) fn prepare_teacher(
         recipe.teacher.model,
         data.task
     );
-    let dir = finetune(
+    let finetuned = finetune(
         &recipe.teacher.model,
         &spec,
         recipe,
@@ -78,6 +96,12 @@ pub(super) fn prepare_teacher(
         &run.path(crate::run::TEACHER_FINETUNE_DIR),
         devices,
     )?;
-    let spec = dir.display().to_string();
-    Ok((ModelFiles::resolve(&spec)?, spec))
+    let all_f32 = recipe.teacher.dtype == FloatType::F32
+        && spec.precision.unwrap_or(recipe.precision) == Precision::F32;
+    let spec = finetuned.best.display().to_string();
+    Ok(PreparedTeacher {
+        files: ModelFiles::resolve(&spec)?,
+        spec,
+        dev: finetuned.dev.filter(|_| all_f32),
+    })
 }
