@@ -101,6 +101,27 @@ fn sum8_zip(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     acc.iter().sum()
 }
 
+/// [`sum8_zip`] over three slices.
+#[inline(always)]
+fn sum8_zip3(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xs, ys, zs) = (x.chunks_exact(8), y.chunks_exact(8), z.chunks_exact(8));
+    let rest = xs
+        .remainder()
+        .iter()
+        .zip(ys.remainder())
+        .zip(zs.remainder());
+    for ((x, y), z) in xs.zip(ys).zip(zs) {
+        for j in 0..8 {
+            acc[j] += f(x[j], y[j], z[j]);
+        }
+    }
+    for (a, ((&x, &y), &z)) in acc.iter_mut().zip(rest) {
+        *a += f(x, y, z);
+    }
+    acc.iter().sum()
+}
+
 /// The largest element, in eight lanes: a single running `max` is a chain of
 /// dependent instructions, 4 cycles an element.
 #[inline(always)]
@@ -343,23 +364,19 @@ vectorised! {
     /// One row of the LayerNorm backward: writes dx, adds the row's dw and db terms to
     /// `acc` (dw then db).
     fn layer_norm_grad_row(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], acc: &mut [f32], eps: f32) {
-        let dim = x.len();
         let (mean, rstd) = row_stats(x, eps);
-        let inv_n = 1.0 / dim as f32;
-        let mut sum_gw = 0f32;
-        let mut sum_gwx = 0f32;
-        for i in 0..dim {
-            let xhat = (x[i] - mean) * rstd;
-            let gw = g[i] * w[i];
-            sum_gw += gw;
-            sum_gwx += gw * xhat;
-            acc[i] += g[i] * xhat;
-            acc[dim + i] += g[i];
+        let inv_n = 1.0 / x.len() as f32;
+        let (acc_w, acc_b) = acc.split_at_mut(x.len());
+        let accs = acc_w.iter_mut().zip(acc_b.iter_mut());
+        for ((dw, db), (&x, &g)) in accs.zip(x.iter().zip(g)) {
+            *dw += g * ((x - mean) * rstd);
+            *db += g;
         }
-        let (m_gw, m_gwx) = (sum_gw * inv_n, sum_gwx * inv_n);
-        for i in 0..dim {
-            let xhat = (x[i] - mean) * rstd;
-            dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
+        let m_gw = sum8_zip(g, w, |g, w| g * w) * inv_n;
+        let m_gwx = sum8_zip3(g, w, x, |g, w, x| g * w * ((x - mean) * rstd)) * inv_n;
+        for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+            let xhat = (x - mean) * rstd;
+            *dx = rstd * (g * w - m_gw - xhat * m_gwx);
         }
     }
 }
