@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// SplitMix64's finaliser: spreads the bits of `z` over the whole word.
+#[inline]
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -17,6 +18,7 @@ pub fn mix64(mut z: u64) -> u64 {
 }
 
 /// The top 24 bits of `bits` as a float uniform in [0, 1).
+#[inline]
 pub fn unit_f32(bits: u64) -> f32 {
     (bits >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
 }

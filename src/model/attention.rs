@@ -20,8 +20,9 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result
 use rayon::prelude::*;
 
 use super::blas::{init_threads, output, repeat_row, sgemm, OutPtr as Out};
-use super::kernels::{contiguous_f32, softmax_grad_row_in_place, softmax_row, with_f32};
-use super::ops::keeps;
+use super::kernels::{
+    contiguous_f32, dropout_slice, softmax_grad_row_in_place, softmax_row, with_f32,
+};
 
 /// Whether the fused ops handle `x`: f32 on the CPU.
 pub fn applies(x: &Tensor) -> bool {
@@ -95,15 +96,7 @@ pub struct Dropout {
 impl Dropout {
     /// Applies the mask to row `row` (of all heads' rows) of probabilities, in place.
     fn apply(&self, probs: &mut [f32], row: usize) {
-        let scale = 1.0 / (1.0 - self.p);
-        let first = row * probs.len();
-        for (j, x) in probs.iter_mut().enumerate() {
-            *x = if keeps(self.seed, first + j, self.p) {
-                *x * scale
-            } else {
-                0.0
-            };
-        }
+        dropout_slice(probs, self.seed, row * probs.len(), self.p);
     }
 }
 
@@ -414,6 +407,7 @@ pub fn context(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ops::keeps;
     use crate::testing::max_abs_diff as max_diff;
     use candle_core::{Var, D};
 

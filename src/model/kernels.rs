@@ -542,23 +542,31 @@ impl CustomOp1 for Dropout {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let scale = 1.0 / (1.0 - self.p);
-        let mut y = vec![0f32; x.len()];
+        let mut y = x.to_vec();
         y.par_chunks_mut(MIN_ELEMS_PER_TASK)
-            .zip(x.par_chunks(MIN_ELEMS_PER_TASK))
             .enumerate()
-            .for_each(|(chunk, (y, x))| {
-                let first = chunk * MIN_ELEMS_PER_TASK;
-                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    let kept = ops::keeps(self.seed, first + i, self.p);
-                    *y = if kept { x * scale } else { 0.0 };
-                }
-            });
+            .for_each(|(chunk, y)| dropout_slice(y, self.seed, chunk * MIN_ELEMS_PER_TASK, self.p));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+vectorised! {
+    /// Dropout in place on elements `first..` of a mask drawn from `seed` with drop
+    /// probability `p`: each kept element times 1 / (1 - p), the others 0. The hash
+    /// takes 64-bit multiplies, which vectorise only with AVX-512.
+    pub(super) fn dropout_slice(x: &mut [f32], seed: u64, first: usize, p: f32) {
+        let scale = 1.0 / (1.0 - p);
+        for (i, x) in x.iter_mut().enumerate() {
+            *x = if ops::keeps(seed, first + i, p) {
+                *x * scale
+            } else {
+                0.0
+            };
+        }
     }
 }
 

@@ -136,6 +136,7 @@ pub fn seeded_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
 /// probability `p`. A hash (the SplitMix64 finaliser) rather than a stream, so the
 /// fused attention's backward pass finds any element's draw again without the draws
 /// before it.
+#[inline]
 pub fn keeps(seed: u64, index: usize, p: f32) -> bool {
     let z = mix64(seed ^ (index as u64).wrapping_mul(GOLDEN_GAMMA));
     unit_f32(z) >= p
