@@ -71,37 +71,11 @@ fn last_dim(l: &Layout) -> Result<usize> {
 
 // ---------------------------------------------------------------- softmax
 
-/// Sum with eight independent accumulators (element i into lane i % 8), which the
-/// compiler vectorises.
-#[inline]
-fn sum8(x: impl Iterator<Item = f32>) -> f32 {
-    let mut acc = [0f32; 8];
-    for (i, v) in x.enumerate() {
-        acc[i % 8] += v;
-    }
-    acc.iter().sum()
-}
-
-/// [`sum8`] of `f(x, y)` over two slices, eight at a time: the same lanes and so the
-/// same bits, but the compiler sees whole vectors (the iterator form above leaves an
-/// index test per element in the rows of a softmax or a LayerNorm).
-#[inline(always)]
-fn sum8_zip(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
-    let rest = xs.remainder().iter().zip(ys.remainder());
-    for (x, y) in xs.zip(ys) {
-        for j in 0..8 {
-            acc[j] += f(x[j], y[j]);
-        }
-    }
-    for (a, (&x, &y)) in acc.iter_mut().zip(rest) {
-        *a += f(x, y);
-    }
-    acc.iter().sum()
-}
-
-/// [`sum8_zip`] over three slices.
+/// The sum of `f(x, y, z)` over three slices with eight independent accumulators
+/// (element i into lane i % 8), eight elements at a time so that the compiler sees
+/// whole vectors: a single running sum is a chain of dependent additions, and an
+/// iterator with an index per element kept an index test per element. A fixed lane
+/// order, so the same inputs always give the same bits.
 #[inline(always)]
 fn sum8_zip3(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
@@ -120,6 +94,13 @@ fn sum8_zip3(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(f32, f32, f32) -> f32) 
         *a += f(x, y, z);
     }
     acc.iter().sum()
+}
+
+/// [`sum8_zip3`] over two slices (the third argument's loads are never used, so the
+/// compiler drops them).
+#[inline(always)]
+fn sum8_zip(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    sum8_zip3(x, y, y, |x, y, _| f(x, y))
 }
 
 /// The largest element, in eight lanes: a single running `max` is a chain of
@@ -243,26 +224,18 @@ impl CustomOp2 for SoftmaxGrad {
         let y = contiguous_f32(ys, yl, self.name())?;
         let g = contiguous_f32(gs, gl, self.name())?;
         let dim = last_dim(yl)?;
-        let mut dx = vec![0f32; y.len()];
+        let mut dx = g.to_vec();
         dx.par_chunks_mut(dim)
-            .zip(y.par_chunks(dim).zip(g.par_chunks(dim)))
+            .zip(y.par_chunks(dim))
             .with_min_len(MIN_ROWS_PER_TASK)
-            .for_each(|(dx, (y, g))| softmax_grad_row(dx, y, g));
+            .for_each(|(dx, y)| softmax_grad_row_in_place(dx, y));
         Ok((CpuStorage::F32(dx), yl.shape().clone()))
     }
 }
 
 vectorised! {
-    fn softmax_grad_row(dx: &mut [f32], y: &[f32], g: &[f32]) {
-        let dot = sum8_zip(y, g, |a, b| a * b);
-        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-            *d = y * (g - dot);
-        }
-    }
-}
-
-vectorised! {
-    /// [`softmax_grad_row`] with the gradient `g` replaced by the result.
+    /// One row of the softmax backward, `y (g - sum(g y))`, written over the
+    /// gradient `g`.
     pub(super) fn softmax_grad_row_in_place(g: &mut [f32], y: &[f32]) {
         let dot = sum8_zip(y, g, |a, b| a * b);
         for (g, &y) in g.iter_mut().zip(y) {
@@ -625,11 +598,11 @@ impl CustomOp2 for MaskedMse {
             .par_chunks(MSE_CHUNK)
             .zip(b.par_chunks(MSE_CHUNK))
             .map(|(a, b)| {
-                let d = a
-                    .iter()
-                    .zip(b)
-                    .map(|(&a, &b)| above(a, floor) - above(b, floor));
-                sum8(d.map(|d| d * d)) as f64
+                let square = |a, b| {
+                    let d = above(a, floor) - above(b, floor);
+                    d * d
+                };
+                sum8_zip(a, b, square) as f64
             })
             .collect();
         let mean = partial.iter().sum::<f64>() / a.len() as f64;
@@ -811,12 +784,7 @@ impl CustomOp3 for TokenPairMse {
                     if m[q] == 0.0 {
                         continue;
                     }
-                    let d = a
-                        .iter()
-                        .zip(b)
-                        .zip(m)
-                        .map(|((&a, &b), &m)| m * (a - b) * (a - b));
-                    sum += sum8(d) as f64;
+                    sum += sum8_zip3(a, b, m, |a, b, m| m * (a - b) * (a - b)) as f64;
                 }
                 sum
             })
@@ -1016,14 +984,23 @@ mod tests {
 
     #[test]
     fn lane_reductions_match_their_iterator_forms_at_every_length() {
+        // Element i into lane i % 8, the lanes summed in order.
+        let lanes = |x: &mut dyn Iterator<Item = f32>| {
+            let mut acc = [0f32; 8];
+            for (i, v) in x.enumerate() {
+                acc[i % 8] += v;
+            }
+            acc.iter().sum::<f32>()
+        };
         for n in 0..=27 {
             let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.3) * 0.7).collect();
             let y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.9).sin()).collect();
             let dot = sum8_zip(&x, &y, |a, b| a * b);
-            assert_eq!(
-                dot.to_bits(),
-                sum8(x.iter().zip(&y).map(|(a, b)| a * b)).to_bits()
-            );
+            let mut products = x.iter().zip(&y).map(|(a, b)| a * b);
+            assert_eq!(dot.to_bits(), lanes(&mut products).to_bits());
+            let triple = sum8_zip3(&x, &y, &x, |a, b, c| a * b - c);
+            let mut triples = x.iter().zip(&y).map(|(a, b)| a * b - a);
+            assert_eq!(triple.to_bits(), lanes(&mut triples).to_bits(), "n = {n}");
             let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(max8(&x), max, "n = {n}");
         }
