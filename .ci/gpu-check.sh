@@ -4,7 +4,8 @@
 #   2. CUDA against the CPU: teacher forward (f32 <= 1e-3, bf16 <= 2e-2) and distillation
 #      steps (<= 1e-3), tests/cuda_parity.rs;
 #   3. the distillation step (BERT-base teacher + TinyBERT-4 student, batch 32, seq 128)
-#      beside PyTorch eager on the same GPU, benches/distill.rs with BENCH_DEVICE=cuda:0.
+#      and the student's inference (b1 and b32, seq 64) beside PyTorch on the same GPU,
+#      benches/distill.rs with BENCH_DEVICE=cuda:0 (BENCH_ROWS names other rows).
 # With cargo there it builds there. Without, it runs the binaries `.ci/gpu-build.sh
 # --bundle` made on the machine that sent it (carry target/gpu-bin.tar.xz), with the
 # CUDA libraries of the PyTorch installed there. Output goes to $OUT when set.
@@ -21,6 +22,7 @@ command -v cargo && cargo --version || echo "cargo: not found"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'transformers', transformers.__version__)" || echo "torch: not found"
 cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d .)"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-${cap:-90}}"
+rows="${BENCH_ROWS:-step,teacher,student,infer_b1,infer_b32}"
 bench_env=(BENCH_DEVICE=cuda:0 BENCH_STEP_BATCH=32 PYTHON="${PYTHON:-python3}" CANDLE_DISTILL_ROOT="$PWD")
 
 if ! command -v cargo >/dev/null && [ ! -d target/gpu-bin ] && [ -f target/gpu-bin.tar.xz ]; then
@@ -31,7 +33,7 @@ if command -v cargo >/dev/null; then
   echo "== CUDA against the CPU (built here)"
   cargo test --features cuda --test cuda_parity -- --nocapture --test-threads 1
   echo "== distillation step on the GPU, beside PyTorch eager"
-  env "${bench_env[@]}" cargo bench --features cuda --bench distill -- --only step,teacher,student
+  env "${bench_env[@]}" cargo bench --features cuda --bench distill -- --only "$rows"
 elif [ -x target/gpu-bin/cuda_parity ]; then
   # The CUDA 13 libraries PyTorch's wheels installed (site-packages/nvidia/*/lib).
   libs="$(python3 -c 'import glob, os, nvidia; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/**/lib*.so*", recursive=True)})))' 2>/dev/null)"
@@ -43,7 +45,7 @@ elif [ -x target/gpu-bin/cuda_parity ]; then
   echo "== CUDA against the CPU (carried binary)"
   target/gpu-bin/cuda_parity --nocapture --test-threads 1
   echo "== distillation step on the GPU, beside PyTorch eager"
-  env "${bench_env[@]}" target/gpu-bin/distill --only step,teacher,student
+  env "${bench_env[@]}" target/gpu-bin/distill --only "$rows"
 else
   echo "no cargo here and no target/gpu-bin: run '.ci/gpu-build.sh --bundle' where cargo is and carry target/gpu-bin.tar.xz"
   exit 2

@@ -663,7 +663,13 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     );
     let mut names: Vec<(String, String)> = selected
         .iter()
-        .map(|(n, d)| (n.to_string(), d.to_string()))
+        // The step rows' batch is BENCH_STEP_BATCH's.
+        .map(|(n, d)| {
+            (
+                n.to_string(),
+                d.replace("b16 ", &format!("b{} ", step_batch())),
+            )
+        })
         .collect();
     for (extra, what) in [
         ("ort_b1", "onnxruntime student inference b1 s64"),

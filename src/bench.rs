@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::model::{build_classifier, BertInput, BuildOptions, ModelFiles};
+use crate::model::{build_classifier, BertConfig, BertInput, BuildOptions, ModelFiles};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -154,6 +154,25 @@ fn time_shape(
     Ok(times)
 }
 
+/// Refuses a sequence length longer than model `spec` has positions for.
+fn check_seq_lens(spec: &str, config: &BertConfig, opts: &BenchOptions) -> Result<()> {
+    match opts
+        .seq_lens
+        .iter()
+        .find(|&&s| s > config.max_position_embeddings)
+    {
+        Some(&seq) => Err(Error::invalid(
+            spec,
+            "--seq-len",
+            format!(
+                "{seq} exceeds the model's max_position_embeddings ({})",
+                config.max_position_embeddings
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Times every model in `specs` on every (sequence length, batch size).
 pub fn bench(specs: &[String], opts: &BenchOptions) -> Result<BenchReport> {
     check_options(opts)?;
@@ -171,20 +190,7 @@ pub fn bench(specs: &[String], opts: &BenchOptions) -> Result<BenchReport> {
     for (index, spec) in specs.iter().enumerate() {
         let files = ModelFiles::resolve(spec)?;
         let config = files.read_config()?;
-        if let Some(&seq) = opts
-            .seq_lens
-            .iter()
-            .find(|&&s| s > config.max_position_embeddings)
-        {
-            return Err(Error::invalid(
-                spec,
-                "--seq-len",
-                format!(
-                    "{seq} exceeds the model's max_position_embeddings ({})",
-                    config.max_position_embeddings
-                ),
-            ));
-        }
+        check_seq_lens(spec, &config, opts)?;
         // A checkpoint without a task head (a pre-trained encoder) gets a seeded one:
         // its cost is what matters here, not its outputs.
         let build = BuildOptions {

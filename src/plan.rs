@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::augment::job::AugmentSettings;
 use crate::augment::Method;
+use crate::distill::losses::LossWeights;
 use crate::distill::mapping;
 use crate::distill::trainer::check_compatible;
 use crate::distill::StudentInit;
@@ -298,19 +299,11 @@ fn stage_plan(
         .max_steps
         .unwrap_or(usize::MAX)
         .min(per_epoch * settings.epochs);
-    let w = serde_json::to_value(losses).map_err(|e| Error::msg(e.to_string()))?;
-    let loss_text: Vec<String> = w
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, v)| v.as_f64().is_some_and(|x| x > 0.0) && *k != "temperature")
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
     Ok(StagePlan {
         name: spec.display_name(i),
         kind: format!("{:?}", spec.kind).to_lowercase(),
         data: data_text(recipe, data, spec, examples),
-        losses: format!("{} (T={})", loss_text.join(", "), losses.temperature),
+        losses: loss_text(&losses)?,
         attention_shapes: losses.needs_attention().then(|| {
             format!(
                 "student (B, {}, L, L) vs teacher (B, {}, L, L), L <= {seq}",
@@ -318,15 +311,8 @@ fn stage_plan(
             )
         }),
         hidden_shapes: losses.needs_hidden_states().then(|| models.hidden_shapes()),
-        normalise: (losses.needs_attention() || losses.needs_hidden_states()).then(
-            || match settings.pad_to {
-                Some(n) => {
-                    format!("reference: every batch padded to {n}, a mean over every position")
-                }
-                None => "tokens: a mean over real tokens; batches padded to their longest row"
-                    .to_string(),
-            },
-        ),
+        normalise: (losses.needs_attention() || losses.needs_hidden_states())
+            .then(|| normalise_text(settings.pad_to)),
         pairs,
         epochs: settings.epochs,
         batch_size: settings.batch_size,
@@ -339,6 +325,31 @@ fn stage_plan(
         evaluations: evaluations(steps, per_epoch, settings.eval_every),
         schedule: schedule_text(&settings),
     })
+}
+
+/// The losses with a weight, "name=weight, ... (T=temperature)".
+fn loss_text(losses: &LossWeights) -> Result<String> {
+    let w = serde_json::to_value(losses).map_err(|e| Error::msg(e.to_string()))?;
+    let weighted: Vec<String> = w
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| v.as_f64().is_some_and(|x| x > 0.0) && *k != "temperature")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Ok(format!(
+        "{} (T={})",
+        weighted.join(", "),
+        losses.temperature
+    ))
+}
+
+/// How the intermediate losses are averaged, given the stage's `pad_to`.
+fn normalise_text(pad_to: Option<usize>) -> String {
+    match pad_to {
+        Some(n) => format!("reference: every batch padded to {n}, a mean over every position"),
+        None => "tokens: a mean over real tokens; batches padded to their longest row".to_string(),
+    }
 }
 
 /// "N variants (...): stages 1..k once, the rest per variant".

@@ -211,6 +211,23 @@ fn reuse(rows: &[Vec<String>], spec: &CacheSpec) -> Result<Option<JobOutcome>> {
     }))
 }
 
+/// Adds the contents of a model's config, weights and tokenizer files to `key`.
+fn add_model_files(key: &mut KeyBuilder, files: &ModelFiles) -> Result<()> {
+    key.add_file("config", &files.config)?;
+    for p in files.weights.paths() {
+        key.add_file("weights", p)?;
+    }
+    for p in [&files.tokenizer.tokenizer_json, &files.tokenizer.vocab_txt]
+        .into_iter()
+        .flatten()
+    {
+        key.add_file("tokenizer", p)?;
+    }
+    Ok(())
+}
+
+/// The TinyBERT augmentation of `rows` with the masked LM (and GloVe vectors) of
+/// `settings`, or the cached file of an earlier run with the same inputs.
 fn mlm_job(
     rows: &[Vec<String>],
     settings: &AugmentSettings,
@@ -231,16 +248,7 @@ fn mlm_job(
         .add("method", b"mlm")
         .add_json("settings", &config)
         .add("glove_words", &settings.glove_words.to_le_bytes());
-    key.add_file("config", &files.config)?;
-    for p in files.weights.paths() {
-        key.add_file("weights", p)?;
-    }
-    for p in [&files.tokenizer.tokenizer_json, &files.tokenizer.vocab_txt]
-        .into_iter()
-        .flatten()
-    {
-        key.add_file("tokenizer", p)?;
-    }
+    add_model_files(&mut key, &files)?;
     let glove_path = match &settings.glove {
         Some(spec) => Some(GloveSource::parse(spec)?.resolve()?),
         None => None,

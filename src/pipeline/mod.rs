@@ -29,17 +29,15 @@ use candle_core::Device;
 
 use crate::distill::cache::files_identity;
 use crate::distill::replicas::Replica;
-use crate::distill::replicas::{local_group, node_group, start_message};
 use crate::distill::{StageSummary, TeacherParts};
 use crate::metrics::Metrics;
-use crate::model::BuildOptions;
 use crate::recipe::Recipe;
 use crate::run::{Opened, RunDir};
 use crate::train::cluster::{NodeSpec, Rendezvous};
 use crate::{Error, Result};
 
 use export::export_student;
-use nodes::{local_students, local_teachers, replicas};
+use nodes::{lead_group, local_students, local_teachers, replicas};
 use report::{tensor_params, Scorer};
 use teacher::prepare_teacher;
 
@@ -91,14 +89,7 @@ pub(super) fn lead_run(
         tokenizer: &tokenizer,
     };
     let students = local_students(recipe, &parts, &data.labels(), devices)?;
-    let group = match cluster {
-        None => local_group(devices)?,
-        Some((node, mut rendezvous)) => {
-            let start = start_message(devices, &teacher_spec)?;
-            rendezvous.start(&start)?;
-            node_group(devices, node, rendezvous, &start)?
-        }
-    };
+    let group = lead_group(devices, cluster, &teacher_spec)?;
     let replicas = replicas(&students, Some(&teachers), devices, &group);
     let identity = files_identity(&teacher_files);
     let cache_dir = run.path("cache");
@@ -108,10 +99,6 @@ pub(super) fn lead_run(
     };
     let trained = train(recipe, &run, &replicas, cache, &data, &evaluator, started)?;
     drop(replicas);
-    let best = crate::model::load_classifier(
-        &trained.best_dir.display().to_string(),
-        &BuildOptions::inference(device),
-    )?;
     let scorer = Scorer::new(recipe, &data, &tokenizer, &evaluator, device)?;
     let teacher = scorer.summary(
         teacher_spec.clone(),
@@ -119,12 +106,7 @@ pub(super) fn lead_run(
         &teachers[0],
         teacher_dev,
     )?;
-    let student = scorer.summary(
-        students[0].description.clone(),
-        students[0].model_parameters(),
-        &best.built.model,
-        evaluator.metrics(&best.built.model)?,
-    )?;
+    let student = scorer.best_student(&students[0], &trained.best_dir)?;
     let report = RunReport {
         recipe: recipe
             .name

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::distill::replicas::{node_group, Group, Replica};
+use crate::distill::replicas::{local_group, node_group, start_message, Group, Replica};
 use crate::distill::{build_student, Student, TeacherParts};
 use crate::model::{build_classifier, BertForSequenceClassification, BuildOptions, ModelFiles};
 use crate::recipe::Recipe;
@@ -59,6 +59,23 @@ pub fn run_recipe_on_node(
         .map(Some)
     } else {
         follow_run(recipe, recipe_path, node, rendezvous, &devices).map(|()| None)
+    }
+}
+
+/// The group of the run's replicas when this process leads: this machine's devices
+/// alone, or every node's once the others have joined `cluster`.
+pub(super) fn lead_group(
+    devices: &[Device],
+    cluster: Option<(&NodeSpec, Rendezvous)>,
+    teacher_spec: &str,
+) -> Result<Group> {
+    match cluster {
+        None => local_group(devices),
+        Some((node, mut rendezvous)) => {
+            let start = start_message(devices, teacher_spec)?;
+            rendezvous.start(&start)?;
+            node_group(devices, node, rendezvous, &start)
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! scores, sizes and speed, and every stage.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use super::sweep::SweepReport;
 use super::task::{GlueEvaluator, TaskData};
-use crate::distill::StageSummary;
+use crate::distill::{StageSummary, Student};
 use crate::metrics::Metrics;
-use crate::model::BertForSequenceClassification;
+use crate::model::{BertForSequenceClassification, BuildOptions};
 use crate::recipe::Recipe;
 use crate::tokenizer::TextTokenizer;
 use crate::Result;
@@ -109,6 +109,21 @@ impl<'a> Scorer<'a> {
                 .transpose()?,
             latency_ms_batch32: self.latency_ms(model)?,
         })
+    }
+
+    /// The summary of the best checkpoint of `student`, saved in `best_dir`, loaded as
+    /// a user will load it.
+    pub(super) fn best_student(&self, student: &Student, best_dir: &Path) -> Result<ModelSummary> {
+        let best = crate::model::load_classifier(
+            &best_dir.display().to_string(),
+            &BuildOptions::inference(self.device),
+        )?;
+        self.summary(
+            student.description.clone(),
+            student.model_parameters(),
+            &best.built.model,
+            self.dev.metrics(&best.built.model)?,
+        )
     }
 
     fn latency_ms(&self, model: &BertForSequenceClassification) -> Result<f64> {

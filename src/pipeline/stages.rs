@@ -4,10 +4,11 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use crate::data::{Dataset, Label, Split};
 use crate::distill::cache::{cache_key, cached_logits, model_logits};
+use crate::distill::losses::LossWeights;
 use crate::distill::replicas::{on_every_replica, Replica};
 use crate::distill::{Evaluator, Stage, StageKind, StageSummary, Trainer};
 use crate::recipe::{Recipe, StageData, StageSpec};
@@ -65,24 +66,7 @@ pub fn run_stages(
         restored = true;
         let examples = stage_examples(spec, data, &first.student.tokenizer)?;
         let losses = spec.losses();
-        let teacher_logits = match first.teacher {
-            Some(t) if losses.needs_teacher_logits() => {
-                let enc = examples.encoded();
-                let compute = || model_logits(t, &enc, 64, examples.pad_id, &first.device);
-                Some(match logit_cache {
-                    Some(cache) => {
-                        let key = cache_key(
-                            cache.identity,
-                            &enc,
-                            &format!("logits max_len={}", data.max_seq_len),
-                        );
-                        cached_logits(cache.dir, &key, compute)?
-                    }
-                    None => compute()?,
-                })
-            }
-            _ => None,
-        };
+        let teacher_logits = teacher_logits(first, &losses, &examples, logit_cache, data)?;
         let is_final = ends_the_run && index + 1 == specs.len();
         let settings = spec.settings(recipe, is_final);
         let stage = Stage {
@@ -111,6 +95,34 @@ pub fn run_stages(
         })?);
     }
     Ok(summaries)
+}
+
+/// The teacher's logits on a stage's examples when its losses need them, from the
+/// run's cache when there is one.
+fn teacher_logits(
+    first: &Replica,
+    losses: &LossWeights,
+    examples: &EncodedDataset,
+    logit_cache: Option<LogitCache>,
+    data: &TaskData,
+) -> Result<Option<Tensor>> {
+    let teacher = match first.teacher {
+        Some(t) if losses.needs_teacher_logits() => t,
+        _ => return Ok(None),
+    };
+    let enc = examples.encoded();
+    let compute = || model_logits(teacher, &enc, 64, examples.pad_id, &first.device);
+    Ok(Some(match logit_cache {
+        Some(cache) => {
+            let key = cache_key(
+                cache.identity,
+                &enc,
+                &format!("logits max_len={}", data.max_seq_len),
+            );
+            cached_logits(cache.dir, &key, compute)?
+        }
+        None => compute()?,
+    }))
 }
 
 /// The trainer of one replica; only the leader gets the evaluator.
