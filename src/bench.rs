@@ -159,14 +159,15 @@ fn check_seq_lens(spec: &str, config: &BertConfig, opts: &BenchOptions) -> Resul
     match opts
         .seq_lens
         .iter()
-        .find(|&&s| s > config.max_position_embeddings)
+        .find(|&&s| s > config.max_sequence_length())
     {
         Some(&seq) => Err(Error::invalid(
             spec,
             "--seq-len",
             format!(
-                "{seq} exceeds the model's max_position_embeddings ({})",
-                config.max_position_embeddings
+                "{seq} exceeds the longest input the model takes ({}, from \
+                 max_position_embeddings)",
+                config.max_sequence_length()
             ),
         )),
         None => Ok(()),
@@ -204,8 +205,7 @@ pub fn bench(specs: &[String], opts: &BenchOptions) -> Result<BenchReport> {
             model: spec.clone(),
             layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
-            parameters: config.encoder_parameters()
-                + config.num_labels() * (config.hidden_size + 1),
+            parameters: config.encoder_parameters() + config.head_parameters(),
             size_on_disk_bytes: files.weights.size_on_disk(),
         });
         progress.set_message(spec.clone());

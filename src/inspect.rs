@@ -12,6 +12,8 @@ pub struct ModelReport {
     pub model: String,
     /// The hub commit the files come from; `None` for a local folder.
     pub commit: Option<String>,
+    /// The encoder family (`bert`, `roberta`, `mpnet`, ...).
+    pub model_type: String,
     pub architectures: Vec<String>,
     pub layers: usize,
     pub hidden_size: usize,
@@ -50,6 +52,7 @@ pub fn inspect(files: &ModelFiles, seq_len: usize) -> Result<ModelReport> {
     Ok(ModelReport {
         model: files.spec.clone(),
         commit: files.commit.clone(),
+        model_type: config.family().model_type().into(),
         architectures: config.architectures.clone().unwrap_or_default(),
         layers: config.num_hidden_layers,
         hidden_size: config.hidden_size,
@@ -95,6 +98,7 @@ impl ModelReport {
         if let Some(commit) = &self.commit {
             line("commit", commit.clone());
         }
+        line("model_type", self.model_type.clone());
         line("architectures", self.architectures.join(", "));
         line(
             "shape",

@@ -100,7 +100,7 @@ fn shape(source: String, c: &BertConfig, seq: usize) -> ModelShape {
         hidden: c.hidden_size,
         heads: c.num_attention_heads,
         intermediate: c.intermediate_size,
-        parameters: c.encoder_parameters() + c.hidden_size * c.num_labels() + c.num_labels(),
+        parameters: c.encoder_parameters() + c.head_parameters(),
         gflops_per_sequence: c.forward_flops_per_token(seq) as f64 * seq as f64 / 1e9,
     }
 }
@@ -139,8 +139,7 @@ pub fn student_config(
             heads,
             intermediate,
         } => {
-            let c =
-                BertConfig::with_shape(teacher.vocab_size, *hidden, *layers, *heads, *intermediate);
+            let c = teacher.reshaped(*layers, *hidden, *heads, *intermediate);
             c.validate("[student]")?;
             (c, format!("random {layers} x {hidden}"), false)
         }

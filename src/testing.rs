@@ -7,7 +7,7 @@ pub mod pth;
 
 use candle_core::{DType, Device};
 
-use crate::model::{build_classifier, build_masked_lm, BertConfig, BuildOptions};
+use crate::model::{build_classifier, build_masked_lm, BertConfig, BuildOptions, Family};
 use crate::{Error, Result};
 
 /// Words of the tiny vocabulary (besides special tokens, letters and `##` letters).
@@ -187,6 +187,26 @@ pub fn tiny_config(hidden: usize, layers: usize, heads: usize, intermediate: usi
     config
 }
 
+/// [`tiny_config`] as a checkpoint of `family` would have it: its `model_type`, and
+/// ELECTRA's narrower embeddings (so the projection is exercised).
+pub fn tiny_family_config(
+    family: Family,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    intermediate: usize,
+) -> BertConfig {
+    let mut config = tiny_config(hidden, layers, heads, intermediate);
+    config.model_type = Some(family.model_type().into());
+    config.architectures = Some(vec![family.classifier_architecture().into()]);
+    if family == Family::Electra {
+        config
+            .extra
+            .insert("embedding_size".into(), (hidden / 2).into());
+    }
+    config
+}
+
 /// Writes `vocab.txt`, `tokenizer_config.json` and `tokenizer.json` for the tiny vocabulary.
 pub fn write_tiny_tokenizer(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -242,8 +262,10 @@ fn write_varmap_model(dir: &Path, config: &BertConfig, varmap: &candle_nn::VarMa
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    // In the family's own layout, as transformers would save it.
+    let tensors = config.family().checkpoint_tensors(&tensors);
     crate::model::weights::save_safetensors(&tensors, &dir.join("model.safetensors"))?;
-    crate::io::write_json(&dir.join("config.json"), config)?;
+    crate::io::write_json(&dir.join("config.json"), &config.to_family_json()?)?;
     write_tiny_tokenizer(dir)
 }
 

@@ -84,6 +84,7 @@ impl TextTokenizer {
             .get_padding()
             .map(|p| p.pad_id)
             .or_else(|| inner.token_to_id("[PAD]"))
+            .or_else(|| inner.token_to_id("<pad>"))
             .unwrap_or(0);
         inner.with_padding(None);
         inner

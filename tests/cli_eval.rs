@@ -228,14 +228,16 @@ fn a_model_with_other_labels_is_refused_showing_both_maps() {
 
 /// A tiny pre-trained encoder of another family as users hold one: no task head, its
 /// tensors under its own prefix (`mpnet.encoder...`), `model_type` not `bert`.
-fn write_other_family(dir: &Path, model_type: &str) {
+/// A BERT without its head, its encoder's tensors under `prefix.` and its config's
+/// model_type set to `model_type`.
+fn write_other_family(dir: &Path, model_type: &str, prefix: &str) {
     write_model(dir, &["negative", "positive"]);
     let path = dir.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
     let renamed: std::collections::HashMap<String, candle_core::Tensor> = tensors
         .into_iter()
         .filter(|(k, _)| !k.starts_with("classifier."))
-        .map(|(k, t)| (k.replacen("bert.", &format!("{model_type}."), 1), t))
+        .map(|(k, t)| (k.replacen("bert.", &format!("{prefix}."), 1), t))
         .collect();
     candle_core::safetensors::save(&renamed, &path).unwrap();
     let config_path = dir.join("config.json");
@@ -275,21 +277,25 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn finetune_refuses_a_checkpoint_that_would_train_as_a_random_network() {
     let tmp = tempfile::tempdir().unwrap();
+    // An ELECTRA's tensors under a config that says BERT.
     let (model, glue, out) = (
-        tmp.path().join("mpnet"),
+        tmp.path().join("electra"),
         tmp.path().join("glue"),
         tmp.path().join("out"),
     );
-    write_other_family(&model, "mpnet");
+    write_other_family(&model, "bert", "electra");
     write(&glue, "SST-2/train.tsv", SST_DEV);
     write(&glue, "SST-2/dev.tsv", SST_DEV);
     let err = stderr(&finetune(&model, &glue, &out, &[]));
-    assert!(err.contains("model_type `mpnet`"), "{err}");
-    assert!(err.contains("does not hold a BERT"), "{err}");
+    assert!(err.contains("model_type `bert`"), "{err}");
+    assert!(
+        err.contains("does not hold the encoder its config describes"),
+        "{err}"
+    );
     // 5 embedding tensors + 16 for the one layer would be random; the head and pooler
     // the task adds are not counted.
     assert!(err.contains("21 of the 25 tensors"), "{err}");
-    assert!(err.contains("`mpnet.embeddings"), "{err}");
+    assert!(err.contains("`electra.embeddings"), "{err}");
     assert_eq!(err.matches(model.to_str().unwrap()).count(), 1, "{err}");
     assert!(!out.join("model.safetensors").exists());
     let checkpoints = walk(&out)
@@ -299,10 +305,27 @@ fn finetune_refuses_a_checkpoint_that_would_train_as_a_random_network() {
 }
 
 #[test]
+fn a_family_not_supported_yet_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, glue) = (tmp.path().join("deberta"), tmp.path().join("glue"));
+    write_other_family(&model, "deberta-v2", "deberta");
+    write(&glue, "SST-2/dev.tsv", SST_DEV);
+    let err = stderr(&eval_sst2(&model, &glue));
+    assert!(err.contains("`deberta-v2` (DeBERTa-v2/v3"), "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("config.json"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_of_an_encoder_without_a_head_says_so_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, glue) = (tmp.path().join("encoder"), tmp.path().join("glue"));
-    write_other_family(&model, "bert");
+    write_other_family(&model, "bert", "bert");
     write(&glue, "SST-2/dev.tsv", SST_DEV);
     let err = stderr(&eval_sst2(&model, &glue));
     assert!(err.contains("no sequence-classification head"), "{err}");

@@ -113,14 +113,22 @@ fn export_writes_a_transformers_folder_without_training_tensors() {
         report.dropped,
         vec!["fit_denses.0.bias", "fit_denses.0.weight"]
     );
-    assert_eq!(siblings(&out), {
-        let mut v: Vec<String> = candle_distill::export::FILES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.sort();
-        v
-    });
+    // transformers' BertTokenizer files beside the model, config and card.
+    let mut files = report.files.clone();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.txt"
+        ]
+    );
+    assert_eq!(siblings(&out), files);
     assert_eq!(
         siblings(tmp.path()),
         vec!["export", "student"],

@@ -30,7 +30,7 @@ fn snapshot(varmap: &VarMap) -> Vec<(String, Tensor)> {
 }
 
 /// Steps once with SGD and checks every variable got a gradient and moved.
-fn assert_all_trained(varmap: &VarMap, loss: &Tensor, expected_tensors: usize) {
+pub fn assert_all_trained(varmap: &VarMap, loss: &Tensor, expected_tensors: usize) {
     let before = snapshot(varmap);
     assert_eq!(
         before.len(),

@@ -20,6 +20,7 @@ mod data_parallel;
 mod distill_resume;
 mod distill_synthetic;
 mod export;
+mod families;
 mod glue_parquet;
 mod glue_tsv;
 mod hub;

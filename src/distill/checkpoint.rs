@@ -64,9 +64,9 @@ pub fn restore_optimizer(
     optimizer.load_state(&state, steps)
 }
 
-/// Writes the student as a Hugging Face folder to `best`.
+/// Writes the student as a Hugging Face folder of its family to `best`.
 pub fn save_best(run: &RunDir, student: &Student) -> Result<()> {
-    let config = serde_json::to_value(&student.config).map_err(|e| Error::msg(e.to_string()))?;
+    let config = student.config.to_family_json()?;
     let tokenizer = student
         .tokenizer
         .inner()
@@ -77,7 +77,12 @@ pub fn save_best(run: &RunDir, student: &Student) -> Result<()> {
         &[
             (
                 "model.safetensors",
-                CheckpointFile::Tensors(student.model_tensors()),
+                CheckpointFile::Tensors(
+                    student
+                        .config
+                        .family()
+                        .checkpoint_tensors(&student.model_tensors()),
+                ),
             ),
             ("config.json", CheckpointFile::Json(config)),
             (

@@ -160,6 +160,15 @@ impl Student {
         crate::model::params::named_vars(&self.varmap)
     }
 
+    /// The variables the optimizer updates: every one but those the config freezes
+    /// (`BertConfig::frozen_tensors`).
+    pub fn trainable_vars(&self) -> Vec<(String, candle_core::Var)> {
+        let frozen = self.config.frozen_tensors();
+        let mut vars = self.named_vars();
+        vars.retain(|(name, _)| !frozen.contains(&name.as_str()));
+        vars
+    }
+
     /// Every trained tensor by name, projections included (nothing is copied).
     pub fn named_tensors(&self) -> HashMap<String, Tensor> {
         crate::model::params::named_tensors(&self.varmap)
@@ -314,15 +323,9 @@ fn starting_point(init: &StudentInit, teacher: &TeacherParts) -> Result<Start> {
             heads,
             intermediate,
         } => {
-            let mut config = BertConfig::with_shape(
-                teacher.config.vocab_size,
-                *hidden,
-                *layers,
-                *heads,
-                *intermediate,
-            );
-            config.max_position_embeddings = teacher.config.max_position_embeddings;
-            config.type_vocab_size = teacher.config.type_vocab_size;
+            let config = teacher
+                .config
+                .reshaped(*layers, *hidden, *heads, *intermediate);
             config.validate("student")?;
             let description = format!(
                 "random {layers} layers, hidden {hidden}, {heads} heads, FFN {intermediate}"

@@ -418,7 +418,7 @@ impl<'a> Trainer<'a> {
             weight_decay: settings.weight_decay,
             ..Default::default()
         };
-        let mut optimizer = AdamW::new(self.student.named_vars(), config)?;
+        let mut optimizer = AdamW::new(self.student.trainable_vars(), config)?;
         let progress = match resume {
             Some(p) => {
                 let skipped = p.loss_scale.as_ref().map_or(0, |s| s.skipped);

@@ -1,4 +1,5 @@
-//! Exporting a student as a Hugging Face `BertForSequenceClassification` folder that
+//! Exporting a student as a Hugging Face sequence-classifier folder of its family
+//! (`BertForSequenceClassification`, `RobertaForSequenceClassification`, ...) that
 //! transformers loads as is: `model.safetensors`, `config.json`, the tokenizer files
 //! and a model card.
 //!
@@ -89,17 +90,6 @@ pub struct ExportReport {
     pub check: LogitCheck,
 }
 
-/// The files of an exported folder.
-pub const FILES: [&str; 7] = [
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-    "README.md",
-];
-
 /// transformers' name for a dtype (`torch_dtype` in config.json).
 pub fn torch_dtype_name(dtype: DType) -> Result<&'static str> {
     match dtype {
@@ -114,7 +104,7 @@ pub fn torch_dtype_name(dtype: DType) -> Result<&'static str> {
     }
 }
 
-/// Writes `source` as a transformers `BertForSequenceClassification` folder at `out`.
+/// Writes `source` as a transformers sequence-classifier folder of its family at `out`.
 pub fn export_classifier(
     source: &ExportSource,
     out: &Path,
@@ -140,9 +130,13 @@ pub fn export_classifier(
 
     let staging = Staging::create(out)?;
     let dir = staging.path();
-    let size_on_disk_bytes = write_weights(&dir.join("model.safetensors"), &written)?;
-    crate::io::write_json(&dir.join("config.json"), &config)?;
-    tokenizer.write(dir, config.max_position_embeddings)?;
+    let family = config.family();
+    let size_on_disk_bytes = write_weights(
+        &dir.join("model.safetensors"),
+        &family.checkpoint_tensors(&written),
+    )?;
+    crate::io::write_json(&dir.join("config.json"), &config.to_family_json()?)?;
+    let tokenizer_files = tokenizer.write(dir, config.max_sequence_length())?;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -190,7 +184,11 @@ pub fn export_classifier(
         parameters,
         size_on_disk_bytes,
         dropped: dropped.into_iter().collect(),
-        files: FILES.iter().map(|s| s.to_string()).collect(),
+        files: ["config.json", "model.safetensors", "README.md"]
+            .into_iter()
+            .chain(tokenizer_files)
+            .map(String::from)
+            .collect(),
         check,
     })
 }
@@ -256,12 +254,14 @@ fn write_weights(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<u64> 
         .len())
 }
 
-/// The config transformers needs to load the student as `BertForSequenceClassification`.
+/// The config transformers needs to load the student as its family's sequence
+/// classifier (`BertForSequenceClassification`, `RobertaForSequenceClassification`, ...).
 fn export_config(config: &BertConfig, dtype_name: &str) -> Result<BertConfig> {
     let mut c = config.clone();
     c.validate("the student's config")?;
-    c.architectures = Some(vec!["BertForSequenceClassification".into()]);
-    c.model_type = Some("bert".into());
+    let family = c.family();
+    c.architectures = Some(vec![family.classifier_architecture().into()]);
+    c.model_type = Some(family.model_type().into());
     let labels = match c.labels("the student's config")? {
         Some(labels) => labels,
         // transformers' default names.

@@ -1,6 +1,7 @@
 //! The tokenizer files of an exported folder: `tokenizer.json`, `vocab.txt`,
 //! `tokenizer_config.json` and `special_tokens_map.json`, as transformers'
-//! `BertTokenizer` saves them, whatever subset the source had.
+//! `BertTokenizer` saves them, whatever subset the source had; for BPE and
+//! SentencePiece vocabularies (RoBERTa, XLM-R, MPNet) the files of a fast tokenizer.
 
 use std::path::Path;
 
@@ -19,13 +20,24 @@ pub enum ExportTokenizer {
     Loaded(Box<TextTokenizer>),
 }
 
-/// Special-token roles in the order transformers lists them.
-const ROLES: [(&str, &str); 5] = [
+/// Special-token roles in the order transformers lists them, with BERT's tokens.
+const BERT_ROLES: &[(&str, &str)] = &[
     ("unk_token", "[UNK]"),
     ("sep_token", "[SEP]"),
     ("pad_token", "[PAD]"),
     ("cls_token", "[CLS]"),
     ("mask_token", "[MASK]"),
+];
+
+/// The same roles in RoBERTa's, XLM-R's and MPNet's vocabularies.
+const ROBERTA_ROLES: &[(&str, &str)] = &[
+    ("bos_token", "<s>"),
+    ("eos_token", "</s>"),
+    ("unk_token", "<unk>"),
+    ("sep_token", "</s>"),
+    ("pad_token", "<pad>"),
+    ("cls_token", "<s>"),
+    ("mask_token", "<mask>"),
 ];
 
 /// Keys of a source `tokenizer_config.json` that describe where it came from, not
@@ -61,6 +73,23 @@ fn tok_err(path: &Path, message: impl ToString) -> Error {
         path: path.display().to_string(),
         message: message.to_string(),
     }
+}
+
+/// `BertTokenizer`'s settings, from what tokenizer.json's normalizer does (the source
+/// config may be stale).
+fn bert_tokenizer_config(config: &mut Map<String, Value>, normalizer: &Value, lower: Option<bool>) {
+    let lowercase = normalizer["lowercase"].as_bool().or(lower).unwrap_or(true);
+    config.insert("do_lower_case".into(), json!(lowercase));
+    config.insert("tokenizer_class".into(), json!("BertTokenizer"));
+    config
+        .entry("tokenize_chinese_chars")
+        .or_insert_with(|| json!(normalizer["handle_chinese_chars"].as_bool().unwrap_or(true)));
+    config
+        .entry("strip_accents")
+        .or_insert_with(|| normalizer["strip_accents"].clone());
+    config
+        .entry("clean_up_tokenization_spaces")
+        .or_insert(json!(true));
 }
 
 impl ResolvedTokenizer {
@@ -111,48 +140,32 @@ impl ResolvedTokenizer {
             .unwrap_or_else(|| default.to_string())
     }
 
-    /// Writes the four tokenizer files into `dir`. `max_positions` caps `model_max_length`.
-    pub fn write(&self, dir: &Path, max_positions: usize) -> Result<()> {
+    /// Writes the tokenizer files into `dir` and returns their names: for a BERT
+    /// WordPiece vocabulary the four files of transformers' `BertTokenizer`; for any
+    /// other (BPE, Unigram, MPNet's) `tokenizer.json` with the config and special
+    /// tokens of a fast tokenizer. `max_positions` caps `model_max_length`.
+    pub fn write(&self, dir: &Path, max_positions: usize) -> Result<Vec<&'static str>> {
         let json = self.json()?;
-        let model_type = json["model"]["type"].as_str().unwrap_or("unknown");
-        if model_type != "WordPiece" {
-            return Err(tok_err(
-                Path::new("tokenizer.json"),
-                format!("the model is `{model_type}`; export writes BERT (WordPiece) tokenizers"),
-            ));
-        }
-
+        // MPNet's WordPiece vocabulary has RoBERTa's special tokens and pair template,
+        // which BertTokenizer would not reproduce: only tokenizer.json carries it.
+        let bert_wordpiece = json["model"]["type"].as_str() == Some("WordPiece")
+            && self.tokenizer.token_to_id("[CLS]").is_some();
         let path = dir.join("tokenizer.json");
         self.tokenizer
             .inner()
             .save(&path, true)
             .map_err(|e| tok_err(&path, e))?;
-
-        let vocab = self.vocab_lines(dir)?;
-        std::fs::write(dir.join("vocab.txt"), vocab).map_err(|e| Error::io(dir, e))?;
-
-        let mut special = Map::new();
-        for (role, default) in ROLES {
-            let token = self.special_token(role, default);
-            if self.tokenizer.token_to_id(&token).is_none() {
-                return Err(tok_err(
-                    &dir.join("vocab.txt"),
-                    format!("{role} `{token}` is not in the vocabulary"),
-                ));
-            }
-            special.insert(role.to_string(), Value::String(token));
+        let mut written = vec!["tokenizer.json"];
+        if bert_wordpiece {
+            let vocab = self.vocab_lines(dir)?;
+            std::fs::write(dir.join("vocab.txt"), vocab).map_err(|e| Error::io(dir, e))?;
+            written.push("vocab.txt");
         }
+        let special = self.special_tokens(dir)?;
         crate::io::write_json(
             &dir.join("special_tokens_map.json"),
             &Value::Object(special.clone()),
         )?;
-
-        let normalizer = &json["normalizer"];
-        // tokenizer.json's normalizer is what the tokenizer does; the config may be stale.
-        let lowercase = normalizer["lowercase"]
-            .as_bool()
-            .or(self.tokenizer.lowercase())
-            .unwrap_or(true);
         let max_len = self
             .config
             .get("model_max_length")
@@ -164,19 +177,43 @@ impl ResolvedTokenizer {
             config.remove(key);
         }
         config.extend(special);
-        config.insert("do_lower_case".into(), json!(lowercase));
         config.insert("model_max_length".into(), json!(max_len));
-        config.insert("tokenizer_class".into(), json!("BertTokenizer"));
-        config
-            .entry("tokenize_chinese_chars")
-            .or_insert_with(|| json!(normalizer["handle_chinese_chars"].as_bool().unwrap_or(true)));
-        config
-            .entry("strip_accents")
-            .or_insert_with(|| normalizer["strip_accents"].clone());
-        config
-            .entry("clean_up_tokenization_spaces")
-            .or_insert(json!(true));
-        crate::io::write_json(&dir.join("tokenizer_config.json"), &Value::Object(config))
+        if bert_wordpiece {
+            bert_tokenizer_config(&mut config, &json["normalizer"], self.tokenizer.lowercase());
+        } else {
+            // The source's class (RobertaTokenizer, MPNetTokenizer, ...) loads its fast
+            // variant from tokenizer.json.
+            config
+                .entry("tokenizer_class")
+                .or_insert(json!("PreTrainedTokenizerFast"));
+        }
+        crate::io::write_json(&dir.join("tokenizer_config.json"), &Value::Object(config))?;
+        written.extend(["tokenizer_config.json", "special_tokens_map.json"]);
+        Ok(written)
+    }
+
+    /// Each special role's token (BERT's or RoBERTa's defaults, whichever the
+    /// vocabulary holds), each checked to be in the vocabulary.
+    fn special_tokens(&self, dir: &Path) -> Result<Map<String, Value>> {
+        let roles = if self.tokenizer.token_to_id("[CLS]").is_none()
+            && self.tokenizer.token_to_id("<s>").is_some()
+        {
+            ROBERTA_ROLES
+        } else {
+            BERT_ROLES
+        };
+        let mut special = Map::new();
+        for (role, default) in roles {
+            let token = self.special_token(role, default);
+            if self.tokenizer.token_to_id(&token).is_none() {
+                return Err(tok_err(
+                    &dir.join("tokenizer.json"),
+                    format!("{role} `{token}` is not in the vocabulary"),
+                ));
+            }
+            special.insert(role.to_string(), Value::String(token));
+        }
+        Ok(special)
     }
 
     /// The WordPiece vocabulary in id order, one token a line, as `BertTokenizer` reads it.

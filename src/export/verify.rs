@@ -164,8 +164,8 @@ fn check_weights(
     Ok(())
 }
 
-/// The tokenizer: tokenizer.json (`loaded`) and the vocab.txt + tokenizer_config.json
-/// pair must both tokenise the examples as the source did.
+/// The tokenizer: tokenizer.json (`loaded`) and, where one was written, the vocab.txt
+/// + tokenizer_config.json pair must both tokenise the examples as the source did.
 fn check_tokenizers(
     dir: &Path,
     loaded: &TextTokenizer,
@@ -173,14 +173,18 @@ fn check_tokenizers(
     examples: &[Example],
     max_len: usize,
 ) -> Result<()> {
-    let from_vocab = TextTokenizer::from_files(&TokenizerFiles {
-        vocab_txt: Some(dir.join("vocab.txt")),
-        tokenizer_config: Some(dir.join("tokenizer_config.json")),
-        ..Default::default()
-    })?;
+    let mut tokenizers = vec![("tokenizer.json", loaded.clone())];
+    if dir.join("vocab.txt").is_file() {
+        let from_vocab = TextTokenizer::from_files(&TokenizerFiles {
+            vocab_txt: Some(dir.join("vocab.txt")),
+            tokenizer_config: Some(dir.join("tokenizer_config.json")),
+            ..Default::default()
+        })?;
+        tokenizers.push(("vocab.txt", from_vocab));
+    }
     for (a, b) in examples {
         let want = source.encode(a, b.as_deref(), max_len)?;
-        for (file, tok) in [("tokenizer.json", loaded), ("vocab.txt", &from_vocab)] {
+        for (file, tok) in &tokenizers {
             if tok.encode(a, b.as_deref(), max_len)? != want {
                 return Err(mismatch(
                     dir,
@@ -207,7 +211,7 @@ pub(crate) fn verify_folder(
     let loaded = load_classifier(spec, &BuildOptions::inference(&Device::Cpu))?;
 
     check_weights(dir, &loaded.files.read_weights()?, written)?;
-    let max_len = reference.config().max_position_embeddings;
+    let max_len = reference.config().max_sequence_length();
     check_tokenizers(
         dir,
         &loaded.tokenizer,

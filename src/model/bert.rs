@@ -1,13 +1,17 @@
 //! BERT, written for distillation: every hidden state, every layer's pre-softmax
 //! attention scores, the pooler and the task heads, with gradients through all of it.
+//! The other encoder families run here too, with the differences `model::family`
+//! lists (positions, token types, ELECTRA's embedding projection, MPNet's relative
+//! position bias, the classification heads).
 //!
-//! Tensor names follow Hugging Face's `BertForSequenceClassification` /
-//! `BertForMaskedLM`, so checkpoints load and exported models load back in transformers.
+//! Tensor names are the canonical ones of Hugging Face's `BertForSequenceClassification`
+//! / `BertForMaskedLM`; `model::family` maps each family's checkpoint names to them.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::{Activation, BertConfig};
+use super::family::{relative_position_bucket, Family, HeadActivation, HeadKind};
 use super::ops;
 use crate::rng::Rng;
 
@@ -146,31 +150,47 @@ fn embedding(vb: VarBuilder, rows: usize, dim: usize) -> Result<Tensor> {
     )
 }
 
+/// Word, position and (where the family has them) token-type embeddings, summed and
+/// normalised.
 #[derive(Debug, Clone)]
 pub struct BertEmbeddings {
     word_embeddings: Tensor,
     position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
+    /// None for DistilBERT and MPNet; RoBERTa's has one row, always used.
+    token_type_embeddings: Option<Tensor>,
     layer_norm: LayerNorm,
     dropout: f32,
+    family: Family,
+    pad_token_id: usize,
 }
 
 impl BertEmbeddings {
     fn new(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let width = c.embedding_size();
+        let family = c.family();
+        // Created in this order: a seeded random model draws its tensors in turn.
+        let word_embeddings = embedding(vb.pp("word_embeddings"), c.vocab_size, width)?;
+        let mut position_embeddings = embedding(
+            vb.pp("position_embeddings"),
+            c.max_position_embeddings,
+            width,
+        )?;
+        if !c.frozen_tensors().is_empty() {
+            // DistilBERT's sinusoidal table: no gradient (the optimizer leaves it out too).
+            position_embeddings = position_embeddings.detach();
+        }
+        let token_type_embeddings = family
+            .has_token_type_embeddings()
+            .then(|| embedding(vb.pp("token_type_embeddings"), c.type_vocab_size, width))
+            .transpose()?;
         Ok(BertEmbeddings {
-            word_embeddings: embedding(vb.pp("word_embeddings"), c.vocab_size, c.hidden_size)?,
-            position_embeddings: embedding(
-                vb.pp("position_embeddings"),
-                c.max_position_embeddings,
-                c.hidden_size,
-            )?,
-            token_type_embeddings: embedding(
-                vb.pp("token_type_embeddings"),
-                c.type_vocab_size,
-                c.hidden_size,
-            )?,
-            layer_norm: LayerNorm::new(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            layer_norm: LayerNorm::new(vb.pp("LayerNorm"), width, c.layer_norm_eps)?,
             dropout: c.hidden_dropout_prob,
+            family,
+            pad_token_id: c.pad_token_id,
         })
     }
 
@@ -180,26 +200,78 @@ impl BertEmbeddings {
 
     fn forward(&self, input: &BertInput, train: &mut Train) -> Result<Tensor> {
         let (batch, seq) = input.input_ids.dims2()?;
-        let max_pos = self.position_embeddings.dim(0)?;
-        if seq > max_pos {
-            candle_core::bail!(
-                "sequence length {seq} exceeds max_position_embeddings {max_pos}; truncate inputs"
-            );
-        }
-        let hidden = self.word_embeddings.dim(1)?;
+        let width = self.word_embeddings.dim(1)?;
         let words = self
             .word_embeddings
             .index_select(&input.input_ids.flatten_all()?, 0)?
-            .reshape((batch, seq, hidden))?;
-        let types = self
-            .token_type_embeddings
-            .index_select(&input.token_type_ids.flatten_all()?, 0)?
-            .reshape((batch, seq, hidden))?;
-        let positions = self.position_embeddings.narrow(0, 0, seq)?.unsqueeze(0)?;
-        let x = (words + types)?.broadcast_add(&positions)?;
+            .reshape((batch, seq, width))?;
+        // Words, then token types, then positions: transformers' order of the sums.
+        let x = match &self.token_type_embeddings {
+            Some(table) if self.family.has_token_types() => {
+                let types = table
+                    .index_select(&input.token_type_ids.flatten_all()?, 0)?
+                    .reshape((batch, seq, width))?;
+                (words + types)?
+            }
+            // RoBERTa's one type: every token is of type 0.
+            Some(table) => words.broadcast_add(&table.narrow(0, 0, 1)?.unsqueeze(0)?)?,
+            None => words,
+        };
+        let x = x.broadcast_add(&self.positions(input)?)?;
         let x = self.layer_norm.forward(&x)?;
         dropout(&x, self.dropout, train)
     }
+
+    /// Position embeddings, (1, seq, width) or (batch, seq, width): slots 0, 1, 2, ...,
+    /// or for RoBERTa-style families the real tokens counted from `pad_token_id + 1`
+    /// and padding at `pad_token_id` (fairseq's scheme, here from the attention mask).
+    fn positions(&self, input: &BertInput) -> Result<Tensor> {
+        let (batch, seq) = input.input_ids.dims2()?;
+        let max_pos = self.position_embeddings.dim(0)?;
+        let offset = if self.family.positions_after_padding() {
+            self.pad_token_id + 1
+        } else {
+            0
+        };
+        if seq + offset > max_pos {
+            candle_core::bail!(
+                "sequence length {seq} exceeds the {} positions of max_position_embeddings \
+                 {max_pos}; truncate inputs",
+                max_pos - offset.min(max_pos)
+            );
+        }
+        if offset == 0 {
+            return self.position_embeddings.narrow(0, 0, seq)?.unsqueeze(0);
+        }
+        let mask = input
+            .attention_mask
+            .to_dtype(DType::U32)?
+            .to_vec2::<u32>()?;
+        let mut ids = Vec::with_capacity(batch * seq);
+        for row in &mask {
+            let mut count = 0;
+            for &m in row {
+                count += (m != 0) as usize;
+                let id = if m != 0 {
+                    count + self.pad_token_id
+                } else {
+                    self.pad_token_id
+                };
+                ids.push(id as u32);
+            }
+        }
+        let ids = Tensor::from_vec(ids, batch * seq, self.position_embeddings.device())?;
+        self.position_embeddings
+            .index_select(&ids, 0)?
+            .reshape((batch, seq, ()))
+    }
+}
+
+/// What every layer adds to its attention scores: the padding mask, (batch, 1, 1,
+/// seq), and MPNet's relative position bias, (1, heads, seq, seq).
+struct Mask {
+    additive: Tensor,
+    relative_bias: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -229,7 +301,11 @@ impl SelfAttention {
             heads: c.num_attention_heads,
             head_dim: c.head_dim(),
             attention_dropout: c.attention_probs_dropout_prob,
-            hidden_dropout: c.hidden_dropout_prob,
+            hidden_dropout: if c.family().drops_attention_output() {
+                c.hidden_dropout_prob
+            } else {
+                0.0
+            },
         })
     }
 
@@ -241,7 +317,7 @@ impl SelfAttention {
     }
 
     /// Returns the attention block's output and its pre-softmax scores.
-    fn forward(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
+    fn forward(&self, x: &Tensor, mask: &Mask, train: &mut Train) -> Result<(Tensor, Tensor)> {
         let (scores, context) = self.attend(x, mask, train)?;
         let out = dropout(&self.output.forward(&context)?, self.hidden_dropout, train)?;
         let out = self.layer_norm.forward(&(out + x)?)?;
@@ -250,9 +326,10 @@ impl SelfAttention {
 
     /// Scores and merged context: two fused ops for f32 on the CPU with a system BLAS
     /// (`attention`), candle ops otherwise.
-    fn attend(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
+    fn attend(&self, x: &Tensor, mask: &Mask, train: &mut Train) -> Result<(Tensor, Tensor)> {
+        let bias = mask.relative_bias.as_ref();
         #[cfg(system_blas)]
-        if super::attention::applies(x) && super::attention::applies(mask) {
+        if super::attention::applies(x) && super::attention::applies(&mask.additive) {
             use super::attention;
             let (b, s, _) = x.dims3()?;
             let (q, k, v) = (
@@ -260,7 +337,11 @@ impl SelfAttention {
                 self.key.forward(x)?,
                 self.value.forward(x)?,
             );
-            let scores = attention::scores(&q, &k, &mask.reshape((b, s))?, self.heads)?;
+            let scores = attention::scores(&q, &k, &mask.additive.reshape((b, s))?, self.heads)?;
+            let scores = match bias {
+                Some(bias) => scores.broadcast_add(bias)?,
+                None => scores,
+            };
             let dropout = train.as_deref_mut().map(|rng| attention::Dropout {
                 p: self.attention_dropout,
                 seed: rng.next_u64(),
@@ -274,7 +355,11 @@ impl SelfAttention {
         let q = self.split_heads(&(self.query.forward(x)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
-        let scores = ops::matmul(&q, &k.t()?)?.broadcast_add(mask)?;
+        let scores = ops::matmul(&q, &k.t()?)?.broadcast_add(&mask.additive)?;
+        let scores = match bias {
+            Some(bias) => scores.broadcast_add(bias)?,
+            None => scores,
+        };
         let mut probs = ops::softmax_last_dim(&scores)?;
         if let Some(rng) = train {
             probs = ops::seeded_dropout(&probs, self.attention_dropout, rng.next_u64())?;
@@ -321,7 +406,7 @@ impl BertLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
+    fn forward(&self, x: &Tensor, mask: &Mask, train: &mut Train) -> Result<(Tensor, Tensor)> {
         let (attended, scores) = self.attention.forward(x, mask, train)?;
         let inner = activation(&self.intermediate.forward(&attended)?, self.act)?;
         let out = dropout(&self.output.forward(&inner)?, self.dropout, train)?;
@@ -334,6 +419,10 @@ impl BertLayer {
 #[derive(Debug, Clone)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
+    /// ELECTRA's projection from `embedding_size` to `hidden_size`.
+    embeddings_project: Option<Linear>,
+    /// MPNet's bias table, (buckets, heads), shared by every layer.
+    relative_attention_bias: Option<Tensor>,
     layers: Vec<BertLayer>,
     pooler: Option<Linear>,
     config: BertConfig,
@@ -348,17 +437,28 @@ impl BertModel {
         let layers = (0..config.num_hidden_layers)
             .map(|i| BertLayer::new(vb.pp("encoder").pp("layer").pp(i), config, act))
             .collect::<Result<Vec<_>>>()?;
-        let pooler = if with_pooler {
-            Some(Linear::new(
-                vb.pp("pooler").pp("dense"),
-                config.hidden_size,
-                config.hidden_size,
-            )?)
-        } else {
-            None
-        };
+        let (h, e) = (config.hidden_size, config.embedding_size());
+        let pooler = with_pooler
+            .then(|| Linear::new(vb.pp("pooler").pp("dense"), h, h))
+            .transpose()?;
+        let embeddings_project = (e != h)
+            .then(|| Linear::new(vb.pp("embeddings_project"), e, h))
+            .transpose()?;
+        let relative_attention_bias = config
+            .family()
+            .has_relative_attention_bias()
+            .then(|| {
+                embedding(
+                    vb.pp("encoder").pp("relative_attention_bias"),
+                    config.relative_attention_num_buckets(),
+                    config.num_attention_heads,
+                )
+            })
+            .transpose()?;
         Ok(BertModel {
             embeddings: BertEmbeddings::new(vb.pp("embeddings"), config)?,
+            embeddings_project,
+            relative_attention_bias,
             layers,
             pooler,
             config: config.clone(),
@@ -395,7 +495,13 @@ impl BertModel {
             device.set_seed(rng.next_u64())?;
         }
         let mut x = self.embeddings.forward(input, &mut train)?;
-        let mask = Self::additive_mask(&input.attention_mask, x.dtype())?;
+        if let Some(project) = &self.embeddings_project {
+            x = project.forward(&x)?;
+        }
+        let mask = Mask {
+            additive: Self::additive_mask(&input.attention_mask, x.dtype())?,
+            relative_bias: self.relative_bias(x.dim(1)?)?,
+        };
         let mut hidden_states = Vec::new();
         let mut attention_scores = Vec::new();
         if want.hidden_states {
@@ -418,6 +524,28 @@ impl BertModel {
         })
     }
 
+    /// MPNet's relative position bias for `seq` tokens, (1, heads, seq, seq): the
+    /// table's row for each (query, key) offset's bucket. As in transformers, offsets
+    /// count slots, padding included.
+    fn relative_bias(&self, seq: usize) -> Result<Option<Tensor>> {
+        let Some(table) = &self.relative_attention_bias else {
+            return Ok(None);
+        };
+        let (buckets, heads) = table.dims2()?;
+        let index: Vec<u32> = (0..seq as i64)
+            .flat_map(|q| (0..seq as i64).map(move |k| (q, k)))
+            .map(|(q, k)| relative_position_bucket(k - q, buckets, 128) as u32)
+            .collect();
+        let index = Tensor::from_vec(index, seq * seq, table.device())?;
+        let bias = table
+            .index_select(&index, 0)?
+            .reshape((seq, seq, heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .contiguous()?;
+        Ok(Some(bias))
+    }
+
     /// tanh(W h_[CLS] + b). Errors when the model was built without a pooler.
     pub fn pool(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
         let pooler = self
@@ -437,29 +565,52 @@ pub struct ClassifierOutput {
     pub encoder: BertOutput,
 }
 
-/// `BertForSequenceClassification`: pooler, dropout, linear head. One output = regression.
+/// A sequence classifier of any family: BERT's pooler, dropout and linear layer, or
+/// the other families' two-layer head on the first token. One output = regression.
 #[derive(Debug, Clone)]
 pub struct BertForSequenceClassification {
     pub bert: BertModel,
-    classifier: Linear,
+    head: ClassifierHead,
     dropout: f32,
 }
 
+#[derive(Debug, Clone)]
+enum ClassifierHead {
+    /// BERT: `classifier` on the pooler's output.
+    Pooled { classifier: Linear },
+    /// `classifier.dense`, the activation, `classifier.out_proj`; dropout before each
+    /// layer (DistilBERT: only before the second).
+    Dense {
+        dense: Linear,
+        out_proj: Linear,
+        act: HeadActivation,
+        dropout_first: bool,
+    },
+}
+
 impl BertForSequenceClassification {
-    /// `vb` is the checkpoint root (holding `bert.*` and `classifier.*`).
+    /// `vb` is the checkpoint root (holding `bert.*` and `classifier.*`), with
+    /// canonical names (`model::family`).
     pub fn new(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
-        let bert = BertModel::new(vb.pp("bert"), config, true)?;
-        let classifier = Linear::new(vb.pp("classifier"), config.hidden_size, config.num_labels())?;
-        let dropout = config
-            .extra
-            .get("classifier_dropout")
-            .and_then(|v| v.as_f64())
-            .map(|p| p as f32)
-            .unwrap_or(config.hidden_dropout_prob);
+        let (h, labels) = (config.hidden_size, config.num_labels());
+        let family = config.family();
+        // The encoder first: a seeded random model draws its tensors in turn.
+        let bert = BertModel::new(vb.pp("bert"), config, family.head() == HeadKind::Pooler)?;
+        let head = match family.head() {
+            HeadKind::Pooler => ClassifierHead::Pooled {
+                classifier: Linear::new(vb.pp("classifier"), h, labels)?,
+            },
+            HeadKind::Dense(act) => ClassifierHead::Dense {
+                dense: Linear::new(vb.pp("classifier").pp("dense"), h, h)?,
+                out_proj: Linear::new(vb.pp("classifier").pp("out_proj"), h, labels)?,
+                act,
+                dropout_first: family != Family::DistilBert,
+            },
+        };
         Ok(BertForSequenceClassification {
             bert,
-            classifier,
-            dropout,
+            head,
+            dropout: config.classifier_dropout(),
         })
     }
 
@@ -474,15 +625,43 @@ impl BertForSequenceClassification {
         mut train: Train,
     ) -> Result<ClassifierOutput> {
         let encoder = self.bert.forward(input, want, train.as_deref_mut())?;
-        let pooled = self.bert.pool(&encoder.last_hidden_state)?;
-        let logits = self
-            .classifier
-            .forward(&dropout(&pooled, self.dropout, &mut train)?)?;
+        let (pooled, logits) = self.head(&encoder.last_hidden_state, &mut train)?;
         Ok(ClassifierOutput {
             logits,
             pooled,
             encoder,
         })
+    }
+
+    /// The head's hidden representation ("pooled": the input of its last layer) and
+    /// the logits.
+    fn head(&self, last_hidden_state: &Tensor, train: &mut Train) -> Result<(Tensor, Tensor)> {
+        match &self.head {
+            ClassifierHead::Pooled { classifier } => {
+                let pooled = self.bert.pool(last_hidden_state)?;
+                let logits = classifier.forward(&dropout(&pooled, self.dropout, train)?)?;
+                Ok((pooled, logits))
+            }
+            ClassifierHead::Dense {
+                dense,
+                out_proj,
+                act,
+                dropout_first,
+            } => {
+                let mut x = last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
+                if *dropout_first {
+                    x = dropout(&x, self.dropout, train)?;
+                }
+                let x = dense.forward(&x)?;
+                let pooled = match act {
+                    HeadActivation::Tanh => x.tanh()?,
+                    HeadActivation::Gelu => ops::gelu_erf(&x)?,
+                    HeadActivation::Relu => x.relu()?,
+                };
+                let logits = out_proj.forward(&dropout(&pooled, self.dropout, train)?)?;
+                Ok((pooled, logits))
+            }
+        }
     }
 
     /// Logits only, no intermediate outputs kept, no dropout.
@@ -504,6 +683,13 @@ pub struct BertForMaskedLM {
 
 impl BertForMaskedLM {
     pub fn new(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        if config.family() != Family::Bert {
+            candle_core::bail!(
+                "masked-token augmentation needs a BERT masked LM; this checkpoint's \
+                 model_type is `{}`",
+                config.family().model_type()
+            );
+        }
         let bert = BertModel::new(vb.pp("bert"), config, false)?;
         let act = config
             .activation("config.json")

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::family::Family;
 
 use crate::{Error, Result};
 
@@ -80,14 +83,93 @@ pub enum Activation {
 }
 
 impl BertConfig {
+    /// Reads config.json of any supported family (DistilBERT's field names become
+    /// BERT's), refusing other `model_type`s by name.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::Json {
+        let json_error = |cause| Error::Json {
             path: path.to_path_buf(),
-            cause: e,
-        })?;
-        config.validate(&path.display().to_string())?;
+            cause,
+        };
+        let mut fields: Map<String, Value> = serde_json::from_str(&text).map_err(json_error)?;
+        let origin = path.display().to_string();
+        let model_type = fields.get("model_type").and_then(Value::as_str);
+        Family::from_model_type(model_type, &origin)?.config_to_bert_names(&mut fields);
+        let config: BertConfig =
+            serde_json::from_value(Value::Object(fields)).map_err(json_error)?;
+        config.validate(&origin)?;
         Ok(config)
+    }
+
+    /// config.json as transformers reads it for this config's family.
+    pub fn to_family_json(&self) -> Result<Value> {
+        let Value::Object(mut fields) =
+            serde_json::to_value(self).map_err(|e| Error::msg(e.to_string()))?
+        else {
+            return Err(Error::msg("a config serialises to a JSON object"));
+        };
+        self.family().config_to_family_names(&mut fields);
+        Ok(Value::Object(fields))
+    }
+
+    /// The encoder family. A config is validated when read, so an unsupported
+    /// model_type never gets here from a file; one built in code is a BERT unless
+    /// it says otherwise.
+    pub fn family(&self) -> Family {
+        Family::from_model_type(self.model_type.as_deref(), "config").unwrap_or(Family::Bert)
+    }
+
+    /// The width of the token embeddings: ELECTRA's `embedding_size` (projected to
+    /// `hidden_size` after the embedding LayerNorm), else `hidden_size`.
+    pub fn embedding_size(&self) -> usize {
+        self.extra
+            .get("embedding_size")
+            .and_then(Value::as_u64)
+            .map_or(self.hidden_size, |e| e as usize)
+    }
+
+    /// MPNet's number of relative-position buckets.
+    pub fn relative_attention_num_buckets(&self) -> usize {
+        self.extra
+            .get("relative_attention_num_buckets")
+            .and_then(Value::as_u64)
+            .map_or(32, |n| n as usize)
+    }
+
+    /// The longest input the position table covers: families that number positions
+    /// from `pad_token_id + 1` lose that many slots.
+    pub fn max_sequence_length(&self) -> usize {
+        if self.family().positions_after_padding() {
+            self.max_position_embeddings
+                .saturating_sub(self.pad_token_id + 1)
+        } else {
+            self.max_position_embeddings
+        }
+    }
+
+    /// Tensors that a checkpoint of this config holds but training leaves as they are:
+    /// DistilBERT's sinusoidal position table (`sinusoidal_pos_embds`), which
+    /// transformers freezes too.
+    pub fn frozen_tensors(&self) -> Vec<&'static str> {
+        let sinusoidal = self
+            .extra
+            .get("sinusoidal_pos_embds")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if self.family() == Family::DistilBert && sinusoidal {
+            vec!["bert.embeddings.position_embeddings.weight"]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Dropout before the classification head's output layer: `classifier_dropout`
+    /// (DistilBERT: `seq_classif_dropout`), else the hidden dropout.
+    pub fn classifier_dropout(&self) -> f32 {
+        ["classifier_dropout", "seq_classif_dropout"]
+            .iter()
+            .find_map(|k| self.extra.get(*k).and_then(Value::as_f64))
+            .map_or(self.hidden_dropout_prob, |p| p as f32)
     }
 
     /// A config for a fresh model of the given shape, with BERT defaults elsewhere.
@@ -122,6 +204,37 @@ impl BertConfig {
         }
     }
 
+    /// A fresh model of this config's family and vocabulary (positions, token types,
+    /// padding id) in another shape, with BERT's defaults elsewhere: a random student
+    /// of this teacher.
+    pub fn reshaped(
+        &self,
+        num_hidden_layers: usize,
+        hidden_size: usize,
+        num_attention_heads: usize,
+        intermediate_size: usize,
+    ) -> Self {
+        let mut c = BertConfig::with_shape(
+            self.vocab_size,
+            hidden_size,
+            num_hidden_layers,
+            num_attention_heads,
+            intermediate_size,
+        );
+        c.max_position_embeddings = self.max_position_embeddings;
+        c.type_vocab_size = self.type_vocab_size;
+        c.pad_token_id = self.pad_token_id;
+        c.model_type = self.model_type.clone();
+        if self.family() != Family::Bert {
+            c.layer_norm_eps = self.layer_norm_eps;
+        }
+        if let Some(n) = self.extra.get("relative_attention_num_buckets") {
+            c.extra
+                .insert("relative_attention_num_buckets".into(), n.clone());
+        }
+        c
+    }
+
     /// Checks that the shape is one a BERT can have; `origin` names the file for errors.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let positive = [
@@ -147,9 +260,20 @@ impl BertConfig {
             ));
         }
         self.activation(origin)?;
-        // A model_type other than `bert` is not refused here: whether the checkpoint's
-        // tensors make a BERT is checked when the model is built (model::params), and
-        // an error there names the model_type.
+        // Whether the checkpoint's tensors make the family's encoder is checked when
+        // the model is built (model::params); an error there names the model_type.
+        Family::from_model_type(self.model_type.as_deref(), origin)?;
+        if self.family().positions_after_padding() && self.max_sequence_length() == 0 {
+            return Err(Error::invalid(
+                origin,
+                "max_position_embeddings",
+                format!(
+                    "{} leaves no position after pad_token_id + 1 = {}",
+                    self.max_position_embeddings,
+                    self.pad_token_id + 1
+                ),
+            ));
+        }
         self.labels(origin)?;
         Ok(())
     }
@@ -235,15 +359,41 @@ impl BertConfig {
         });
     }
 
-    /// Parameters of the encoder (embeddings, layers, pooler), without any head.
+    /// Parameters of the encoder (embeddings, layers, a BERT's pooler), without any
+    /// head.
     pub fn encoder_parameters(&self) -> usize {
+        let family = self.family();
         let h = self.hidden_size;
         let i = self.intermediate_size;
-        let embeddings =
-            (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
+        let e = self.embedding_size();
+        let types = if family.has_token_type_embeddings() {
+            self.type_vocab_size
+        } else {
+            0
+        };
+        let mut embeddings = (self.vocab_size + self.max_position_embeddings + types) * e + 2 * e;
+        if e != h {
+            embeddings += e * h + h;
+        }
+        if family.has_relative_attention_bias() {
+            embeddings += self.relative_attention_num_buckets() * self.num_attention_heads;
+        }
         let layer = 4 * (h * h + h) + 2 * (h * i) + i + h + 2 * 2 * h;
-        let pooler = h * h + h;
+        let pooler = match family.head() {
+            super::family::HeadKind::Pooler => h * h + h,
+            super::family::HeadKind::Dense(_) => 0,
+        };
         embeddings + self.num_hidden_layers * layer + pooler
+    }
+
+    /// Parameters of the sequence-classification head.
+    pub fn head_parameters(&self) -> usize {
+        let h = self.hidden_size;
+        let out = self.num_labels() * (h + 1);
+        match self.family().head() {
+            super::family::HeadKind::Pooler => out,
+            super::family::HeadKind::Dense(_) => h * h + h + out,
+        }
     }
 
     /// Multiply-adds count twice: FLOPs of one forward pass per token at sequence length `seq`.
@@ -291,6 +441,32 @@ mod tests {
         config.hidden_act = "swish".into();
         let err = config.validate("x/config.json").unwrap_err().to_string();
         assert!(err.contains("hidden_act") && err.contains("swish"), "{err}");
+    }
+
+    #[test]
+    fn parameter_counts_match_the_built_model_of_every_family() {
+        use crate::model::{build_classifier, BuildOptions};
+        for family in Family::ALL {
+            let mut config = crate::testing::tiny_family_config(family, 32, 2, 4, 64);
+            config.pad_token_id = 1;
+            let built = build_classifier(
+                "random",
+                &config,
+                Default::default(),
+                &BuildOptions::random(&candle_core::Device::Cpu, 1),
+            )
+            .unwrap();
+            let varmap = built.varmap.unwrap();
+            let counted: usize = crate::model::params::named_tensors(&varmap)
+                .values()
+                .map(|t| t.elem_count())
+                .sum();
+            assert_eq!(
+                config.encoder_parameters() + config.head_parameters(),
+                counted,
+                "{family:?}"
+            );
+        }
     }
 
     #[test]

@@ -78,8 +78,10 @@ impl ModelFiles {
         TextTokenizer::from_files(&self.tokenizer)
     }
 
+    /// Every tensor, under its canonical name whatever the family (`model::family`).
     pub fn read_weights(&self) -> Result<HashMap<String, Tensor>> {
-        read_weights(&self.weights)
+        let family = self.read_config()?.family();
+        Ok(family.canonical_tensors(read_weights(&self.weights)?))
     }
 
     /// Whether the checkpoint carries distillation projections (`fit_dense*`).
@@ -264,18 +266,18 @@ mod tests {
 
     #[test]
     fn another_family_is_refused_instead_of_reinitialised() {
-        let (mut config, tensors) = tiny_checkpoint();
-        config.model_type = Some("mpnet".into());
+        // A RoBERTa checkpoint whose config says it is a BERT.
+        let (config, tensors) = tiny_checkpoint();
         let renamed: HashMap<_, _> = tensors
             .into_iter()
-            .map(|(k, t)| (k.replacen("bert.", "mpnet.", 1), t))
+            .map(|(k, t)| (k.replacen("bert.", "roberta.", 1), t))
             .collect();
         // Training may add the pooler; inference needs it from the checkpoint too.
         for (options, rejected) in [
             (BuildOptions::training(&Device::Cpu, 1), 21),
             (BuildOptions::inference(&Device::Cpu), 23),
         ] {
-            let err = build_classifier("ckpt/mpnet", &config, renamed.clone(), &options)
+            let err = build_classifier("ckpt/roberta", &config, renamed.clone(), &options)
                 .err()
                 .expect("a foreign checkpoint must not build");
             let (missing, text) = mismatch(err);
@@ -284,19 +286,19 @@ mod tests {
                 missing.iter().all(|n| n.starts_with("bert.")),
                 "{missing:?}"
             );
-            assert!(text.starts_with("ckpt/mpnet: "), "{text}");
-            assert_eq!(text.matches("ckpt/mpnet").count(), 1, "{text}");
-            assert!(text.contains("model_type `mpnet`"), "{text}");
+            assert!(text.starts_with("ckpt/roberta: "), "{text}");
+            assert_eq!(text.matches("ckpt/roberta").count(), 1, "{text}");
+            assert!(text.contains("model_type `bert`"), "{text}");
             assert!(
                 text.contains(&format!("{rejected} of the 25 tensors")),
                 "{text}"
             );
-            assert!(text.contains("It holds `mpnet."), "{text}");
+            assert!(text.contains("It holds `roberta."), "{text}");
             assert!(text.contains("student.from = \"random\""), "{text}");
         }
         // Asked for explicitly, a random model builds from the same files.
         let built = build_classifier(
-            "ckpt/mpnet",
+            "ckpt/roberta",
             &config,
             renamed,
             &BuildOptions::random(&Device::Cpu, 1),

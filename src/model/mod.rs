@@ -6,6 +6,7 @@ pub mod bert;
 #[cfg(system_blas)]
 pub mod blas;
 pub mod config;
+pub mod family;
 pub mod kernels;
 pub mod load;
 pub mod ops;
@@ -18,6 +19,7 @@ pub use bert::{
     ClassifierOutput, Outputs, Train,
 };
 pub use config::BertConfig;
+pub use family::Family;
 pub use load::{
     build_classifier, build_masked_lm, load_classifier, BuildOptions, Built, LoadedClassifier,
     ModelFiles,

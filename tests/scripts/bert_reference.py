@@ -38,14 +38,19 @@ def pick_by_length(items, count, tokenizer):
     return [lengths[round(i * step)][1] for i in range(count)]
 
 
+def glue_examples(glue_dir, tokenizer, singles, pairs):
+    """`singles` SST-2 dev sentences and `pairs` MRPC dev pairs, spread over lengths."""
+    sst2 = [(row[0].strip(),) for row in read_tsv(glue_dir / "SST-2" / "dev.tsv")[1:]]
+    mrpc = [(row[3], row[4]) for row in read_tsv(glue_dir / "MRPC" / "dev.tsv")[1:]]
+    return pick_by_length(sst2, singles, tokenizer) + pick_by_length(mrpc, pairs, tokenizer)
+
+
 def main():
     model_dir, glue_dir, out_dir = map(Path, sys.argv[1:4])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = BertModel.from_pretrained(model_dir, attn_implementation="eager").eval()
 
-    sst2 = [(row[0].strip(),) for row in read_tsv(glue_dir / "SST-2" / "dev.tsv")[1:]]
-    mrpc = [(row[3], row[4]) for row in read_tsv(glue_dir / "MRPC" / "dev.tsv")[1:]]
-    examples = pick_by_length(sst2, 10, tokenizer) + pick_by_length(mrpc, 6, tokenizer)
+    examples = glue_examples(glue_dir, tokenizer, 10, 6)
 
     firsts = [e[0] for e in examples]
     seconds = [e[1] if len(e) > 1 else None for e in examples]

@@ -1,0 +1,499 @@
+//! Every encoder family against transformers: tiny random checkpoints that
+//! tests/scripts/family_fixtures.py wrote with transformers (committed under
+//! tests/fixtures/families), run on one padded batch, every hidden state, every
+//! layer's attention probabilities and the logits compared.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_distill::bench::{bench, BenchOptions};
+use candle_distill::export::{export_classifier, ExportOptions, ExportSource};
+use candle_distill::model::bert::cross_entropy;
+use candle_distill::model::{
+    build_classifier, BertInput, BuildOptions, Family, ModelFiles, Outputs,
+};
+use candle_distill::rng::Rng;
+use candle_distill::testing::{tiny_family_config, write_random_classifier, write_tiny_student};
+
+use super::common::reference::vec;
+use super::common::tiny_run::{cli, recipe, write_sst2};
+use super::common::{mpnet_dir, rel_err, repo_root};
+use super::model_gradients::assert_all_trained;
+
+const TOL: f32 = 1e-4;
+
+const FAMILIES: [(&str, Family); 5] = [
+    ("roberta", Family::Roberta),
+    ("xlm-roberta", Family::XlmRoberta),
+    ("electra", Family::Electra),
+    ("distilbert", Family::DistilBert),
+    ("mpnet", Family::MPNet),
+];
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    repo_root().join("tests/fixtures/families").join(name)
+}
+
+/// The reference batch; families that ignore token types get ones in row 0 anyway,
+/// which must change nothing.
+fn batch(reference: &std::collections::HashMap<String, Tensor>, family: Family) -> BertInput {
+    let u32s = |name: &str| reference[name].to_dtype(DType::U32).unwrap();
+    let token_type_ids = if family.has_token_types() {
+        u32s("token_type_ids")
+    } else {
+        let (b, s) = reference["input_ids"].dims2().unwrap();
+        let mut types = vec![0u32; b * s];
+        types[..s].fill(1);
+        Tensor::from_vec(types, (b, s), &Device::Cpu).unwrap()
+    };
+    BertInput {
+        input_ids: u32s("input_ids"),
+        token_type_ids,
+        attention_mask: u32s("attention_mask"),
+    }
+}
+
+/// The tiny recipe's student section (tests/common/tiny_run.rs).
+const TINY_STUDENT: &str =
+    "from = \"random\"\nlayers = 2\nhidden = 16\nheads = 4\nintermediate = 32";
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `plan`, then `run`, of the tiny recipe in `dir` (teacher in `dir/teacher`, GLUE
+/// data in `dir/glue`) with `student` as its student section; the run's report.
+fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(recipe(dir)).unwrap();
+    assert!(text.contains(TINY_STUDENT), "the tiny recipe changed");
+    let recipe_path = dir.join("family.toml");
+    std::fs::write(&recipe_path, text.replace(TINY_STUDENT, student)).unwrap();
+    let plan = cli().arg("plan").arg(&recipe_path).output().unwrap();
+    assert!(
+        plan.status.success(),
+        "plan: {}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let run = cli()
+        .arg("run")
+        .arg(&recipe_path)
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "run: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    read_json(&dir.join("run/report.json"))
+}
+
+#[test]
+fn every_family_matches_transformers_with_padding() {
+    for (name, family) in FAMILIES {
+        let dir = fixture(name);
+        let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+        let config = files.read_config().unwrap();
+        assert_eq!(config.family(), family, "{name}");
+        let built = build_classifier(
+            name,
+            &config,
+            files.read_weights().unwrap(),
+            &BuildOptions::inference(&Device::Cpu),
+        )
+        .unwrap();
+        // Every tensor of the checkpoint is used; none is made up.
+        assert!(
+            built.report.created.is_empty(),
+            "{name}: {:?}",
+            built.report.created
+        );
+        assert!(
+            built.report.unused.is_empty(),
+            "{name}: {:?}",
+            built.report.unused
+        );
+        let reference =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+                .unwrap();
+        let out = built
+            .model
+            .forward(&batch(&reference, family), Outputs::ALL, None)
+            .unwrap();
+
+        let hidden = Tensor::stack(&out.encoder.hidden_states, 0).unwrap();
+        let e_hidden = rel_err(&vec(&hidden), &vec(&reference["hidden_states"]));
+        assert!(
+            e_hidden < TOL,
+            "{name}: hidden states, relative error {e_hidden}"
+        );
+        let scores = Tensor::stack(&out.encoder.attention_scores, 0).unwrap();
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let e_attention = rel_err(&vec(&probs), &vec(&reference["attentions"]));
+        assert!(
+            e_attention < TOL,
+            "{name}: attention, relative error {e_attention}"
+        );
+        let e_logits = rel_err(&vec(&out.logits), &vec(&reference["logits"]));
+        assert!(e_logits < TOL, "{name}: logits, relative error {e_logits}");
+        eprintln!(
+            "{name}: relative errors against transformers: hidden states {e_hidden:.1e}, \
+             attention {e_attention:.1e}, logits {e_logits:.1e}"
+        );
+    }
+}
+
+#[test]
+fn every_family_trains_every_tensor() {
+    // The classification loss and the distillation outputs (every hidden state and
+    // attention score) reach every tensor of each family, dropout on.
+    for (name, family) in FAMILIES {
+        let dir = fixture(name);
+        let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+        let config = files.read_config().unwrap();
+        let tensors = files.read_weights().unwrap();
+        let count = tensors.len();
+        let built = build_classifier(
+            name,
+            &config,
+            tensors,
+            &BuildOptions::training(&Device::Cpu, 1),
+        )
+        .unwrap();
+        let reference =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+                .unwrap();
+        let mut rng = Rng::new(3);
+        let out = built
+            .model
+            .forward(&batch(&reference, family), Outputs::ALL, Some(&mut rng))
+            .unwrap();
+        let labels = Tensor::new(&[2u32, 0, 1], &Device::Cpu).unwrap();
+        let mut loss = cross_entropy(&out.logits, &labels).unwrap();
+        for t in out
+            .encoder
+            .hidden_states
+            .iter()
+            .chain(&out.encoder.attention_scores)
+        {
+            loss = (loss + t.sqr().unwrap().mean_all().unwrap()).unwrap();
+        }
+        assert_all_trained(built.varmap.as_ref().unwrap(), &loss, count);
+    }
+}
+
+#[test]
+fn every_family_exports_in_its_own_layout() {
+    // transformers wrote each fixture with save_pretrained: an export with the same
+    // tensor names, shapes and architecture loads there with no missing or unexpected
+    // keys, and its logits on the reference batch are transformers' logits.
+    for (name, family) in FAMILIES {
+        let dir = fixture(name);
+        let out = tempfile::tempdir().unwrap();
+        let exported = out.path().join("export");
+        let source = ExportSource::from_checkpoint(dir.to_str().unwrap()).unwrap();
+        export_classifier(&source, &exported, &ExportOptions::default()).unwrap();
+
+        let shapes = |file: &std::path::Path| -> BTreeMap<String, Vec<usize>> {
+            candle_core::safetensors::load(file, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(k, t)| (k, t.dims().to_vec()))
+                .collect()
+        };
+        assert_eq!(
+            shapes(&exported.join("model.safetensors")),
+            shapes(&dir.join("model.safetensors")),
+            "{name}: tensor names and shapes"
+        );
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+                .unwrap();
+        let theirs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["model_type"], family.model_type(), "{name}");
+        assert_eq!(config["architectures"][0], family.classifier_architecture());
+        for key in theirs.as_object().unwrap().keys() {
+            assert!(
+                config.get(key).is_some(),
+                "{name}: config.json lacks `{key}`"
+            );
+        }
+
+        let files = ModelFiles::resolve(exported.to_str().unwrap()).unwrap();
+        let built = build_classifier(
+            name,
+            &files.read_config().unwrap(),
+            files.read_weights().unwrap(),
+            &BuildOptions::inference(&Device::Cpu),
+        )
+        .unwrap();
+        let reference =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+                .unwrap();
+        let logits = built.model.logits(&batch(&reference, family)).unwrap();
+        let e = rel_err(&vec(&logits), &vec(&reference["logits"]));
+        assert!(e < TOL, "{name}: exported logits, relative error {e}");
+    }
+}
+
+#[test]
+fn a_run_distils_a_teacher_of_every_family_into_students_of_its_family() {
+    // Teacher fine-tuning, intermediate and prediction stages and the export, for a
+    // tiny teacher of each family written in its own layout; the student is made of
+    // the teacher's second layer, or random and narrower, and exported in the same
+    // family's layout.
+    let students = ["from = \"teacher_layers\"\nlayers = [2]", TINY_STUDENT];
+    for ((name, family), student) in FAMILIES.into_iter().flat_map(|f| students.map(|s| (f, s))) {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().join("teacher");
+        write_random_classifier(&teacher, &tiny_family_config(family, 32, 2, 4, 64), 1).unwrap();
+        write_sst2(&dir.path().join("glue"));
+        let report = plan_and_run_tiny_recipe(dir.path(), student);
+        let teacher_acc = report["teacher"]["dev"]["accuracy"].as_f64().unwrap();
+        let student_acc = report["student"]["dev"]["accuracy"].as_f64().unwrap();
+        assert!(
+            teacher_acc > 0.8,
+            "{name}: teacher dev accuracy {teacher_acc}"
+        );
+        assert!(
+            student_acc > 0.7,
+            "{name}: student dev accuracy {student_acc}"
+        );
+        let out = dir.path().join("run");
+        let config = read_json(&out.join("student/config.json"));
+        assert_eq!(config["model_type"], family.model_type(), "{name}");
+        assert_eq!(config["architectures"][0], family.classifier_architecture());
+        let names: Vec<String> =
+            candle_core::safetensors::load(out.join("student/model.safetensors"), &Device::Cpu)
+                .unwrap()
+                .into_keys()
+                .collect();
+        let prefix = family.checkpoint_name("bert.embeddings.word_embeddings.weight");
+        assert!(names.contains(&prefix), "{name}: {names:?}");
+        assert!(
+            !names.iter().any(|n| n.starts_with("bert.")),
+            "{name}: {names:?}"
+        );
+        let kind = student.lines().next().unwrap_or_default();
+        eprintln!("{name}, student {kind}: teacher {teacher_acc:.3}, student {student_acc:.3}");
+    }
+}
+
+#[test]
+fn a_bert_student_learns_from_a_distilbert_teacher_with_the_same_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tiny student is 32 wide with a projection to 48: the teacher's width.
+    let family = Family::DistilBert;
+    write_random_classifier(
+        &dir.path().join("teacher"),
+        &tiny_family_config(family, 48, 2, 4, 64),
+        1,
+    )
+    .unwrap();
+    write_tiny_student(&dir.path().join("bert-student"), 4).unwrap();
+    write_sst2(&dir.path().join("glue"));
+    let student = format!(
+        "from = \"checkpoint\"\nmodel = \"{}\"",
+        dir.path().join("bert-student").display()
+    );
+    let report = plan_and_run_tiny_recipe(dir.path(), &student);
+    let student_acc = report["student"]["dev"]["accuracy"].as_f64().unwrap();
+    assert!(student_acc > 0.7, "student dev accuracy {student_acc}");
+    let config = read_json(&dir.path().join("run/student/config.json"));
+    assert_eq!(config["model_type"], "bert");
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+}
+
+#[test]
+fn real_mpnet_matches_transformers() {
+    // all-mpnet-base-v2 (110M parameters) against transformers' outputs on 12 real
+    // GLUE inputs (tests/scripts/mpnet_reference.py).
+    let Some(dir) = mpnet_dir() else { return };
+    let root = repo_root().join("tests/fixtures");
+    let reference =
+        candle_core::safetensors::load(root.join("mpnet_reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("mpnet_reference.json")).unwrap())
+            .unwrap();
+    let texts: Vec<Vec<String>> = serde_json::from_value(meta["texts"].clone()).unwrap();
+    let stride = meta["hidden_stride"].as_u64().unwrap() as usize;
+    let head = meta["head"].as_u64().unwrap() as usize;
+
+    let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+    let config = files.read_config().unwrap();
+    assert_eq!(config.family(), Family::MPNet);
+    let ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = reference["attention_mask"].to_dtype(DType::U32).unwrap();
+    let tokenizer = files.read_tokenizer().unwrap();
+    let (id_rows, mask_rows): (Vec<Vec<u32>>, Vec<Vec<u32>>) =
+        (ids.to_vec2().unwrap(), mask.to_vec2().unwrap());
+    for (i, text) in texts.iter().enumerate() {
+        let enc = tokenizer
+            .encode(&text[0], text.get(1).map(String::as_str), 512)
+            .unwrap();
+        let n = mask_rows[i].iter().sum::<u32>() as usize;
+        assert_eq!(enc.ids, id_rows[i][..n], "tokenisation of {text:?}");
+    }
+
+    let options = BuildOptions {
+        // No task head in the checkpoint: one is made, and not compared.
+        fresh: candle_distill::model::Fresh::TaskAdditions { seed: 0 },
+        ..BuildOptions::inference(&Device::Cpu)
+    };
+    let built =
+        build_classifier("mpnet", &config, files.read_weights().unwrap(), &options).unwrap();
+    assert!(
+        built
+            .report
+            .created
+            .iter()
+            .all(|n| n.starts_with("classifier.")),
+        "{:?}",
+        built.report.created
+    );
+    let input = BertInput {
+        input_ids: ids.clone(),
+        token_type_ids: ids.zeros_like().unwrap(),
+        attention_mask: mask,
+    };
+    let out = built.model.forward(&input, Outputs::ALL, None).unwrap();
+    let hidden = Tensor::stack(&out.encoder.hidden_states, 0).unwrap();
+    let dims: Vec<u32> = (0..hidden.dim(3).unwrap())
+        .step_by(stride)
+        .map(|d| d as u32)
+        .collect();
+    let sub = hidden
+        .index_select(&Tensor::new(dims.as_slice(), &Device::Cpu).unwrap(), 3)
+        .unwrap();
+    let mut worst = 0f32;
+    for (ours, theirs) in [
+        (sub, "hidden_sub"),
+        (hidden.sum(3).unwrap(), "hidden_sum"),
+        (hidden.sqr().unwrap().sum(3).unwrap(), "hidden_sumsq"),
+    ] {
+        let e = rel_err(&vec(&ours), &vec(&reference[theirs]));
+        assert!(e < TOL, "{theirs}: relative error {e}");
+        worst = worst.max(e);
+    }
+    let scores = Tensor::stack(&out.encoder.attention_scores, 0).unwrap();
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)
+        .unwrap()
+        .narrow(2, head, 1)
+        .unwrap()
+        .squeeze(2)
+        .unwrap();
+    let e = rel_err(&vec(&probs), &vec(&reference["attention_head"]));
+    assert!(e < TOL, "attention: relative error {e}");
+    eprintln!(
+        "all-mpnet-base-v2: hidden states within {worst:.1e}, attention within {e:.1e} of \
+         transformers"
+    );
+}
+
+#[test]
+fn inspect_and_bench_take_every_family() {
+    for (name, family) in FAMILIES {
+        let dir = fixture(name);
+        let o = cli()
+            .args(["inspect", "--json"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["model_type"], family.model_type(), "{name}");
+        let config = ModelFiles::resolve(dir.to_str().unwrap())
+            .unwrap()
+            .read_config()
+            .unwrap();
+        // The fixtures hold the whole classifier: what inspect counts in the files is
+        // what the configs count.
+        assert_eq!(
+            report["parameters"].as_u64().unwrap() as usize,
+            config.encoder_parameters() + config.head_parameters(),
+            "{name}"
+        );
+        let report = bench(
+            &[dir.display().to_string()],
+            &BenchOptions {
+                seq_lens: vec![8],
+                batches: vec![2],
+                iters: 1,
+                warmup: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(report.results.len(), 1, "{name}");
+    }
+}
+
+#[test]
+fn distilberts_sinusoidal_positions_stay_frozen() {
+    // With sinusoidal_pos_embds the position table is fixed, as in transformers: it is
+    // loaded and written, but gets no gradient; everything else still trains.
+    let dir = fixture("distilbert");
+    let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+    let mut config = files.read_config().unwrap();
+    config
+        .extra
+        .insert("sinusoidal_pos_embds".into(), true.into());
+    let frozen = "bert.embeddings.position_embeddings.weight";
+    assert_eq!(config.frozen_tensors(), [frozen]);
+    let built = build_classifier(
+        "distilbert",
+        &config,
+        files.read_weights().unwrap(),
+        &BuildOptions::training(&Device::Cpu, 1),
+    )
+    .unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let out = built
+        .model
+        .forward(&batch(&reference, Family::DistilBert), Outputs::ALL, None)
+        .unwrap();
+    let labels = Tensor::new(&[2u32, 0, 1], &Device::Cpu).unwrap();
+    let grads = cross_entropy(&out.logits, &labels)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let varmap = built.varmap.unwrap();
+    let vars = varmap.data().lock().unwrap();
+    assert!(grads.get(vars[frozen].as_tensor()).is_none());
+    let word = &vars["bert.embeddings.word_embeddings.weight"];
+    assert!(grads.get(word.as_tensor()).is_some());
+}
+
+#[test]
+fn bpe_and_unigram_tokenizers_give_transformers_ids() {
+    // RoBERTa's byte-level BPE and XLM-R's SentencePiece-style Unigram, as
+    // transformers saved them, on sentences and pairs (<s> A </s></s> B </s>).
+    for name in ["roberta", "xlm-roberta"] {
+        let dir = fixture(name);
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("tokenization.json")).unwrap())
+                .unwrap();
+        let texts: Vec<Vec<String>> = serde_json::from_value(reference["texts"].clone()).unwrap();
+        let ids: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
+        let tokenizer = ModelFiles::resolve(dir.to_str().unwrap())
+            .unwrap()
+            .read_tokenizer()
+            .unwrap();
+        assert_eq!(tokenizer.pad_id(), 1, "{name}: <pad>");
+        for (text, want) in texts.iter().zip(&ids) {
+            let got = tokenizer
+                .encode(&text[0], text.get(1).map(String::as_str), 512)
+                .unwrap();
+            assert_eq!(&got.ids, want, "{name}: {text:?}");
+        }
+    }
+}
