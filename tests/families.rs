@@ -497,3 +497,53 @@ fn bpe_and_unigram_tokenizers_give_transformers_ids() {
         }
     }
 }
+
+#[test]
+fn finetune_and_eval_take_every_family() {
+    // `finetune` writes a folder of the family's layout that `eval` scores.
+    for (name, family) in FAMILIES {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().join("teacher");
+        write_random_classifier(&teacher, &tiny_family_config(family, 32, 2, 4, 64), 1).unwrap();
+        write_sst2(&dir.path().join("glue"));
+        let out = dir.path().join("finetuned");
+        let o = cli()
+            .arg("finetune")
+            .arg("--model")
+            .arg(&teacher)
+            .args(["--task", "sst2", "--data"])
+            .arg(dir.path().join("glue"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--epochs", "2", "--lr", "3e-3", "--batch-size", "16"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            read_json(&out.join("config.json"))["model_type"],
+            family.model_type()
+        );
+        let o = cli()
+            .arg("eval")
+            .arg("--model")
+            .arg(&out)
+            .args(["--task", "sst2", "--data"])
+            .arg(dir.path().join("glue"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let eval: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let accuracy = eval["results"]["dev"]["metrics"]["accuracy"]
+            .as_f64()
+            .unwrap();
+        assert!(accuracy > 0.8, "{name}: dev accuracy {accuracy}");
+    }
+}
