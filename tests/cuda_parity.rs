@@ -1,6 +1,6 @@
 //! CUDA against the CPU, for a machine with a GPU (`.ci/gpu-check.sh` runs it):
-//! the teacher's forward with every hidden state and attention score (f32 within 1e-3
-//! relative error, bf16 within 2e-2), and two distillation training steps (weights
+//! the teacher's forward of every encoder family with every hidden state and attention
+//! score (f32 within 1e-3 relative error, bf16 within 2e-2), and two distillation training steps (weights
 //! within 1e-3). Built only with `--features cuda`; without a CUDA device it says so
 //! and passes.
 #![cfg(feature = "cuda")]
@@ -10,11 +10,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_distill::distill::{build_student, StudentInit, TeacherParts, TrainSettings, Trainer};
-use candle_distill::model::{load_classifier, BertInput, BuildOptions, Outputs};
+use candle_distill::model::{load_classifier, BertInput, BuildOptions, Family, Outputs};
 use candle_distill::rng::Rng;
 use candle_distill::run::{Opened, RunDir};
 use candle_distill::testing::{
-    run_two_stages, tiny_config, tiny_train_examples, write_random_classifier,
+    run_two_stages, tiny_config, tiny_family_config, tiny_train_examples, write_random_classifier,
 };
 use candle_distill::train::Schedule;
 
@@ -67,8 +67,15 @@ fn input(device: &Device) -> BertInput {
 #[test]
 fn teacher_forward_on_cuda_matches_the_cpu() {
     let Some(gpu) = cuda() else { return };
+    // Every encoder family (RoBERTa's positions, ELECTRA's projection, MPNet's bias...).
+    for family in Family::ALL {
+        teacher_forward_matches(&gpu, family);
+    }
+}
+
+fn teacher_forward_matches(gpu: &Device, family: Family) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = tiny_config(128, 4, 4, 512);
+    let mut config = tiny_family_config(family, 128, 4, 4, 512);
     config.set_labels(&["a".into(), "b".into()]);
     write_random_classifier(dir.path(), &config, 3).unwrap();
     let spec = dir.path().display().to_string();
@@ -89,7 +96,7 @@ fn teacher_forward_on_cuda_matches_the_cpu() {
     };
     let cpu = on(&Device::Cpu, DType::F32);
     for (dtype, tolerance) in [(DType::F32, 1e-3), (DType::BF16, 2e-2)] {
-        let out = on(&gpu, dtype);
+        let out = on(gpu, dtype);
         let mut worst = rel_err(&cpu.logits, &out.logits);
         for (a, b) in cpu
             .encoder
@@ -107,8 +114,12 @@ fn teacher_forward_on_cuda_matches_the_cpu() {
         {
             worst = worst.max(rel_err(a, b));
         }
-        eprintln!("teacher forward {dtype:?}: worst relative error {worst:.2e} (tolerance {tolerance:.0e})");
-        assert!(worst <= tolerance, "{dtype:?}: {worst}");
+        eprintln!(
+            "{} teacher forward {dtype:?}: worst relative error {worst:.2e} (tolerance \
+             {tolerance:.0e})",
+            family.model_type()
+        );
+        assert!(worst <= tolerance, "{family:?} {dtype:?}: {worst}");
     }
 }
 
