@@ -75,6 +75,17 @@ impl Default for ExportOptions {
     }
 }
 
+impl ExportOptions {
+    /// The inputs of the logit check: the options' own, else the built-in sentences.
+    fn examples(&self) -> Vec<Example> {
+        if self.check_examples.is_empty() {
+            default_examples()
+        } else {
+            self.check_examples.clone()
+        }
+    }
+}
+
 /// What was written, and the check it passed.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportReport {
@@ -130,44 +141,35 @@ pub fn export_classifier(
 
     let staging = Staging::create(out)?;
     let dir = staging.path();
-    let family = config.family();
-    let size_on_disk_bytes = write_weights(
-        &dir.join("model.safetensors"),
-        &family.checkpoint_tensors(&written),
-    )?;
-    crate::io::write_json(&dir.join("config.json"), &config.to_family_json()?)?;
+    let size_on_disk_bytes = write_model(dir, &config, &written)?;
     let tokenizer_files = tokenizer.write(dir, config.max_sequence_length())?;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "student".into());
-    let labels = config.labels("config.json")?.unwrap_or_default();
     let facts = card::StudentFacts {
         name: &name,
         parameters,
         size_on_disk_bytes,
         layers: config.num_hidden_layers,
         hidden_size: config.hidden_size,
-        labels: &labels,
+        labels: &config.labels("config.json")?.unwrap_or_default(),
         regression: config.is_regression(),
         dtype: dtype_name,
     };
-    let card = source.card.render(&facts);
-    crate::io::write_atomic(&dir.join("README.md"), card.as_bytes())?;
+    crate::io::write_atomic(
+        &dir.join("README.md"),
+        source.card.render(&facts).as_bytes(),
+    )?;
 
-    let examples = if opts.check_examples.is_empty() {
-        default_examples()
-    } else {
-        opts.check_examples.clone()
-    };
-    let tolerance = opts.tolerance.unwrap_or(default_tolerance(opts.dtype));
+    let examples = opts.examples();
     let check = verify::verify_folder(
         dir,
         &reference.model,
         &tokenizer.tokenizer,
         &written,
         &examples,
-        tolerance,
+        opts.tolerance.unwrap_or(default_tolerance(opts.dtype)),
     )?;
     staging.commit(out, opts.force)?;
     tracing::info!(
@@ -233,6 +235,18 @@ fn check_vocabulary(tokenizer: &ResolvedTokenizer, config: &BertConfig) -> Resul
         ));
     }
     Ok(())
+}
+
+/// Writes model.safetensors and config.json into `dir` in the family's layout; returns
+/// the weights' size.
+fn write_model(dir: &Path, config: &BertConfig, tensors: &HashMap<String, Tensor>) -> Result<u64> {
+    let family = config.family();
+    let size = write_weights(
+        &dir.join("model.safetensors"),
+        &family.checkpoint_tensors(tensors),
+    )?;
+    crate::io::write_json(&dir.join("config.json"), &config.to_family_json()?)?;
+    Ok(size)
 }
 
 /// Writes `tensors` as safetensors with transformers' `format: pt` metadata; returns
