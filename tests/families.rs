@@ -547,3 +547,37 @@ fn finetune_and_eval_take_every_family() {
         assert!(accuracy > 0.8, "{name}: dev accuracy {accuracy}");
     }
 }
+
+#[test]
+fn an_mpnet_with_its_real_tokenizer_exports_a_fast_tokenizer() {
+    // MPNet's WordPiece vocabulary holds [CLS] and [SEP] as well as <s> and </s>; its
+    // files name <s> A </s></s> B </s>, which only tokenizer.json reproduces.
+    let Some(real) = mpnet_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let mut config = tiny_family_config(Family::MPNet, 32, 1, 4, 64);
+    config.vocab_size = 30527;
+    config.pad_token_id = 1;
+    config.set_labels(&["negative".into(), "positive".into()]);
+    write_random_classifier(&model, &config, 2).unwrap();
+    std::fs::remove_file(model.join("vocab.txt")).unwrap();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(real.join(f), model.join(f)).unwrap();
+    }
+    let out = dir.path().join("export");
+    let source = ExportSource::from_checkpoint(model.to_str().unwrap()).unwrap();
+    let report = export_classifier(&source, &out, &ExportOptions::default()).unwrap();
+    assert!(
+        !report.files.iter().any(|f| f == "vocab.txt"),
+        "{:?}",
+        report.files
+    );
+    let tokenizer_config = read_json(&out.join("tokenizer_config.json"));
+    assert_eq!(tokenizer_config["tokenizer_class"], "MPNetTokenizer");
+    assert_eq!(tokenizer_config["cls_token"], "<s>");
+    assert_eq!(tokenizer_config["unk_token"], "[UNK]");
+}

@@ -128,6 +128,12 @@ impl ResolvedTokenizer {
     /// `tokenizer_config.json`, then BERT's default. Values may be plain strings or
     /// transformers' `AddedToken` objects (`{"content": ...}`).
     fn special_token(&self, role: &str, default: &str) -> String {
+        self.configured_token(role)
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    /// The token the source's files give a special role, if any.
+    fn configured_token(&self, role: &str) -> Option<String> {
         let as_text = |v: &Value| match v {
             Value::String(s) => Some(s.clone()),
             Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
@@ -137,7 +143,19 @@ impl ResolvedTokenizer {
             .get(role)
             .and_then(as_text)
             .or_else(|| self.config.get(role).and_then(as_text))
-            .unwrap_or_else(|| default.to_string())
+    }
+
+    /// Whether the special tokens are BERT's (`[CLS]` A `[SEP]`): the source's files
+    /// say so, or the vocabulary has `[CLS]` and no `<s>`. MPNet's WordPiece
+    /// vocabulary holds `[CLS]` too, but its files name `<s>`.
+    fn has_bert_specials(&self) -> bool {
+        match self.configured_token("cls_token") {
+            Some(cls) => cls == "[CLS]",
+            None => {
+                self.tokenizer.token_to_id("[CLS]").is_some()
+                    && self.tokenizer.token_to_id("<s>").is_none()
+            }
+        }
     }
 
     /// Writes the tokenizer files into `dir` and returns their names: for a BERT
@@ -147,9 +165,9 @@ impl ResolvedTokenizer {
     pub fn write(&self, dir: &Path, max_positions: usize) -> Result<Vec<&'static str>> {
         let json = self.json()?;
         // MPNet's WordPiece vocabulary has RoBERTa's special tokens and pair template,
-        // which BertTokenizer would not reproduce: only tokenizer.json carries it.
-        let bert_wordpiece = json["model"]["type"].as_str() == Some("WordPiece")
-            && self.tokenizer.token_to_id("[CLS]").is_some();
+        // which BertTokenizer would not reproduce: only tokenizer.json carries them.
+        let bert_wordpiece =
+            json["model"]["type"].as_str() == Some("WordPiece") && self.has_bert_specials();
         let path = dir.join("tokenizer.json");
         self.tokenizer
             .inner()
@@ -195,12 +213,10 @@ impl ResolvedTokenizer {
     /// Each special role's token (BERT's or RoBERTa's defaults, whichever the
     /// vocabulary holds), each checked to be in the vocabulary.
     fn special_tokens(&self, dir: &Path) -> Result<Map<String, Value>> {
-        let roles = if self.tokenizer.token_to_id("[CLS]").is_none()
-            && self.tokenizer.token_to_id("<s>").is_some()
-        {
-            ROBERTA_ROLES
-        } else {
+        let roles = if self.has_bert_specials() {
             BERT_ROLES
+        } else {
+            ROBERTA_ROLES
         };
         let mut special = Map::new();
         for (role, default) in roles {
