@@ -158,6 +158,29 @@ fn a_killed_run_resumes_to_the_same_student() {
     }
 }
 
+/// A run started again after all its stages finished (its export had failed, say)
+/// skips them, exports, and still reports every stage as the first start would have.
+#[test]
+fn a_run_resumed_after_its_stages_still_reports_them() {
+    let dir = setup();
+    let recipe = recipe(dir.path());
+    let out = dir.path().join("run");
+    let o = run_to(&recipe, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+    };
+    let first = read();
+    std::fs::remove_dir_all(out.join("student")).unwrap();
+    std::fs::remove_file(out.join("report.json")).unwrap();
+    let o = run_to(&recipe, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = read();
+    assert_eq!(again["stages"].as_array().unwrap().len(), 2);
+    assert_eq!(again["stages"], first["stages"]);
+    assert_eq!(again["student"]["dev"], first["student"]["dev"]);
+}
+
 /// A recipe's `[augment]` table feeds a stage with `data = { source = "augmented" }`:
 /// the run augments the training text into its folder and trains on more rows.
 #[test]

@@ -46,6 +46,7 @@ pub fn run_stages(
         .first()
         .ok_or_else(|| Error::msg("no replica to train"))?;
     let saved = crate::distill::checkpoint::saved_progress(run)?;
+    let mut finished = FinishedStages::read(run)?;
     let mut summaries = Vec::new();
     let mut restored = false;
     for (index, spec) in specs.iter().enumerate() {
@@ -53,6 +54,7 @@ pub fn run_stages(
         if let Some(p) = &saved {
             if p.stage > index || (p.stage == index && p.finished) {
                 tracing::info!("stage {name}: already finished, skipping");
+                summaries.extend(finished.get(index));
                 continue;
             }
         }
@@ -90,11 +92,44 @@ pub fn run_stages(
                 n => format!(", {n} local replicas"),
             }
         );
-        summaries.push(on_every_replica(replicas, |r| {
+        let summary = on_every_replica(replicas, |r| {
             trainer_for(r, run, evaluator).run_stage(&stage, resume.clone())
-        })?);
+        })?;
+        if first.is_leader() {
+            finished.record(run, index, &summary)?;
+        }
+        summaries.push(summary);
     }
     Ok(summaries)
+}
+
+/// The summaries of the stages that finished in this run folder, by stage index, kept
+/// in `stages.json` so that a run resumed after them still reports them.
+struct FinishedStages(Vec<Option<StageSummary>>);
+
+impl FinishedStages {
+    const FILE: &'static str = "stages.json";
+
+    fn read(run: &RunDir) -> Result<Self> {
+        let path = run.path(Self::FILE);
+        Ok(FinishedStages(if path.is_file() {
+            crate::io::read_json(&path)?
+        } else {
+            Vec::new()
+        }))
+    }
+
+    fn get(&self, index: usize) -> Option<StageSummary> {
+        self.0.get(index).cloned().flatten()
+    }
+
+    fn record(&mut self, run: &RunDir, index: usize, summary: &StageSummary) -> Result<()> {
+        if self.0.len() <= index {
+            self.0.resize(index + 1, None);
+        }
+        self.0[index] = Some(summary.clone());
+        crate::io::write_json(&run.path(Self::FILE), &self.0)
+    }
 }
 
 /// The teacher's logits on a stage's examples when its losses need them, from the
