@@ -50,6 +50,8 @@ pub struct FinetunePlan {
 #[derive(Debug, Serialize)]
 pub struct ModelShape {
     pub source: String,
+    /// The encoder family (`bert`, `roberta`, `mpnet`, ...).
+    pub model_type: String,
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,
@@ -96,6 +98,7 @@ pub struct StagePlan {
 fn shape(source: String, c: &BertConfig, seq: usize) -> ModelShape {
     ModelShape {
         source,
+        model_type: c.family().model_type().into(),
         layers: c.num_hidden_layers,
         hidden: c.hidden_size,
         heads: c.num_attention_heads,
@@ -449,8 +452,9 @@ impl Plan {
         let mut s = String::new();
         let m = |m: &ModelShape| {
             format!(
-                "{} | {} layers x {}, {} heads, FFN {} | {:.1}M params | {:.2} GFLOP/seq",
+                "{} | {}, {} layers x {}, {} heads, FFN {} | {:.1}M params | {:.2} GFLOP/seq",
                 m.source,
+                m.model_type,
                 m.layers,
                 m.hidden,
                 m.heads,

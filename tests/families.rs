@@ -62,8 +62,9 @@ fn read_json(path: &std::path::Path) -> serde_json::Value {
 }
 
 /// `plan`, then `run`, of the tiny recipe in `dir` (teacher in `dir/teacher`, GLUE
-/// data in `dir/glue`) with `student` as its student section; the run's report.
-fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> serde_json::Value {
+/// data in `dir/glue`) with `student` as its student section; the plan's text and the
+/// run's report.
+fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> (String, serde_json::Value) {
     let text = std::fs::read_to_string(recipe(dir)).unwrap();
     assert!(text.contains(TINY_STUDENT), "the tiny recipe changed");
     let recipe_path = dir.join("family.toml");
@@ -86,7 +87,8 @@ fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> serde_json:
         "run: {}",
         String::from_utf8_lossy(&run.stderr)
     );
-    read_json(&dir.join("run/report.json"))
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    (plan, read_json(&dir.join("run/report.json")))
 }
 
 #[test]
@@ -251,7 +253,9 @@ fn a_run_distils_a_teacher_of_every_family_into_students_of_its_family() {
         let teacher = dir.path().join("teacher");
         write_random_classifier(&teacher, &tiny_family_config(family, 32, 2, 4, 64), 1).unwrap();
         write_sst2(&dir.path().join("glue"));
-        let report = plan_and_run_tiny_recipe(dir.path(), student);
+        let (plan, report) = plan_and_run_tiny_recipe(dir.path(), student);
+        let shown = format!("| {}, 2 layers x 32", family.model_type());
+        assert!(plan.contains(&shown), "{name}: {plan}");
         let teacher_acc = report["teacher"]["dev"]["accuracy"].as_f64().unwrap();
         let student_acc = report["student"]["dev"]["accuracy"].as_f64().unwrap();
         assert!(
@@ -299,7 +303,9 @@ fn a_bert_student_learns_from_a_distilbert_teacher_with_the_same_vocabulary() {
         "from = \"checkpoint\"\nmodel = \"{}\"",
         dir.path().join("bert-student").display()
     );
-    let report = plan_and_run_tiny_recipe(dir.path(), &student);
+    let (plan, report) = plan_and_run_tiny_recipe(dir.path(), &student);
+    assert!(plan.contains("| distilbert, 2 layers x 48"), "{plan}");
+    assert!(plan.contains("| bert, 2 layers x 32"), "{plan}");
     let student_acc = report["student"]["dev"]["accuracy"].as_f64().unwrap();
     assert!(student_acc > 0.7, "student dev accuracy {student_acc}");
     let config = read_json(&dir.path().join("run/student/config.json"));
