@@ -1,8 +1,9 @@
 //! Real weights. The default `cargo test` runs a shortened quick start twice, the
 //! second time beside busy processes, and compares the results bit for bit.
 //!
-//! The full quick start is slow (about half an hour on 2 cores), so not part of the
-//! default `cargo test`: the quick-start recipe end to end. Teacher = all-MiniLM-L6-v2
+//! The full quick start is slow (428 s on 2 cores when last timed, 2026-11-29), so not
+//! part of the default `cargo test`: the quick-start recipe end to end. Teacher =
+//! all-MiniLM-L6-v2
 //! fine-tuned on the first 4,000 SST-2 sentences; student = its layers 2, 4 and 6;
 //! intermediate stage (3 epochs) then prediction stage (3 epochs). The student must keep
 //! at least 97% of the teacher's dev accuracy. Also trains the same student on hard
@@ -11,7 +12,7 @@
 //! teacher 82.3%, distilled student 82.0% (99.6%); an earlier script, no longer kept,
 //! gave 81.3% for the hard-label student.
 //!
-//! The MPNet run (`real_distill::mpnet`, about 20 minutes) distils a real 110M teacher
+//! The MPNet run (`real_distill::mpnet`, about half an hour) distils a real 110M teacher
 //! of another family, all-mpnet-base-v2, into its layers 3, 6, 9 and 12
 //! (recipes/mpnet-sst2-cpu.toml); the student must keep 90% of the teacher's accuracy
 //! (it kept 92.2%: teacher 89.2%, student 82.2%, 2.9x faster at batch 32).
@@ -207,7 +208,7 @@ fn quickstart_student_keeps_97_percent_of_the_teacher() {
 }
 
 #[test]
-#[ignore = "slow real-weight run (about 20 minutes on 2 cores); see the file header"]
+#[ignore = "slow real-weight run (about half an hour on 2 cores); see the file header"]
 fn mpnet_teacher_distils_into_its_layers_3_6_9_12() {
     // A real 110M-parameter teacher of another family: all-mpnet-base-v2 fine-tuned on
     // the first 4,000 SST-2 sentences, distilled into its layers 3, 6, 9 and 12
