@@ -3,10 +3,9 @@
 //!
 //! The full quick start is slow (428 s on 2 cores when last timed, 2026-11-29), so not
 //! part of the default `cargo test`: the quick-start recipe end to end. Teacher =
-//! all-MiniLM-L6-v2
-//! fine-tuned on the first 4,000 SST-2 sentences; student = its layers 2, 4 and 6;
-//! intermediate stage (3 epochs) then prediction stage (3 epochs). The student must keep
-//! at least 97% of the teacher's dev accuracy. Also trains the same student on hard
+//! all-MiniLM-L6-v2 fine-tuned on the first 4,000 SST-2 sentences; student = its layers
+//! 2, 4 and 6; intermediate stage (3 epochs) then prediction stage (3 epochs). The
+//! student must keep at least 97% of the teacher's dev accuracy. Also trains the same student on hard
 //! labels alone (6 epochs) for comparison.
 //! PyTorch + transformers doing the same job (benches/pytorch_quickstart.py, seed 42):
 //! teacher 82.3%, distilled student 82.0% (99.6%); an earlier script, no longer kept,
