@@ -270,13 +270,28 @@ fn a_run_distils_a_teacher_of_every_family_into_students_of_its_family() {
         let config = read_json(&out.join("student/config.json"));
         assert_eq!(config["model_type"], family.model_type(), "{name}");
         assert_eq!(config["architectures"][0], family.classifier_architecture());
-        let names: Vec<String> =
+        let tensors =
             candle_core::safetensors::load(out.join("student/model.safetensors"), &Device::Cpu)
-                .unwrap()
-                .into_keys()
-                .collect();
-        let prefix = family.checkpoint_name("bert.embeddings.word_embeddings.weight");
-        assert!(names.contains(&prefix), "{name}: {names:?}");
+                .unwrap();
+        let names: Vec<&String> = tensors.keys().collect();
+        let words = family.checkpoint_name("bert.embeddings.word_embeddings.weight");
+        assert!(tensors.contains_key(&words), "{name}: {names:?}");
+        if family == Family::Electra {
+            // transformers reads a missing embedding_size as 128: it must be written.
+            let width = tensors[&words].dim(1).unwrap();
+            assert_eq!(config["embedding_size"], width, "{name}");
+        }
+        // The family's tokenizer class for the tiny WordPiece vocabulary.
+        let tokenizer_class = match family {
+            Family::DistilBert => "DistilBertTokenizer",
+            Family::Electra => "ElectraTokenizer",
+            _ => "BertTokenizer",
+        };
+        let tokenizer_config = read_json(&out.join("student/tokenizer_config.json"));
+        assert_eq!(
+            tokenizer_config["tokenizer_class"], tokenizer_class,
+            "{name}"
+        );
         assert!(
             !names.iter().any(|n| n.starts_with("bert.")),
             "{name}: {names:?}"

@@ -142,7 +142,7 @@ pub fn export_classifier(
     let staging = Staging::create(out)?;
     let dir = staging.path();
     let size_on_disk_bytes = write_model(dir, &config, &written)?;
-    let tokenizer_files = tokenizer.write(dir, config.max_sequence_length())?;
+    let tokenizer_files = tokenizer.write(dir, config.max_sequence_length(), config.family())?;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+use crate::model::Family;
 use crate::tokenizer::{TextTokenizer, TokenizerFiles};
 use crate::{Error, Result};
 
@@ -77,10 +78,22 @@ fn tok_err(path: &Path, message: impl ToString) -> Error {
 
 /// `BertTokenizer`'s settings, from what tokenizer.json's normalizer does (the source
 /// config may be stale).
-fn bert_tokenizer_config(config: &mut Map<String, Value>, normalizer: &Value, lower: Option<bool>) {
+fn bert_tokenizer_config(
+    config: &mut Map<String, Value>,
+    normalizer: &Value,
+    lower: Option<bool>,
+    family: Family,
+) {
     let lowercase = normalizer["lowercase"].as_bool().or(lower).unwrap_or(true);
     config.insert("do_lower_case".into(), json!(lowercase));
-    config.insert("tokenizer_class".into(), json!("BertTokenizer"));
+    // The family's own WordPiece class: DistilBertTokenizer gives no token_type_ids,
+    // which DistilBERT's forward does not take (transformers 4).
+    let class = match family {
+        Family::DistilBert => "DistilBertTokenizer",
+        Family::Electra => "ElectraTokenizer",
+        _ => "BertTokenizer",
+    };
+    config.insert("tokenizer_class".into(), json!(class));
     config
         .entry("tokenize_chinese_chars")
         .or_insert_with(|| json!(normalizer["handle_chinese_chars"].as_bool().unwrap_or(true)));
@@ -162,7 +175,12 @@ impl ResolvedTokenizer {
     /// WordPiece vocabulary the four files of transformers' `BertTokenizer`; for any
     /// other (BPE, Unigram, MPNet's) `tokenizer.json` with the config and special
     /// tokens of a fast tokenizer. `max_positions` caps `model_max_length`.
-    pub fn write(&self, dir: &Path, max_positions: usize) -> Result<Vec<&'static str>> {
+    pub fn write(
+        &self,
+        dir: &Path,
+        max_positions: usize,
+        family: Family,
+    ) -> Result<Vec<&'static str>> {
         let json = self.json()?;
         // MPNet's WordPiece vocabulary has RoBERTa's special tokens and pair template,
         // which BertTokenizer would not reproduce: only tokenizer.json carries them.
@@ -197,7 +215,12 @@ impl ResolvedTokenizer {
         config.extend(special);
         config.insert("model_max_length".into(), json!(max_len));
         if bert_wordpiece {
-            bert_tokenizer_config(&mut config, &json["normalizer"], self.tokenizer.lowercase());
+            bert_tokenizer_config(
+                &mut config,
+                &json["normalizer"],
+                self.tokenizer.lowercase(),
+                family,
+            );
         } else {
             // The source's class (RobertaTokenizer, MPNetTokenizer, ...) loads its fast
             // variant from tokenizer.json.

@@ -21,6 +21,9 @@ pub const MASK_VALUE: f64 = -10000.0;
 
 const INIT_STD: f64 = 0.02;
 
+/// MPNet's relative-position buckets as transformers computes them.
+const MPNET_BUCKETS: usize = 32;
+
 /// One batch of token ids. All tensors are (batch, seq) and `u32`.
 #[derive(Debug, Clone)]
 pub struct BertInput {
@@ -190,7 +193,13 @@ impl BertEmbeddings {
             layer_norm: LayerNorm::new(vb.pp("LayerNorm"), width, c.layer_norm_eps)?,
             dropout: c.hidden_dropout_prob,
             family,
-            pad_token_id: c.pad_token_id,
+            // transformers' MPNet numbers positions from padding index 1 whatever
+            // pad_token_id says; RoBERTa from pad_token_id.
+            pad_token_id: if family == Family::MPNet {
+                1
+            } else {
+                c.pad_token_id
+            },
         })
     }
 
@@ -534,7 +543,10 @@ impl BertModel {
         let (buckets, heads) = table.dims2()?;
         let index: Vec<u32> = (0..seq as i64)
             .flat_map(|q| (0..seq as i64).map(move |k| (q, k)))
-            .map(|(q, k)| relative_position_bucket(k - q, buckets, 128) as u32)
+            // transformers buckets with 32 whatever relative_attention_num_buckets says.
+            .map(|(q, k)| {
+                relative_position_bucket(k - q, MPNET_BUCKETS, 128).min(buckets - 1) as u32
+            })
             .collect();
         let index = Tensor::from_vec(index, seq * seq, table.device())?;
         let bias = table

@@ -29,6 +29,9 @@ fn default_init_range() -> f64 {
     0.02
 }
 
+/// transformers' ElectraConfig default for `embedding_size`.
+const ELECTRA_EMBEDDING_SIZE: usize = 128;
+
 /// The fields of a Hugging Face `BertConfig` that this crate reads. Fields it does not
 /// know are kept in `extra` and written back on export, so nothing a user had is lost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,7 +111,12 @@ impl BertConfig {
         else {
             return Err(Error::msg("a config serialises to a JSON object"));
         };
-        self.family().config_to_family_names(&mut fields);
+        let family = self.family();
+        if family == Family::Electra {
+            // Written always: transformers would read a missing one as 128.
+            fields.insert("embedding_size".into(), self.embedding_size().into());
+        }
+        family.config_to_family_names(&mut fields);
         Ok(Value::Object(fields))
     }
 
@@ -120,12 +128,18 @@ impl BertConfig {
     }
 
     /// The width of the token embeddings: ELECTRA's `embedding_size` (projected to
-    /// `hidden_size` after the embedding LayerNorm), else `hidden_size`.
+    /// `hidden_size` after the embedding LayerNorm; 128 when the config has none, as
+    /// transformers' ElectraConfig defaults), else `hidden_size`.
     pub fn embedding_size(&self) -> usize {
+        let default = if self.family() == Family::Electra {
+            ELECTRA_EMBEDDING_SIZE
+        } else {
+            self.hidden_size
+        };
         self.extra
             .get("embedding_size")
             .and_then(Value::as_u64)
-            .map_or(self.hidden_size, |e| e as usize)
+            .map_or(default, |e| e as usize)
     }
 
     /// MPNet's number of relative-position buckets.
@@ -228,9 +242,18 @@ impl BertConfig {
         if self.family() != Family::Bert {
             c.layer_norm_eps = self.layer_norm_eps;
         }
-        if let Some(n) = self.extra.get("relative_attention_num_buckets") {
-            c.extra
-                .insert("relative_attention_num_buckets".into(), n.clone());
+        // The family's own settings; ELECTRA's student embeds at its own width.
+        for key in [
+            "relative_attention_num_buckets",
+            "classifier_dropout",
+            "seq_classif_dropout",
+        ] {
+            if let Some(v) = self.extra.get(key) {
+                c.extra.insert(key.into(), v.clone());
+            }
+        }
+        if c.family() == Family::Electra {
+            c.extra.insert("embedding_size".into(), hidden_size.into());
         }
         c
     }
@@ -467,6 +490,21 @@ mod tests {
                 "{family:?}"
             );
         }
+    }
+
+    #[test]
+    fn electra_embeddings_are_128_wide_unless_the_config_says_otherwise() {
+        let mut c = BertConfig::with_shape(50, 64, 1, 4, 128);
+        c.model_type = Some("electra".into());
+        assert_eq!(c.embedding_size(), 128);
+        assert_eq!(c.to_family_json().unwrap()["embedding_size"], 128);
+        // A random student of it embeds at its own width, and says so.
+        let student = c.reshaped(1, 32, 4, 64);
+        assert_eq!(student.embedding_size(), 32);
+        assert_eq!(student.to_family_json().unwrap()["embedding_size"], 32);
+        c.model_type = Some("bert".into());
+        assert_eq!(c.embedding_size(), 64);
+        assert!(c.to_family_json().unwrap().get("embedding_size").is_none());
     }
 
     #[test]

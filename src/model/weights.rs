@@ -48,7 +48,7 @@ pub fn canonical_name(name: &str) -> Option<String> {
     } else if let Some(stem) = n.strip_suffix(".beta") {
         n = format!("{stem}.bias");
     }
-    const ENCODER_PARTS: [&str; 3] = ["embeddings.", "encoder.", "pooler."];
+    const ENCODER_PARTS: [&str; 4] = ["embeddings.", "encoder.", "pooler.", "embeddings_project."];
     if ENCODER_PARTS.iter().any(|p| n.starts_with(p)) {
         n = format!("bert.{n}");
     }

@@ -37,9 +37,11 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Whether weight decay applies to a parameter, by its name.
+/// Whether weight decay applies to a parameter, by its name: not to biases (MPNet's
+/// `relative_attention_bias` included, as transformers' Trainer leaves out any name
+/// holding "bias") nor LayerNorm parameters.
 pub fn decays(name: &str) -> bool {
-    !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
+    !(name.contains("bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
 }
 
 /// First and second moments: plain buffers for the fused CPU kernel, tensors elsewhere.
@@ -570,5 +572,6 @@ mod tests {
         assert!(decays("bert.encoder.layer.0.attention.self.query.weight"));
         assert!(!decays("bert.encoder.layer.0.attention.self.query.bias"));
         assert!(!decays("bert.embeddings.LayerNorm.weight"));
+        assert!(!decays("bert.encoder.relative_attention_bias.weight"));
     }
 }
