@@ -13,7 +13,7 @@ use candle_distill::export::{
 use candle_distill::model::{load_classifier, BuildOptions, ModelFiles};
 use candle_distill::testing::{tiny_vocab, write_tiny_student};
 use candle_distill::tokenizer::{TextTokenizer, TokenizerFiles};
-use common::rel_err;
+use common::{read_json, rel_err};
 
 /// The seed the committed fixture was generated with (see the script's docstring).
 const SEED: u64 = 7;
@@ -21,10 +21,6 @@ const SEED: u64 = 7;
 fn tiny_student(dir: &Path) -> ExportSource {
     write_tiny_student(dir, SEED).unwrap();
     ExportSource::from_checkpoint(dir.to_str().unwrap()).unwrap()
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn siblings(dir: &Path) -> Vec<String> {

@@ -3,21 +3,21 @@
 //! tests/fixtures/families), run on one padded batch, every hidden state, every
 //! layer's attention probabilities and the logits compared.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_distill::bench::{bench, BenchOptions};
 use candle_distill::export::{export_classifier, ExportOptions, ExportSource};
 use candle_distill::model::bert::cross_entropy;
 use candle_distill::model::{
-    build_classifier, BertInput, BuildOptions, Family, ModelFiles, Outputs,
+    build_classifier, BertConfig, BertInput, BuildOptions, Family, ModelFiles, Outputs,
 };
 use candle_distill::rng::Rng;
 use candle_distill::testing::{tiny_family_config, write_random_classifier, write_tiny_student};
 
 use super::common::reference::vec;
 use super::common::tiny_run::{cli, recipe, write_sst2};
-use super::common::{mpnet_dir, rel_err, repo_root};
+use super::common::{mpnet_dir, read_json, rel_err, repo_root, succeed};
 use super::model_gradients::assert_all_trained;
 
 const TOL: f32 = 1e-4;
@@ -34,9 +34,28 @@ fn fixture(name: &str) -> std::path::PathBuf {
     repo_root().join("tests/fixtures/families").join(name)
 }
 
+/// A fixture's config, its tensors under canonical names, and transformers' batch and
+/// outputs (`reference.safetensors`).
+struct Fixture {
+    config: BertConfig,
+    tensors: HashMap<String, Tensor>,
+    reference: HashMap<String, Tensor>,
+}
+
+fn load_fixture(name: &str) -> Fixture {
+    let dir = fixture(name);
+    let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+    Fixture {
+        config: files.read_config().unwrap(),
+        tensors: files.read_weights().unwrap(),
+        reference: candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+            .unwrap(),
+    }
+}
+
 /// The reference batch; families that ignore token types get ones in row 0 anyway,
 /// which must change nothing.
-fn batch(reference: &std::collections::HashMap<String, Tensor>, family: Family) -> BertInput {
+fn batch(reference: &HashMap<String, Tensor>, family: Family) -> BertInput {
     let u32s = |name: &str| reference[name].to_dtype(DType::U32).unwrap();
     let token_type_ids = if family.has_token_types() {
         u32s("token_type_ids")
@@ -57,10 +76,6 @@ fn batch(reference: &std::collections::HashMap<String, Tensor>, family: Family) 
 const TINY_STUDENT: &str =
     "from = \"random\"\nlayers = 2\nhidden = 16\nheads = 4\nintermediate = 32";
 
-fn read_json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// `plan`, then `run`, of the tiny recipe in `dir` (teacher in `dir/teacher`, GLUE
 /// data in `dir/glue`) with `student` as its student section; the plan's text and the
 /// run's report.
@@ -69,23 +84,14 @@ fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> (String, se
     assert!(text.contains(TINY_STUDENT), "the tiny recipe changed");
     let recipe_path = dir.join("family.toml");
     std::fs::write(&recipe_path, text.replace(TINY_STUDENT, student)).unwrap();
-    let plan = cli().arg("plan").arg(&recipe_path).output().unwrap();
-    assert!(
-        plan.status.success(),
-        "plan: {}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
-    let run = cli()
-        .arg("run")
-        .arg(&recipe_path)
-        .arg("--out")
-        .arg(dir.join("run"))
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "run: {}",
-        String::from_utf8_lossy(&run.stderr)
+    let plan = succeed(cli().arg("plan").arg(&recipe_path), "plan");
+    succeed(
+        cli()
+            .arg("run")
+            .arg(&recipe_path)
+            .arg("--out")
+            .arg(dir.join("run")),
+        "run",
     );
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
     (plan, read_json(&dir.join("run/report.json")))
@@ -94,14 +100,16 @@ fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> (String, se
 #[test]
 fn every_family_matches_transformers_with_padding() {
     for (name, family) in FAMILIES {
-        let dir = fixture(name);
-        let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
-        let config = files.read_config().unwrap();
+        let Fixture {
+            config,
+            tensors,
+            reference,
+        } = load_fixture(name);
         assert_eq!(config.family(), family, "{name}");
         let built = build_classifier(
             name,
             &config,
-            files.read_weights().unwrap(),
+            tensors,
             &BuildOptions::inference(&Device::Cpu),
         )
         .unwrap();
@@ -116,9 +124,6 @@ fn every_family_matches_transformers_with_padding() {
             "{name}: {:?}",
             built.report.unused
         );
-        let reference =
-            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-                .unwrap();
         let out = built
             .model
             .forward(&batch(&reference, family), Outputs::ALL, None)
@@ -151,10 +156,11 @@ fn every_family_trains_every_tensor() {
     // The classification loss and the distillation outputs (every hidden state and
     // attention score) reach every tensor of each family, dropout on.
     for (name, family) in FAMILIES {
-        let dir = fixture(name);
-        let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
-        let config = files.read_config().unwrap();
-        let tensors = files.read_weights().unwrap();
+        let Fixture {
+            config,
+            tensors,
+            reference,
+        } = load_fixture(name);
         let count = tensors.len();
         let built = build_classifier(
             name,
@@ -163,9 +169,6 @@ fn every_family_trains_every_tensor() {
             &BuildOptions::training(&Device::Cpu, 1),
         )
         .unwrap();
-        let reference =
-            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-                .unwrap();
         let mut rng = Rng::new(3);
         let out = built
             .model
@@ -209,12 +212,8 @@ fn every_family_exports_in_its_own_layout() {
             shapes(&dir.join("model.safetensors")),
             "{name}: tensor names and shapes"
         );
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
-                .unwrap();
-        let theirs: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-                .unwrap();
+        let config = read_json(&exported.join("config.json"));
+        let theirs = read_json(&dir.join("config.json"));
         assert_eq!(config["model_type"], family.model_type(), "{name}");
         assert_eq!(config["architectures"][0], family.classifier_architecture());
         for key in theirs.as_object().unwrap().keys() {
@@ -232,9 +231,7 @@ fn every_family_exports_in_its_own_layout() {
             &BuildOptions::inference(&Device::Cpu),
         )
         .unwrap();
-        let reference =
-            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-                .unwrap();
+        let reference = load_fixture(name).reference;
         let logits = built.model.logits(&batch(&reference, family)).unwrap();
         let e = rel_err(&vec(&logits), &vec(&reference["logits"]));
         assert!(e < TOL, "{name}: exported logits, relative error {e}");
@@ -337,9 +334,7 @@ fn real_mpnet_matches_transformers() {
     let reference =
         candle_core::safetensors::load(root.join("mpnet_reference.safetensors"), &Device::Cpu)
             .unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("mpnet_reference.json")).unwrap())
-            .unwrap();
+    let meta = read_json(&root.join("mpnet_reference.json"));
     let texts: Vec<Vec<String>> = serde_json::from_value(meta["texts"].clone()).unwrap();
     let stride = meta["hidden_stride"].as_u64().unwrap() as usize;
     let head = meta["head"].as_u64().unwrap() as usize;
@@ -419,16 +414,7 @@ fn real_mpnet_matches_transformers() {
 fn inspect_and_bench_take_every_family() {
     for (name, family) in FAMILIES {
         let dir = fixture(name);
-        let o = cli()
-            .args(["inspect", "--json"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = succeed(cli().args(["inspect", "--json"]).arg(&dir), name);
         let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(report["model_type"], family.model_type(), "{name}");
         let config = ModelFiles::resolve(dir.to_str().unwrap())
@@ -461,9 +447,11 @@ fn inspect_and_bench_take_every_family() {
 fn distilberts_sinusoidal_positions_stay_frozen() {
     // With sinusoidal_pos_embds the position table is fixed, as in transformers: it is
     // loaded and written, but gets no gradient; everything else still trains.
-    let dir = fixture("distilbert");
-    let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
-    let mut config = files.read_config().unwrap();
+    let Fixture {
+        mut config,
+        tensors,
+        reference,
+    } = load_fixture("distilbert");
     config
         .extra
         .insert("sinusoidal_pos_embds".into(), true.into());
@@ -472,12 +460,10 @@ fn distilberts_sinusoidal_positions_stay_frozen() {
     let built = build_classifier(
         "distilbert",
         &config,
-        files.read_weights().unwrap(),
+        tensors,
         &BuildOptions::training(&Device::Cpu, 1),
     )
     .unwrap();
-    let reference =
-        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     let out = built
         .model
         .forward(&batch(&reference, Family::DistilBert), Outputs::ALL, None)
@@ -500,9 +486,7 @@ fn bpe_and_unigram_tokenizers_give_transformers_ids() {
     // transformers saved them, on sentences and pairs (<s> A </s></s> B </s>).
     for name in ["roberta", "xlm-roberta"] {
         let dir = fixture(name);
-        let reference: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("tokenization.json")).unwrap())
-                .unwrap();
+        let reference = read_json(&dir.join("tokenization.json"));
         let texts: Vec<Vec<String>> = serde_json::from_value(reference["texts"].clone()).unwrap();
         let ids: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
         let tokenizer = ModelFiles::resolve(dir.to_str().unwrap())
@@ -528,38 +512,30 @@ fn finetune_and_eval_take_every_family() {
         write_random_classifier(&teacher, &tiny_family_config(family, 32, 2, 4, 64), 1).unwrap();
         write_sst2(&dir.path().join("glue"));
         let out = dir.path().join("finetuned");
-        let o = cli()
-            .arg("finetune")
-            .arg("--model")
-            .arg(&teacher)
-            .args(["--task", "sst2", "--data"])
-            .arg(dir.path().join("glue"))
-            .arg("--out")
-            .arg(&out)
-            .args(["--epochs", "2", "--lr", "3e-3", "--batch-size", "16"])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&o.stderr)
+        succeed(
+            cli()
+                .arg("finetune")
+                .arg("--model")
+                .arg(&teacher)
+                .args(["--task", "sst2", "--data"])
+                .arg(dir.path().join("glue"))
+                .arg("--out")
+                .arg(&out)
+                .args(["--epochs", "2", "--lr", "3e-3", "--batch-size", "16"]),
+            name,
         );
         assert_eq!(
             read_json(&out.join("config.json"))["model_type"],
             family.model_type()
         );
-        let o = cli()
-            .arg("eval")
-            .arg("--model")
-            .arg(&out)
-            .args(["--task", "sst2", "--data"])
-            .arg(dir.path().join("glue"))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&o.stderr)
+        let o = succeed(
+            cli()
+                .arg("eval")
+                .arg("--model")
+                .arg(&out)
+                .args(["--task", "sst2", "--data"])
+                .arg(dir.path().join("glue")),
+            name,
         );
         let eval: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let accuracy = eval["results"]["dev"]["metrics"]["accuracy"]

@@ -164,7 +164,8 @@ pub struct BertEmbeddings {
     layer_norm: LayerNorm,
     dropout: f32,
     family: Family,
-    pad_token_id: usize,
+    /// `BertConfig::position_padding_idx`.
+    padding_idx: Option<usize>,
 }
 
 impl BertEmbeddings {
@@ -178,7 +179,7 @@ impl BertEmbeddings {
             c.max_position_embeddings,
             width,
         )?;
-        if !c.frozen_tensors().is_empty() {
+        if c.fixed_positions() {
             // DistilBERT's sinusoidal table: no gradient (the optimizer leaves it out too).
             position_embeddings = position_embeddings.detach();
         }
@@ -193,13 +194,7 @@ impl BertEmbeddings {
             layer_norm: LayerNorm::new(vb.pp("LayerNorm"), width, c.layer_norm_eps)?,
             dropout: c.hidden_dropout_prob,
             family,
-            // transformers' MPNet numbers positions from padding index 1 whatever
-            // pad_token_id says; RoBERTa from pad_token_id.
-            pad_token_id: if family == Family::MPNet {
-                1
-            } else {
-                c.pad_token_id
-            },
+            padding_idx: c.position_padding_idx(),
         })
     }
 
@@ -232,16 +227,12 @@ impl BertEmbeddings {
     }
 
     /// Position embeddings, (1, seq, width) or (batch, seq, width): slots 0, 1, 2, ...,
-    /// or for RoBERTa-style families the real tokens counted from `pad_token_id + 1`
-    /// and padding at `pad_token_id` (fairseq's scheme, here from the attention mask).
+    /// or for RoBERTa-style families the real tokens counted from `padding_idx + 1`
+    /// and padding at `padding_idx` (fairseq's scheme, here from the attention mask).
     fn positions(&self, input: &BertInput) -> Result<Tensor> {
         let (batch, seq) = input.input_ids.dims2()?;
         let max_pos = self.position_embeddings.dim(0)?;
-        let offset = if self.family.positions_after_padding() {
-            self.pad_token_id + 1
-        } else {
-            0
-        };
+        let offset = self.padding_idx.map_or(0, |idx| idx + 1);
         if seq + offset > max_pos {
             candle_core::bail!(
                 "sequence length {seq} exceeds the {} positions of max_position_embeddings \
@@ -249,9 +240,9 @@ impl BertEmbeddings {
                 max_pos - offset.min(max_pos)
             );
         }
-        if offset == 0 {
+        let Some(padding_idx) = self.padding_idx else {
             return self.position_embeddings.narrow(0, 0, seq)?.unsqueeze(0);
-        }
+        };
         let mask = input
             .attention_mask
             .to_dtype(DType::U32)?
@@ -262,9 +253,9 @@ impl BertEmbeddings {
             for &m in row {
                 count += (m != 0) as usize;
                 let id = if m != 0 {
-                    count + self.pad_token_id
+                    count + padding_idx
                 } else {
-                    self.pad_token_id
+                    padding_idx
                 };
                 ids.push(id as u32);
             }

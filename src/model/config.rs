@@ -150,14 +150,24 @@ impl BertConfig {
             .map_or(32, |n| n as usize)
     }
 
+    /// For families that number positions after a padding index (fairseq's scheme:
+    /// real tokens from `padding_idx + 1`, padding at `padding_idx`), that index:
+    /// RoBERTa's and XLM-R's `pad_token_id`, and MPNet's 1, which transformers
+    /// hard-codes whatever the config says. `None`: positions are 0, 1, 2, ...
+    pub fn position_padding_idx(&self) -> Option<usize> {
+        match self.family() {
+            Family::MPNet => Some(1),
+            f if f.positions_after_padding() => Some(self.pad_token_id),
+            _ => None,
+        }
+    }
+
     /// The longest input the position table covers: families that number positions
-    /// from `pad_token_id + 1` lose that many slots.
+    /// after a padding index lose that index and the slots before it.
     pub fn max_sequence_length(&self) -> usize {
-        if self.family().positions_after_padding() {
-            self.max_position_embeddings
-                .saturating_sub(self.pad_token_id + 1)
-        } else {
-            self.max_position_embeddings
+        match self.position_padding_idx() {
+            Some(idx) => self.max_position_embeddings.saturating_sub(idx + 1),
+            None => self.max_position_embeddings,
         }
     }
 
@@ -165,16 +175,21 @@ impl BertConfig {
     /// DistilBERT's sinusoidal position table (`sinusoidal_pos_embds`), which
     /// transformers freezes too.
     pub fn frozen_tensors(&self) -> Vec<&'static str> {
-        let sinusoidal = self
-            .extra
-            .get("sinusoidal_pos_embds")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        if self.family() == Family::DistilBert && sinusoidal {
+        if self.fixed_positions() {
             vec!["bert.embeddings.position_embeddings.weight"]
         } else {
             Vec::new()
         }
+    }
+
+    /// Whether the position table is fixed (DistilBERT's `sinusoidal_pos_embds`).
+    pub fn fixed_positions(&self) -> bool {
+        self.family() == Family::DistilBert
+            && self
+                .extra
+                .get("sinusoidal_pos_embds")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
     }
 
     /// Dropout before the classification head's output layer: `classifier_dropout`
@@ -286,14 +301,14 @@ impl BertConfig {
         // Whether the checkpoint's tensors make the family's encoder is checked when
         // the model is built (model::params); an error there names the model_type.
         Family::from_model_type(self.model_type.as_deref(), origin)?;
-        if self.family().positions_after_padding() && self.max_sequence_length() == 0 {
+        if let (Some(idx), 0) = (self.position_padding_idx(), self.max_sequence_length()) {
             return Err(Error::invalid(
                 origin,
                 "max_position_embeddings",
                 format!(
-                    "{} leaves no position after pad_token_id + 1 = {}",
+                    "{} leaves no position after the padding index + 1 = {}",
                     self.max_position_embeddings,
-                    self.pad_token_id + 1
+                    idx + 1
                 ),
             ));
         }
@@ -505,6 +520,28 @@ mod tests {
         c.model_type = Some("bert".into());
         assert_eq!(c.embedding_size(), 64);
         assert!(c.to_family_json().unwrap().get("embedding_size").is_none());
+    }
+
+    #[test]
+    fn positions_after_padding_lose_their_slots() {
+        let mut c = BertConfig::with_shape(50, 32, 1, 4, 64);
+        assert_eq!(
+            (c.position_padding_idx(), c.max_sequence_length()),
+            (None, 512)
+        );
+        c.model_type = Some("roberta".into());
+        c.pad_token_id = 1;
+        assert_eq!(
+            (c.position_padding_idx(), c.max_sequence_length()),
+            (Some(1), 510)
+        );
+        // MPNet counts from padding index 1 whatever pad_token_id says, as transformers.
+        c.model_type = Some("mpnet".into());
+        c.pad_token_id = 0;
+        assert_eq!(
+            (c.position_padding_idx(), c.max_sequence_length()),
+            (Some(1), 510)
+        );
     }
 
     #[test]

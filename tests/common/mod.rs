@@ -94,6 +94,23 @@ pub fn glue_dir() -> Option<PathBuf> {
     }
 }
 
+/// A JSON file, parsed.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Runs `command` and checks that it succeeded (its stderr in the failure, after
+/// `what`); its output.
+pub fn succeed(command: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Norm-relative error ||a - b|| / ||b||.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
