@@ -313,3 +313,18 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
         .expect("tensors of one shape")
 }
+
+/// The largest difference between two tensors of one shape relative to `1 + |b|`: for
+/// values such as masked attention scores near -10000, where one f32 step is 0.001 and
+/// a fused op that rounds once differs from its composition by that much.
+pub fn max_rel_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| {
+            let scale = (b.abs()? + 1.0)?;
+            (d.abs()? / scale)?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()
+        })
+        .expect("tensors of one shape")
+}
