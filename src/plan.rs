@@ -233,6 +233,11 @@ fn data_text(recipe: &Recipe, data: &TaskData, spec: &StageSpec, examples: usize
         StageData::Train => format!("{} train", data.task),
         StageData::Unlabeled { path } => format!("unlabeled {}", path.display()),
         StageData::Augmented { path: Some(path) } => format!("augmented {}", path.display()),
+        StageData::Corpus { files, .. } => format!(
+            "corpus {}, streamed in segments of up to {} tokens",
+            files.join(" "),
+            data.max_seq_len
+        ),
         StageData::Augmented { path: None } => format!(
             "{} train augmented ({}), at most {examples} rows",
             data.task,
@@ -292,6 +297,11 @@ fn stage_plan(
         (StageData::Augmented { path: None }, Some(a)) => {
             let columns = if data.task.is_pair() { 2 } else { 1 };
             data.train.len() * (1 + columns * variants_per_text(a))
+        }
+        // Streamed: the shards must exist; the rows seen are what the steps take.
+        (StageData::Corpus { files, .. }, _) => {
+            crate::data::corpus::shards::resolve(files)?;
+            spec.max_steps.unwrap_or(0).saturating_mul(spec.batch_size)
         }
         _ => crate::pipeline::stage_dataset(spec, data)?.len(),
     };

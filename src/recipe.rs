@@ -220,6 +220,56 @@ pub enum StageData {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathBuf>,
     },
+    /// Unlabeled text streamed from shards, for general distillation at corpus scale:
+    /// paths or globs of `.txt` (a blank line ends a document), `.jsonl`, `.tsv` (with
+    /// a header) or `.parquet` files, all but parquet optionally `.gz` or `.zst`.
+    /// Packed into segments of the
+    /// task's max_seq_len. Its length is unknown ahead, so the stage needs `max_steps`.
+    Corpus {
+        files: Vec<String>,
+        /// The JSONL field or parquet column holding the text.
+        #[serde(default = "default_text_field")]
+        text_field: String,
+        /// Segments held by the seeded shuffle buffer (0: the shards' order).
+        #[serde(default = "default_shuffle_buffer")]
+        shuffle_buffer: usize,
+    },
+}
+
+/// What a stage streaming a corpus needs: files, a step count, no gold labels.
+fn check_corpus_stage(
+    stage: &StageSpec,
+    files: &[String],
+) -> Result<(), (&'static str, &'static str)> {
+    if files.is_empty() {
+        return Err((
+            "data.files",
+            "is empty: give paths or globs of corpus shards",
+        ));
+    }
+    if stage.max_steps.is_none() {
+        return Err((
+            "max_steps",
+            "is needed with a corpus: it is streamed, its length unknown until read \
+             (the learning-rate schedule needs the total)",
+        ));
+    }
+    if stage.kind == StageKind::Finetune || stage.losses().needs_labels() {
+        return Err((
+            "data",
+            "a corpus has no labels: its stages learn from the teacher alone",
+        ));
+    }
+    Ok(())
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+
+/// About 5 MB of segments of 128 tokens: enough to mix documents, bounded.
+fn default_shuffle_buffer() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -484,6 +534,10 @@ impl Recipe {
                      add one (e.g. `[augment]` with `method = \"mlm\"`) or give the file: \
                      data = { source = \"augmented\", path = \"...\" }",
                 ));
+            }
+            if let StageData::Corpus { files, .. } = &stage.data {
+                check_corpus_stage(stage, files)
+                    .map_err(|(f, m)| Error::invalid(origin, field(f), m))?;
             }
             stage.losses().validate(&format!("{origin}: stages[{i}]"))?;
             if stage.kind == StageKind::Finetune && stage.losses().needs_teacher() {

@@ -150,7 +150,7 @@ pub fn run_two_stages(
             losses: kind.default_losses(),
             layer_map: &layer_map,
             settings,
-            data,
+            data: data.into(),
             teacher_logits: if index == 1 { logits } else { None },
             keep_best: false,
             seed,

@@ -170,6 +170,15 @@ impl TextTokenizer {
         })
     }
 
+    /// Token ids of a text without special tokens, untruncated.
+    pub fn ids(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err(&self.origin, e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Word pieces of a text without special tokens.
     pub fn pieces(&self, text: &str) -> Result<Vec<String>> {
         let enc = self

@@ -3,13 +3,13 @@
 //! a run killed with SIGKILL and started again reaches the same student.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use crate::common;
 
 use candle_distill::testing::tiny_config;
-use common::tiny_run::{cli, recipe, setup, weights};
+use common::tiny_run::{cli, kill_after_a_checkpoint, recipe, setup, weights};
 
 /// `run <recipe> --out <out> <extra>...`.
 fn run_command(recipe: &Path, out: &Path, extra: &[&str]) -> Command {
@@ -236,39 +236,6 @@ fn a_stage_trains_on_the_runs_augmented_data() {
     assert_eq!(report["stages"][1]["steps"], 30);
     let resolved = std::fs::read_to_string(out.join("recipe.toml")).unwrap();
     assert!(resolved.contains("[augment]"), "{resolved}");
-}
-
-/// Starts `command`, kills it with SIGKILL once the run in `run` has written a checkpoint
-/// and logged a few more lines, and checks it was still running then.
-fn kill_after_a_checkpoint(mut command: Command, run: &Path) {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let progress =
-            std::fs::read_to_string(run.join("checkpoints/last/progress.json")).unwrap_or_default();
-        if progress.contains("\"step\"")
-            && std::fs::read_to_string(run.join("metrics.jsonl"))
-                .map(|m| m.lines().count() > 4)
-                .unwrap_or(false)
-        {
-            break;
-        }
-        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let was_running = child.try_wait().unwrap().is_none();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        was_running,
-        "the run finished before it could be killed; the test needs a longer run"
-    );
 }
 
 /// `finetune` killed mid-training and started again writes the same model folder.

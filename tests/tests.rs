@@ -16,6 +16,7 @@ mod bench;
 mod bert_parity;
 mod cli_eval;
 mod cli_inspect;
+mod corpus;
 mod data_parallel;
 mod distill_resume;
 mod distill_synthetic;

@@ -2,6 +2,7 @@
 //! text), label reconciliation with models, tokenised batches.
 
 pub mod batch;
+pub mod corpus;
 pub mod dataset;
 pub mod glue_tsv;
 pub mod labels;

@@ -14,7 +14,8 @@ use super::losses::{LossWeights, Normalise};
 use super::mapping::{self, LayerMap};
 use super::objective::{scalar, BatchLoss, TokenShare};
 use super::student::Student;
-use crate::data::{batch_order, Batch, EncodedDataset};
+use crate::data::corpus::Corpus;
+use crate::data::{batch_order, Batch, EncodedDataset, Label};
 use crate::model::{BertForSequenceClassification, Outputs};
 use crate::rng::Rng;
 use crate::run::RunDir;
@@ -199,12 +200,32 @@ pub struct Stage<'a> {
     pub losses: LossWeights,
     pub layer_map: &'a LayerMap,
     pub settings: &'a TrainSettings,
-    pub data: &'a EncodedDataset,
-    /// Teacher logits per example (cached), for prediction losses.
+    pub data: StageRows<'a>,
+    /// Teacher logits per example (cached, for in-memory rows), for prediction losses.
     pub teacher_logits: Option<&'a Tensor>,
     /// Save the best dev checkpoint (the final stage).
     pub keep_best: bool,
     pub seed: u64,
+}
+
+/// A stage's training rows: tokenised in memory, or streamed from a corpus.
+#[derive(Clone, Copy)]
+pub enum StageRows<'a> {
+    Encoded(&'a EncodedDataset),
+    Corpus(&'a Corpus),
+}
+
+impl<'a> From<&'a EncodedDataset> for StageRows<'a> {
+    fn from(data: &'a EncodedDataset) -> Self {
+        StageRows::Encoded(data)
+    }
+}
+
+/// The rows of one step: `indices` of `data`, whose token counts are `lengths`.
+struct StepRows<'r> {
+    data: &'r EncodedDataset,
+    lengths: &'r [usize],
+    indices: &'r [usize],
 }
 
 pub struct Trainer<'a> {
@@ -261,6 +282,15 @@ struct StagePlan<'s> {
     leader: bool,
 }
 
+/// What the step loop of a stage carries from step to step.
+struct LoopState<'l> {
+    optimizer: &'l mut AdamW,
+    progress: &'l mut Progress,
+    bar: &'l indicatif::ProgressBar,
+    last_loss: f64,
+    stopped_early: bool,
+}
+
 /// One optimizer step, for the log.
 struct StepRecord {
     loss: f64,
@@ -281,68 +311,159 @@ impl<'a> Trainer<'a> {
         let plan = self.plan(stage)?;
         let (mut optimizer, mut progress) = self.start_or_resume(stage, &plan, resume)?;
         let started = Instant::now();
-        let mut last_loss = f64::NAN;
-        let mut stopped_early = false;
         let bar = crate::progress::bar(plan.total_steps as u64, stage.name);
         if !plan.leader {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         bar.set_position(progress.step as u64);
-        let settings = stage.settings;
-        while progress.epoch < settings.epochs
-            && progress.step < plan.total_steps
-            && !progress.finished
+        let mut state = LoopState {
+            optimizer: &mut optimizer,
+            progress: &mut progress,
+            bar: &bar,
+            last_loss: f64::NAN,
+            stopped_early: false,
+        };
+        while state.progress.epoch < stage.settings.epochs
+            && state.progress.step < plan.total_steps
+            && !state.progress.finished
         {
-            let mut epoch_rng = progress.order_rng.clone();
-            let batches = batch_order(
-                &plan.lengths,
-                settings.batch_size,
-                settings.group_by_length,
-                &mut epoch_rng,
-            );
-            for batch in batches.iter().skip(progress.step_in_epoch) {
-                let record = self.step(stage, &plan, batch, &mut optimizer, &mut progress)?;
-                last_loss = record.loss;
-                if self.interrupt_after == Some(progress.step) {
-                    return Err(Error::msg(format!(
-                        "interrupted after step {}",
-                        progress.step
-                    )));
-                }
-                bar.set_position(progress.step as u64);
-                bar.set_message(format!("loss {last_loss:.4}"));
-                let epoch_end = progress.step_in_epoch == batches.len();
-                stopped_early |=
-                    self.log_and_evaluate(stage, &plan, &record, epoch_end, &mut progress)?;
-                if epoch_end {
-                    progress.epoch += 1;
-                    progress.step_in_epoch = 0;
-                    progress.order_rng = epoch_rng.clone();
-                }
-                progress.finished |= progress.step >= plan.total_steps;
-                self.checkpoint_if_due(stage, &plan, epoch_end, &optimizer, &mut progress)?;
-                if progress.finished || epoch_end {
-                    break;
+            match stage.data {
+                StageRows::Encoded(data) => self.epoch_in_memory(stage, &plan, data, &mut state)?,
+                StageRows::Corpus(corpus) => {
+                    self.epoch_streamed(stage, &plan, corpus, &mut state)?
                 }
             }
         }
         bar.finish_and_clear();
         Ok(StageSummary {
             name: stage.name.to_string(),
-            steps: progress.step,
+            steps: state.progress.step,
             seconds: started.elapsed().as_secs_f64(),
-            final_loss: last_loss,
-            best: progress.best.clone(),
-            best_step: progress.best_step,
-            stopped_early,
+            final_loss: state.last_loss,
+            best: state.progress.best.clone(),
+            best_step: state.progress.best_step,
+            stopped_early: state.stopped_early,
         })
+    }
+
+    /// The rest of one epoch over rows in memory, in the epoch's seeded batch order.
+    fn epoch_in_memory(
+        &self,
+        stage: &Stage,
+        plan: &StagePlan,
+        data: &EncodedDataset,
+        state: &mut LoopState,
+    ) -> Result<()> {
+        let mut epoch_rng = state.progress.order_rng.clone();
+        let batches = batch_order(
+            &plan.lengths,
+            stage.settings.batch_size,
+            stage.settings.group_by_length,
+            &mut epoch_rng,
+        );
+        for batch in batches.iter().skip(state.progress.step_in_epoch) {
+            let rows = StepRows {
+                data,
+                lengths: &plan.lengths,
+                indices: batch,
+            };
+            let record = self.step(stage, plan, &rows, state.optimizer, state.progress)?;
+            let epoch_end = state.progress.step_in_epoch == batches.len();
+            if epoch_end {
+                state.progress.order_rng = epoch_rng.clone();
+            }
+            if self.after_step(stage, plan, &record, epoch_end, state)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rest of one epoch streamed from a corpus: the epoch's rows after those
+    /// already trained on, batch by batch as the reader delivers them.
+    fn epoch_streamed(
+        &self,
+        stage: &Stage,
+        plan: &StagePlan,
+        corpus: &Corpus,
+        state: &mut LoopState,
+    ) -> Result<()> {
+        let batch_size = stage.settings.batch_size;
+        let p = &state.progress;
+        let mut reader = corpus.epoch(p.epoch, p.step_in_epoch * batch_size);
+        loop {
+            let (encodings, epoch_end) = reader.next_batch(batch_size)?;
+            if encodings.is_empty() {
+                // Nothing left (an empty corpus, or one resumed at its very end).
+                if state.progress.step_in_epoch == 0 {
+                    return Err(Error::msg(format!(
+                        "stage `{}`: the corpus has no text ({} shards)",
+                        stage.name,
+                        corpus.files().len()
+                    )));
+                }
+                self.end_epoch(state.progress);
+                return Ok(());
+            }
+            let lengths: Vec<usize> = encodings.iter().map(|e| e.ids.len()).collect();
+            let indices: Vec<usize> = (0..encodings.len()).collect();
+            let data = EncodedDataset {
+                labels: vec![Label::Unlabeled; encodings.len()],
+                encodings,
+                regression: false,
+                pad_id: corpus.pad_id(),
+            };
+            let rows = StepRows {
+                data: &data,
+                lengths: &lengths,
+                indices: &indices,
+            };
+            let record = self.step(stage, plan, &rows, state.optimizer, state.progress)?;
+            if self.after_step(stage, plan, &record, epoch_end, state)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Logs, evaluates and checkpoints after a step; true when the epoch or the stage
+    /// is over.
+    fn after_step(
+        &self,
+        stage: &Stage,
+        plan: &StagePlan,
+        record: &StepRecord,
+        epoch_end: bool,
+        state: &mut LoopState,
+    ) -> Result<bool> {
+        let progress = &mut *state.progress;
+        state.last_loss = record.loss;
+        if self.interrupt_after == Some(progress.step) {
+            return Err(Error::msg(format!(
+                "interrupted after step {}",
+                progress.step
+            )));
+        }
+        state.bar.set_position(progress.step as u64);
+        state.bar.set_message(format!("loss {:.4}", record.loss));
+        state.stopped_early |= self.log_and_evaluate(stage, plan, record, epoch_end, progress)?;
+        if epoch_end {
+            self.end_epoch(progress);
+        }
+        progress.finished |= progress.step >= plan.total_steps;
+        self.checkpoint_if_due(stage, plan, epoch_end, state.optimizer, progress)?;
+        Ok(progress.finished || epoch_end)
+    }
+
+    fn end_epoch(&self, progress: &mut Progress) {
+        progress.epoch += 1;
+        progress.step_in_epoch = 0;
     }
 
     /// Checks the stage and works out its teacher, layer pairs and step counts.
     fn plan(&self, stage: &Stage<'a>) -> Result<StagePlan<'a>> {
         let settings = stage.settings;
         stage.losses.validate(stage.name)?;
-        if stage.data.is_empty() {
+        if matches!(stage.data, StageRows::Encoded(d) if d.is_empty()) {
             return Err(Error::msg(format!(
                 "stage `{}` has no training data",
                 stage.name
@@ -367,12 +488,28 @@ impl<'a> Trainer<'a> {
             }
             None => Vec::new(),
         };
-        let lengths = stage.data.lengths();
-        let batches_per_epoch = lengths.len().div_ceil(settings.batch_size);
-        let total_steps = settings
-            .max_steps
-            .unwrap_or(usize::MAX)
-            .min(batches_per_epoch * settings.epochs);
+        let (lengths, total_steps) = match stage.data {
+            StageRows::Encoded(data) => {
+                let lengths = data.lengths();
+                let batches_per_epoch = lengths.len().div_ceil(settings.batch_size);
+                let steps = settings
+                    .max_steps
+                    .unwrap_or(usize::MAX)
+                    .min(batches_per_epoch * settings.epochs);
+                (lengths, steps)
+            }
+            // A stream's length is unknown until read: the recipe gives the steps.
+            StageRows::Corpus(_) => (
+                Vec::new(),
+                settings.max_steps.ok_or_else(|| {
+                    Error::invalid(
+                        stage.name,
+                        "max_steps",
+                        "a corpus is streamed and its length is not known ahead: set max_steps",
+                    )
+                })?,
+            ),
+        };
         let parallel = self.parallel.filter(|p| p.world_size() > 1);
         Ok(StagePlan {
             teacher,
@@ -470,13 +607,12 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// One optimizer step on `batch` (row indices into the stage's data); advances
-    /// the step counters.
+    /// One optimizer step on `rows`; advances the step counters.
     fn step(
         &self,
         stage: &Stage,
         plan: &StagePlan,
-        batch: &[usize],
+        rows: &StepRows,
         optimizer: &mut AdamW,
         progress: &mut Progress,
     ) -> Result<StepRecord> {
@@ -489,7 +625,7 @@ impl<'a> Trainer<'a> {
             plan.warmup_steps,
         );
         optimizer.set_lr(lr);
-        let (mut grads, mut loss, parts) = self.gradients(stage, plan, batch, progress)?;
+        let (mut grads, mut loss, parts) = self.gradients(stage, plan, rows, progress)?;
         if let Some(p) = plan.parallel {
             let vars: Vec<&candle_core::Var> = optimizer.vars().collect();
             loss = parallel::sum_over_workers(p, &vars, &mut grads, loss)?;
@@ -505,7 +641,7 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// This worker's gradients and loss on its share of `batch`. A data-parallel
+    /// This worker's gradients and loss on its share of `rows`. A data-parallel
     /// worker trains on its share, padded as the whole batch, its loss weighted by its
     /// share of the rows: the summed gradients are then those of the whole batch. With
     /// several workers, the logged loss parts are the leader's share's.
@@ -513,9 +649,10 @@ impl<'a> Trainer<'a> {
         &self,
         stage: &Stage,
         plan: &StagePlan,
-        batch: &[usize],
+        rows: &StepRows,
         progress: &mut Progress,
     ) -> Result<(GradStore, f64, BTreeMap<String, f64>)> {
+        let batch = rows.indices;
         // Each worker draws its own dropout masks, from its own fork, every step.
         let mut worker_dropout = plan
             .parallel
@@ -533,9 +670,9 @@ impl<'a> Trainer<'a> {
             let none = Tensor::zeros((), DType::F32, &self.device)?.backward()?;
             return Ok((none, 0.0, BTreeMap::new()));
         }
-        let longest = batch.iter().map(|&i| plan.lengths[i]).max().unwrap_or(0);
+        let longest = batch.iter().map(|&i| rows.lengths[i]).max().unwrap_or(0);
         let pad_to = stage.settings.pad_to.map_or(longest, |p| p.max(longest));
-        let Batch { input, labels, .. } = stage.data.batch_padded(mine, pad_to, &self.device)?;
+        let Batch { input, labels, .. } = rows.data.batch_padded(mine, pad_to, &self.device)?;
         let teacher_out = match plan.teacher {
             Some(t) => Some(t.forward(&input, plan.want, None)?),
             None => None,
@@ -562,7 +699,7 @@ impl<'a> Trainer<'a> {
             teacher: teacher_out.as_ref(),
             teacher_logits: cached_logits.as_ref(),
             targets: labels.as_ref(),
-            share: TokenShare::of(mine, batch, &plan.lengths, share),
+            share: TokenShare::of(mine, batch, rows.lengths, share),
         }
         .compute()?;
         let loss = if share == 1.0 { loss } else { (loss * share)? };

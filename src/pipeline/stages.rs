@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+use crate::data::corpus::{Corpus, CorpusSettings};
 use crate::data::{Dataset, Label, Split};
 use crate::distill::cache::{cache_key, cached_logits, model_logits};
 use crate::distill::losses::LossWeights;
 use crate::distill::replicas::{on_every_replica, Replica};
+use crate::distill::trainer::StageRows;
 use crate::distill::{Evaluator, Stage, StageKind, StageSummary, Trainer};
 use crate::recipe::{Recipe, StageData, StageSpec};
 use crate::run::RunDir;
@@ -66,9 +68,12 @@ pub fn run_stages(
             }
         }
         restored = true;
-        let examples = stage_examples(spec, data, &first.student.tokenizer)?;
+        let rows = StageInput::load(spec, data, &first.student.tokenizer, recipe.seed, index)?;
         let losses = spec.losses();
-        let teacher_logits = teacher_logits(first, &losses, &examples, logit_cache, data)?;
+        let teacher_logits = match &rows {
+            StageInput::Encoded(e) => teacher_logits(first, &losses, e, logit_cache, data)?,
+            StageInput::Corpus(_) => None,
+        };
         let is_final = ends_the_run && index + 1 == specs.len();
         let settings = spec.settings(recipe, is_final);
         let stage = Stage {
@@ -78,14 +83,14 @@ pub fn run_stages(
             losses,
             layer_map: &spec.layer_map,
             settings: &settings,
-            data: &examples,
+            data: rows.as_rows(),
             teacher_logits: teacher_logits.as_ref(),
             keep_best: is_final,
             seed: recipe.seed,
         };
         tracing::info!(
-            "stage {name}: {} examples, {} epochs{}",
-            examples.len(),
+            "stage {name}: {}, {} epochs{}",
+            rows.describe(),
             settings.epochs,
             match replicas.len() {
                 1 => String::new(),
@@ -101,6 +106,55 @@ pub fn run_stages(
         summaries.push(summary);
     }
     Ok(summaries)
+}
+
+/// A stage's rows as loaded: tokenised in memory, or a corpus to stream.
+enum StageInput {
+    Encoded(EncodedDataset),
+    Corpus(Box<Corpus>),
+}
+
+impl StageInput {
+    fn load(
+        spec: &StageSpec,
+        data: &TaskData,
+        tokenizer: &TextTokenizer,
+        seed: u64,
+        index: usize,
+    ) -> Result<Self> {
+        let StageData::Corpus {
+            files,
+            text_field,
+            shuffle_buffer,
+        } = &spec.data
+        else {
+            return Ok(StageInput::Encoded(stage_examples(spec, data, tokenizer)?));
+        };
+        let settings = CorpusSettings {
+            files,
+            text_field,
+            shuffle_buffer: *shuffle_buffer,
+            seed: crate::rng::mix64(seed ^ (index as u64 + 1)),
+            max_seq_len: data.max_seq_len,
+        };
+        Ok(StageInput::Corpus(Box::new(Corpus::open(
+            &settings, tokenizer,
+        )?)))
+    }
+
+    fn as_rows(&self) -> StageRows<'_> {
+        match self {
+            StageInput::Encoded(e) => StageRows::Encoded(e),
+            StageInput::Corpus(c) => StageRows::Corpus(c),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            StageInput::Encoded(e) => format!("{} examples", e.len()),
+            StageInput::Corpus(c) => format!("a corpus of {} shards, streamed", c.files().len()),
+        }
+    }
 }
 
 /// The summaries of the stages that finished in this run folder, by stage index, kept
@@ -189,6 +243,11 @@ pub fn stage_dataset<'a>(spec: &StageSpec, data: &'a TaskData) -> Result<Cow<'a,
         }
         StageData::Augmented { path: Some(path) } => {
             Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
+        }
+        StageData::Corpus { .. } => {
+            return Err(Error::msg(
+                "a corpus is streamed, not read whole (a stage's corpus has no row count ahead)",
+            ))
         }
         StageData::Augmented { path: None } => Cow::Borrowed(data.augmented.as_ref().ok_or_else(|| {
             Error::msg(

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use candle_distill::rng::Rng;
 use candle_distill::testing::{tiny_config, write_random_classifier};
@@ -119,4 +120,37 @@ pub fn weights(file: &Path) -> HashMap<String, Vec<f32>> {
         .into_iter()
         .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
         .collect()
+}
+
+/// Starts `command`, kills it with SIGKILL once the run in `run` has written a checkpoint
+/// and logged a few more lines, and checks it was still running then.
+pub fn kill_after_a_checkpoint(mut command: Command, run: &Path) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let progress =
+            std::fs::read_to_string(run.join("checkpoints/last/progress.json")).unwrap_or_default();
+        if progress.contains("\"step\"")
+            && std::fs::read_to_string(run.join("metrics.jsonl"))
+                .map(|m| m.lines().count() > 4)
+                .unwrap_or(false)
+        {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let was_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        was_running,
+        "the run finished before it could be killed; the test needs a longer run"
+    );
 }

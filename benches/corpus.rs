@@ -1,0 +1,234 @@
+//! General distillation's memory and speed as the corpus grows: a synthetic corpus of
+//! 10^5, 10^6 and 10^7 sentences (written once into a temporary folder), one general
+//! stage of a fixed number of steps streamed from it (`source = "corpus"`), beside the
+//! in-memory path (`source = "unlabeled"`: read whole, tokenised up front) on the same
+//! file. Every sentence is its own document, so both paths train on the same shapes.
+//!
+//! `cargo bench --bench corpus [-- --sizes 100000,1000000 --in-memory-max 1000000]`.
+//! Each measurement runs in its own subprocess (`--run`), so each peak RSS is its own.
+//! Printed per row: wall seconds of the whole job, rows per second of the stage's
+//! steps, peak RSS, user and system CPU seconds, minor page faults. Random weights:
+//! speed does not depend on them.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use candle_distill::pipeline::run_recipe;
+use candle_distill::recipe::Recipe;
+use candle_distill::rng::Rng;
+use candle_distill::testing::{tiny_config, write_random_classifier, TINY_WORDS};
+
+const STEPS: usize = 40;
+const BATCH: usize = 32;
+const MAX_SEQ_LEN: usize = 128;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(spec) = flag("--run") {
+        if let Err(e) = run_child(&spec) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let sizes: Vec<usize> = flag("--sizes")
+        .unwrap_or_else(|| "100000,1000000,10000000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("--sizes: comma-separated counts"))
+        .collect();
+    let in_memory_max: usize = flag("--in-memory-max")
+        .map(|s| s.parse().expect("--in-memory-max: a count"))
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    write_models(dir.path());
+    println!(
+        "general stage: {STEPS} steps of batch {BATCH}, max_seq_len {MAX_SEQ_LEN}; teacher 4x128, student 2x64 (random)\n"
+    );
+    println!(
+        "{:>10} {:<9} {:>8} {:>9} {:>9} {:>14} {:>9}",
+        "sentences", "path", "wall s", "rows/s", "peak MB", "user/sys s", "faults"
+    );
+    for &n in &sizes {
+        let corpus = write_corpus(dir.path(), n);
+        for path in ["streamed", "in-memory"] {
+            if path == "in-memory" && n > in_memory_max {
+                println!("{n:>10} {path:<9} (skipped: above --in-memory-max {in_memory_max})");
+                continue;
+            }
+            let spec = format!("{path}:{}:{}", dir.path().display(), corpus.display());
+            let row = measure(&spec);
+            println!(
+                "{n:>10} {path:<9} {:>8.1} {:>9.0} {:>9.0} {:>14} {:>9}",
+                row.wall_s,
+                row.rows_per_s,
+                row.peak_mb,
+                format!("{:.1}/{:.1}", row.user_s, row.sys_s),
+                format!("{:.0}k", row.minflt / 1000.0)
+            );
+        }
+        std::fs::remove_file(&corpus).ok();
+    }
+}
+
+struct Row {
+    wall_s: f64,
+    rows_per_s: f64,
+    peak_mb: f64,
+    user_s: f64,
+    sys_s: f64,
+    minflt: f64,
+}
+
+/// Runs one measurement in a subprocess and reads the JSON line it prints.
+fn measure(spec: &str) -> Row {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let out = Command::new(exe)
+        .args(["--run", spec])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the measurement subprocess");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "measurement {spec} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    Row {
+        wall_s: f("wall_s"),
+        rows_per_s: f("rows_per_s"),
+        peak_mb: f("peak_mb"),
+        user_s: f("user_s"),
+        sys_s: f("sys_s"),
+        minflt: f("minflt"),
+    }
+}
+
+/// The random teacher and student, and a small SST-2 folder for the run's dev set.
+fn write_models(dir: &Path) {
+    write_random_classifier(&dir.join("teacher"), &tiny_config(128, 4, 4, 512), 1)
+        .expect("teacher");
+    let glue = dir.join("glue/SST-2");
+    std::fs::create_dir_all(&glue).expect("glue folder");
+    let mut rng = Rng::new(2);
+    let rows: String = (0..64)
+        .map(|i| format!("{}\t{}\n", sentence(&mut rng), i % 2))
+        .collect();
+    for split in ["train", "dev"] {
+        std::fs::write(
+            glue.join(format!("{split}.tsv")),
+            format!("sentence\tlabel\n{rows}"),
+        )
+        .expect("glue file");
+    }
+}
+
+fn sentence(rng: &mut Rng) -> String {
+    let words: Vec<&str> = (0..6 + rng.below(20))
+        .map(|_| TINY_WORDS[rng.below(TINY_WORDS.len())])
+        .collect();
+    words.join(" ")
+}
+
+/// `n` sentences, each its own document (a blank line after it).
+fn write_corpus(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join(format!("corpus-{n}.txt"));
+    let file = std::fs::File::create(&path).expect("corpus file");
+    let mut out = BufWriter::new(file);
+    let mut rng = Rng::new(n as u64);
+    for _ in 0..n {
+        writeln!(out, "{}\n", sentence(&mut rng)).expect("corpus write");
+    }
+    out.flush().expect("corpus write");
+    path
+}
+
+/// In the subprocess: the run, then its timings and this process's resource use.
+fn run_child(spec: &str) -> Result<(), String> {
+    let mut parts = spec.splitn(3, ':');
+    let (path, dir, corpus) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(p), Some(d), Some(c)) => (p, Path::new(d), c),
+        _ => return Err(format!("--run {spec}: expected path:dir:corpus")),
+    };
+    let data = match path {
+        "streamed" => format!("{{ source = \"corpus\", files = [\"{corpus}\"] }}"),
+        _ => format!("{{ source = \"unlabeled\", path = \"{corpus}\" }}"),
+    };
+    let text = format!(
+        r#"version = 1
+name = "corpus-bench"
+seed = 1
+[teacher]
+model = "{teacher}"
+finetune = "never"
+allow_weak_teacher = true
+[task]
+name = "sst2"
+data = "{glue}"
+max_seq_len = {MAX_SEQ_LEN}
+[student]
+from = "random"
+layers = 2
+hidden = 64
+heads = 4
+intermediate = 256
+[[stages]]
+name = "general"
+kind = "general"
+data = {data}
+epochs = 1
+max_steps = {STEPS}
+batch_size = {BATCH}
+checkpoint_every = 1000
+"#,
+        teacher = dir.join("teacher").display(),
+        glue = dir.join("glue").display(),
+    );
+    let out = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut recipe = Recipe::parse(&text, "corpus-bench.toml", &[]).map_err(|e| e.to_string())?;
+    recipe.output = Some(out.path().join("run"));
+    let started = Instant::now();
+    let report = run_recipe(&recipe, None, false).map_err(|e| e.to_string())?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let stage = &report.stages[0];
+    let (user_s, sys_s, minflt) = usage();
+    let row = serde_json::json!({
+        "wall_s": wall_s,
+        "rows_per_s": (stage.steps * BATCH) as f64 / stage.seconds,
+        "peak_mb": peak_rss_mb(),
+        "user_s": user_s, "sys_s": sys_s, "minflt": minflt,
+    });
+    println!("{row}");
+    Ok(())
+}
+
+/// User and system CPU seconds and minor page faults of this process (Linux).
+fn usage() -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let get = |i: usize| f.get(i - 3).copied().unwrap_or(0.0);
+    (get(14) / 100.0, get(15) / 100.0, get(10))
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}

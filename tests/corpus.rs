@@ -1,0 +1,156 @@
+//! General distillation streamed from a sharded corpus (`data = { source = "corpus" }`):
+//! text, JSONL and compressed shards through `candle-distill run`, `plan` naming them,
+//! and a run killed with SIGKILL mid-corpus resuming to the same student.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::common;
+use common::tiny_run::{cli, kill_after_a_checkpoint, recipe, setup, weights};
+use common::{read_json, succeed};
+
+/// Writes the synthetic SST-2 sentences as three shards: plain text, gzip text (a
+/// blank line between documents of five sentences), and zstd JSONL.
+fn write_corpus(root: &Path) -> PathBuf {
+    let train = std::fs::read_to_string(root.join("glue/SST-2/train.tsv")).unwrap();
+    let sentences: Vec<&str> = train
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    let dir = root.join("corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let third = sentences.len() / 3;
+    std::fs::write(dir.join("a.txt"), sentences[..third].join("\n")).unwrap();
+    let mut text = String::new();
+    for chunk in sentences[third..2 * third].chunks(5) {
+        text += &(chunk.join("\n") + "\n\n");
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(text.as_bytes()).unwrap();
+    std::fs::write(dir.join("b.txt.gz"), gz.finish().unwrap()).unwrap();
+    let jsonl: String = sentences[2 * third..]
+        .iter()
+        .map(|s| serde_json::json!({ "id": 1, "body": s }).to_string() + "\n")
+        .collect();
+    let zst = zstd::stream::encode_all(jsonl.as_bytes(), 1).unwrap();
+    std::fs::write(dir.join("c.jsonl.zst"), zst).unwrap();
+    dir
+}
+
+/// The tiny run's recipe with its stages replaced: a general stage streaming the
+/// corpus, then a short prediction stage.
+fn corpus_recipe(root: &Path, corpus: &Path, max_steps: usize) -> PathBuf {
+    let tiny = std::fs::read_to_string(recipe(root)).unwrap();
+    let head = &tiny[..tiny.find("[[stages]]").unwrap()];
+    let stages = format!(
+        r#"[[stages]]
+name = "general"
+kind = "general"
+data = {{ source = "corpus", files = ["{corpus}/*.txt*", "{corpus}/c.jsonl.zst"], text_field = "body", shuffle_buffer = 64 }}
+epochs = 1000
+max_steps = {max_steps}
+learning_rate = 3e-3
+batch_size = 8
+checkpoint_every = 5
+[[stages]]
+name = "prediction"
+kind = "prediction"
+epochs = 1
+learning_rate = 3e-3
+batch_size = 16
+"#,
+        corpus = corpus.display(),
+    );
+    let path = root.join("general.toml");
+    std::fs::write(&path, format!("{head}{stages}")).unwrap();
+    path
+}
+
+fn general_lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["stage"] == "general" && v.get("loss").is_some())
+        .collect()
+}
+
+#[test]
+fn a_general_stage_streams_shards_and_resumes_after_sigkill_to_the_same_student() {
+    let dir = setup();
+    let corpus = write_corpus(dir.path());
+    let recipe = corpus_recipe(dir.path(), &corpus, 150);
+
+    let plan = succeed(cli().arg("plan").arg(&recipe), "plan");
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.contains("c.jsonl.zst, streamed in segments of up to 24 tokens"),
+        "{plan}"
+    );
+
+    let straight = dir.path().join("straight");
+    succeed(
+        cli().arg("run").arg(&recipe).arg("--out").arg(&straight),
+        "run",
+    );
+    let lines = general_lines(&straight);
+    assert_eq!(lines.last().unwrap()["step"], 150);
+    // The corpus (about 30 steps of 8 segments) was read over several epochs.
+    let epochs = lines.last().unwrap()["epoch"].as_u64().unwrap();
+    assert!(epochs >= 3, "{epochs} epochs");
+    let first = lines[0]["loss"].as_f64().unwrap();
+    let last = lines.last().unwrap()["loss"].as_f64().unwrap();
+    assert!(last < 0.7 * first, "general loss {first} -> {last}");
+    let report = read_json(&straight.join("report.json"));
+    assert_eq!(report["stages"][0]["steps"], 150);
+
+    let killed = dir.path().join("killed");
+    let mut child = cli();
+    child.arg("run").arg(&recipe).arg("--out").arg(&killed);
+    kill_after_a_checkpoint(child, &killed);
+    let progress = read_json(&killed.join("checkpoints/last/progress.json"));
+    assert_eq!(progress["stage"], 0, "killed after the general stage");
+    eprintln!("killed at general step {}", progress["step"]);
+    succeed(
+        cli().arg("run").arg(&recipe).arg("--out").arg(&killed),
+        "resume",
+    );
+    let a = weights(&straight.join("checkpoints/best/model.safetensors"));
+    let b = weights(&killed.join("checkpoints/best/model.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for (name, values) in &a {
+        assert_eq!(values, &b[name], "{name} differs after resuming");
+    }
+    // The resumed stage logged the same losses from where it had stopped.
+    assert_eq!(general_lines(&killed), lines);
+}
+
+#[test]
+fn corpus_stages_without_max_steps_or_shards_are_refused_with_the_field() {
+    let dir = setup();
+    let corpus = write_corpus(dir.path());
+    let recipe = corpus_recipe(dir.path(), &corpus, 10);
+    let o = cli()
+        .arg("plan")
+        .arg(&recipe)
+        .args(["--set", "stages.0.data.files=[\"nowhere/*.txt\"]"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("nowhere/*.txt: files: matches no file"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("max_steps = 10\n", "");
+    std::fs::write(&recipe, text).unwrap();
+    let o = cli().arg("plan").arg(&recipe).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("stages[0].max_steps: is needed with a corpus"),
+        "{err}"
+    );
+}
