@@ -2,8 +2,8 @@
 //! 10^5, 10^6 and 10^7 sentences (written once into a temporary folder), one general
 //! stage of a fixed number of steps streamed from it (`source = "corpus"`), beside the
 //! in-memory path (`source = "unlabeled"`: read whole, tokenised up front) on the same
-//! file. Every sentence is its own document, and the in-memory path does not group
-//! batches by length (the streamed one cannot yet), so both train on the same shapes.
+//! file. Every sentence is its own document, and both group batches by length (50
+//! batches at a time), so both train on the same shapes.
 //!
 //! `cargo bench --bench corpus [-- --sizes 100000,1000000 --in-memory-max 1000000]`.
 //! Each measurement runs in its own subprocess (`--run`), so each peak RSS is its own.
@@ -190,7 +190,6 @@ data = {data}
 epochs = 1
 max_steps = {STEPS}
 batch_size = {BATCH}
-group_by_length = false
 checkpoint_every = 1000
 "#,
         teacher = dir.join("teacher").display(),

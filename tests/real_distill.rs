@@ -16,8 +16,15 @@
 //! (recipes/mpnet-sst2-cpu.toml); the student must keep 90% of the teacher's accuracy
 //! (it kept 92.2%: teacher 89.2%, student 82.2%, 2.9x faster at batch 32).
 //!
+//! The general-distillation run (`real_distill::general`, about 20 minutes) streams the
+//! 67k SST-2 training sentences as a corpus (recipes/general-quick-cpu.toml) to make a
+//! General 4-layer, 312-wide student from all-MiniLM-L6-v2, then task-distils it as the
+//! quick start does; a random student of the same shape gets the same task
+//! distillation. General distillation must help.
+//!
 //! Run: `cargo test --release --test tests real_distill:: -- --ignored --nocapture`
-//! (one of them: `real_distill::quickstart` or `real_distill::mpnet`)
+//! (one of them: `real_distill::quickstart`, `real_distill::mpnet` or
+//! `real_distill::general`)
 
 use crate::common;
 
@@ -245,5 +252,69 @@ fn mpnet_teacher_distils_into_its_layers_3_6_9_12() {
     assert!(
         student >= 0.90 * teacher,
         "student {student:.4} < 90% of teacher {teacher:.4}"
+    );
+}
+
+#[test]
+#[ignore = "slow real-weight run (about 20 minutes on 2 cores); see the file header"]
+fn general_distillation_helps_the_task_distilled_student() {
+    let (Some(model), Some(glue)) = (common::minilm_dir(), common::glue_dir()) else {
+        return;
+    };
+    let (dir, sets) = (runs_dir(), real_sets(&model, &glue));
+    let started = std::time::Instant::now();
+    let mut general_sets = sets.clone();
+    general_sets.push(format!(
+        "stages.0.data.files=[\"{}\"]",
+        glue.join("SST-2/train.tsv").display()
+    ));
+    let general_recipe = common::repo_root().join("recipes/general-quick-cpu.toml");
+    let general = run(&general_recipe, &dir.join("general"), &general_sets);
+    let general_secs = started.elapsed().as_secs_f64();
+    let final_loss = general["stages"][0]["final_loss"].as_f64().unwrap();
+    eprintln!("general distillation: {general_secs:.0} s, final loss {final_loss:.3}");
+
+    // Task distillation as the quick start does it, from the General student and from
+    // a random one of the same shape, under the same fine-tuned teacher.
+    let quickstart = common::repo_root().join("recipes/quickstart-cpu.toml");
+    let mut from_general = sets.clone();
+    from_general.push(format!(
+        "student={{from = \"checkpoint\", model = \"{}\"}}",
+        dir.join("general/student").display()
+    ));
+    let task_general = run(&quickstart, &dir.join("task-from-general"), &from_general);
+    let teacher_dir = dir.join("task-from-general/teacher-finetune/checkpoints/best");
+    let from_random = vec![
+        format!("teacher.model={}", teacher_dir.display()),
+        format!("task.data={}", glue.display()),
+        "student={from = \"random\", layers = 4, hidden = 312, heads = 12, intermediate = 1200}"
+            .into(),
+    ];
+    let task_random = run(&quickstart, &dir.join("task-from-random"), &from_random);
+    let accuracy = |r: &serde_json::Value, who: &str| r[who]["dev"]["accuracy"].as_f64().unwrap();
+    let teacher = accuracy(&task_general, "teacher");
+    let (g, r) = (
+        accuracy(&task_general, "student"),
+        accuracy(&task_random, "student"),
+    );
+    eprintln!("| student (4 layers, 312 wide) | SST-2 dev accuracy |");
+    eprintln!("|---|---|");
+    eprintln!(
+        "| teacher (MiniLM-L6, fine-tuned on 4,000) | {:.1}% |",
+        100.0 * teacher
+    );
+    eprintln!(
+        "| General (corpus) + task distillation | {:.1}% |",
+        100.0 * g
+    );
+    eprintln!("| random + task distillation | {:.1}% |", 100.0 * r);
+    eprintln!(
+        "all runs: {:.0} s; run folders in {}",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    assert!(
+        g > r,
+        "General student {g:.4} is not ahead of the random one {r:.4}"
     );
 }

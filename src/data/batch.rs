@@ -125,7 +125,7 @@ impl EncodedDataset {
 
 /// Batches per sort chunk when grouping by length: large enough that batches have similar
 /// lengths, small enough that each epoch still mixes the data.
-const GROUP_CHUNK_BATCHES: usize = 50;
+pub const GROUP_CHUNK_BATCHES: usize = 50;
 
 /// The batches of one epoch: every index once, shuffled; the last batch may be smaller.
 ///

@@ -14,6 +14,7 @@ use super::losses::{LossWeights, Normalise};
 use super::mapping::{self, LayerMap};
 use super::objective::{scalar, BatchLoss, TokenShare};
 use super::student::Student;
+use crate::data::batch::GROUP_CHUNK_BATCHES;
 use crate::data::corpus::Corpus;
 use crate::data::{batch_order, Batch, EncodedDataset, Label};
 use crate::model::{BertForSequenceClassification, Outputs};
@@ -379,8 +380,10 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// The rest of one epoch streamed from a corpus: the epoch's rows after those
-    /// already trained on, batch by batch as the reader delivers them.
+    /// The rest of one epoch streamed from a corpus, a chunk of rows at a time: with
+    /// `group_by_length`, 50 batches' rows ordered as [`batch_order`] orders a dataset
+    /// (sorted by length, the batches shuffled), else one batch's. A resumed epoch
+    /// skips the chunks already trained on, then the batches of its chunk.
     fn epoch_streamed(
         &self,
         stage: &Stage,
@@ -388,41 +391,68 @@ impl<'a> Trainer<'a> {
         corpus: &Corpus,
         state: &mut LoopState,
     ) -> Result<()> {
-        let batch_size = stage.settings.batch_size;
-        let p = &state.progress;
-        let mut reader = corpus.epoch(p.epoch, p.step_in_epoch * batch_size);
+        let settings = stage.settings;
+        let chunk_batches = if settings.group_by_length {
+            GROUP_CHUNK_BATCHES
+        } else {
+            1
+        };
+        let chunk_rows = chunk_batches * settings.batch_size;
+        let (epoch, done) = (state.progress.epoch, state.progress.step_in_epoch);
+        let mut chunk = done / chunk_batches;
+        let mut reader = corpus.epoch(epoch, chunk * chunk_rows);
+        let mut skip = done % chunk_batches;
         loop {
-            let (encodings, epoch_end) = reader.next_batch(batch_size)?;
+            let (encodings, ended) = reader.next_batch(chunk_rows)?;
             if encodings.is_empty() {
-                // Nothing left (an empty corpus, or one resumed at its very end).
-                if state.progress.step_in_epoch == 0 {
-                    return Err(Error::msg(format!(
-                        "stage `{}`: the corpus has no text ({} shards)",
-                        stage.name,
-                        corpus.files().len()
-                    )));
-                }
-                self.end_epoch(state.progress);
-                return Ok(());
+                return self.end_of_stream(stage, corpus, state.progress);
             }
             let lengths: Vec<usize> = encodings.iter().map(|e| e.ids.len()).collect();
-            let indices: Vec<usize> = (0..encodings.len()).collect();
+            let mut rng = state
+                .progress
+                .order_rng
+                .clone()
+                .fork(((epoch as u64) << 32) | chunk as u64);
+            let batches = batch_order(
+                &lengths,
+                settings.batch_size,
+                settings.group_by_length,
+                &mut rng,
+            );
             let data = EncodedDataset {
                 labels: vec![Label::Unlabeled; encodings.len()],
                 encodings,
                 regression: false,
                 pad_id: corpus.pad_id(),
             };
-            let rows = StepRows {
-                data: &data,
-                lengths: &lengths,
-                indices: &indices,
-            };
-            let record = self.step(stage, plan, &rows, state.optimizer, state.progress)?;
-            if self.after_step(stage, plan, &record, epoch_end, state)? {
-                return Ok(());
+            for (i, batch) in batches.iter().enumerate().skip(skip) {
+                let rows = StepRows {
+                    data: &data,
+                    lengths: &lengths,
+                    indices: batch,
+                };
+                let record = self.step(stage, plan, &rows, state.optimizer, state.progress)?;
+                let epoch_end = ended && i + 1 == batches.len();
+                if self.after_step(stage, plan, &record, epoch_end, state)? {
+                    return Ok(());
+                }
             }
+            (chunk, skip) = (chunk + 1, 0);
         }
+    }
+
+    /// The stream ran out before a batch: the end of the epoch (a corpus resumed at
+    /// its very end), or of a corpus without text.
+    fn end_of_stream(&self, stage: &Stage, corpus: &Corpus, progress: &mut Progress) -> Result<()> {
+        if progress.step_in_epoch == 0 {
+            return Err(Error::msg(format!(
+                "stage `{}`: the corpus has no text ({} shards)",
+                stage.name,
+                corpus.files().len()
+            )));
+        }
+        self.end_epoch(progress);
+        Ok(())
     }
 
     /// Logs, evaluates and checkpoints after a step; true when the epoch or the stage
