@@ -447,6 +447,17 @@ impl Recipe {
         }
     }
 
+    /// Whether a stage takes the teacher's logits (prediction losses). When none does
+    /// (general and intermediate stages only), the teacher's task head is never used:
+    /// a pre-trained encoder serves as it is. A sweep may change any stage: assumed.
+    pub fn uses_teacher_head(&self) -> bool {
+        !self.sweep.is_empty()
+            || self
+                .stages
+                .iter()
+                .any(|s| s.losses().needs_teacher_logits())
+    }
+
     /// A stage trains on the run's own augmented data.
     pub fn needs_augmentation(&self) -> bool {
         self.stages

@@ -158,3 +158,73 @@ fn corpus_stages_without_max_steps_or_shards_are_refused_with_the_field() {
         "{err}"
     );
 }
+
+/// A pre-trained encoder without a task head (as bert-base or MiniLM are), made from
+/// the tiny teacher by dropping its classifier.
+fn write_headless_teacher(root: &Path) -> PathBuf {
+    let (from, to) = (root.join("teacher"), root.join("encoder"));
+    std::fs::create_dir_all(&to).unwrap();
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(from.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("classifier."))
+            .collect();
+    candle_core::safetensors::save(&tensors, to.join("model.safetensors")).unwrap();
+    let mut config = read_json(&from.join("config.json"));
+    config["architectures"] = serde_json::json!(["BertModel"]);
+    for key in ["id2label", "label2id"] {
+        config.as_object_mut().unwrap().remove(key);
+    }
+    std::fs::write(to.join("config.json"), config.to_string()).unwrap();
+    for f in ["vocab.txt", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    to
+}
+
+#[test]
+fn a_general_only_run_uses_a_headless_teacher_as_it_is() {
+    let dir = setup();
+    let corpus = write_corpus(dir.path());
+    let encoder = write_headless_teacher(dir.path());
+    let recipe = corpus_recipe(dir.path(), &corpus, 30);
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    // The general stage alone, from the encoder.
+    let general_only = text[..text.rfind("[[stages]]").unwrap()].replace(
+        &format!("model = \"{}\"", dir.path().join("teacher").display()),
+        &format!("model = \"{}\"", encoder.display()),
+    );
+    assert!(general_only.contains("encoder"));
+    std::fs::write(&recipe, &general_only).unwrap();
+    let out = dir.path().join("run");
+    succeed(cli().arg("run").arg(&recipe).arg("--out").arg(&out), "run");
+    assert!(
+        !out.join("teacher-finetune").exists(),
+        "the teacher was fine-tuned"
+    );
+    let report = read_json(&out.join("report.json"));
+    assert_eq!(report["teacher_head_used"], false);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("both heads are untrained"), "{md}");
+
+    // A stage that takes the teacher's logits needs a trained head: with fine-tuning
+    // off, the run stops before training and names the missing head.
+    let model_line = format!("model = \"{}\"", encoder.display());
+    let never = general_only.replace(&model_line, &format!("{model_line}\nfinetune = \"never\""));
+    std::fs::write(
+        &recipe,
+        never + "[[stages]]\nkind = \"prediction\"\nepochs = 1\n",
+    )
+    .unwrap();
+    let o = cli()
+        .arg("run")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(dir.path().join("run2"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no sequence-classification head"), "{err}");
+}

@@ -80,7 +80,15 @@ pub(super) fn lead_run(
         Some(scores) => evaluator.metrics_of(scores),
         None => evaluator.metrics(&teachers[0])?,
     };
-    check_teacher(recipe, &teacher_dev, &data)?;
+    if recipe.uses_teacher_head() {
+        check_teacher(recipe, &teacher_dev, &data)?;
+    } else {
+        tracing::info!(
+            "teacher dev {} = {:.4}, not checked: no stage takes the teacher's logits, so its head is unused",
+            teacher_dev.score_name,
+            teacher_dev.score
+        );
+    }
     // After the pre-flight: augmentation can take hours.
     augment_task(recipe, &run, &mut data, device)?;
     let parts = TeacherParts {
@@ -100,8 +108,12 @@ pub(super) fn lead_run(
     let trained = train(recipe, &run, &replicas, cache, &data, &evaluator, started)?;
     drop(replicas);
     let scorer = Scorer::new(recipe, &data, &tokenizer, &evaluator, device)?;
+    let teacher_name = match recipe.uses_teacher_head() {
+        true => teacher_spec.clone(),
+        false => format!("{teacher_spec} (its task head unused: dev score of an untrained head)"),
+    };
     let teacher = scorer.summary(
-        teacher_spec.clone(),
+        teacher_name,
         tensor_params(&tensors),
         &teachers[0],
         teacher_dev,
@@ -116,6 +128,7 @@ pub(super) fn lead_run(
         teacher,
         student,
         stages: trained.stages,
+        teacher_head_used: recipe.uses_teacher_head(),
         sweep: trained.sweep,
         seconds: started.elapsed().as_secs_f64(),
         student_dir: run.path("student"),

@@ -8,7 +8,9 @@ use candle_core::{Device, Tensor};
 
 use crate::distill::replicas::{local_group, node_group, start_message, Group, Replica};
 use crate::distill::{build_student, Student, TeacherParts};
-use crate::model::{build_classifier, BertForSequenceClassification, BuildOptions, ModelFiles};
+use crate::model::{
+    build_classifier, BertForSequenceClassification, BuildOptions, Fresh, ModelFiles,
+};
 use crate::recipe::Recipe;
 use crate::run::RunDir;
 use crate::train::cluster::{NodeSpec, Rendezvous};
@@ -101,6 +103,13 @@ pub(super) fn local_teachers(
     devices: &[Device],
 ) -> Result<Vec<BertForSequenceClassification>> {
     let dtype = recipe.teacher.dtype.dtype();
+    // A head no stage uses may be missing (a pre-trained encoder for general
+    // distillation): it is drawn from the seed, said in the load report, never used.
+    let fresh = if recipe.uses_teacher_head() {
+        Fresh::Nothing
+    } else {
+        Fresh::TaskAdditions { seed: recipe.seed }
+    };
     devices
         .iter()
         .map(|d| {
@@ -110,6 +119,7 @@ pub(super) fn local_teachers(
                 tensors.clone(),
                 &BuildOptions {
                     dtype,
+                    fresh,
                     ..BuildOptions::inference(d)
                 },
             )?

@@ -25,6 +25,9 @@ pub struct RunReport {
     pub teacher: ModelSummary,
     pub student: ModelSummary,
     pub stages: Vec<StageSummary>,
+    /// Whether a stage took the teacher's logits; when none did (general distillation)
+    /// neither head was trained and their dev scores say nothing.
+    pub teacher_head_used: bool,
     /// The variants of a sweep, when the recipe has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepReport>,
@@ -178,12 +181,22 @@ impl RunReport {
             "| latency, batch 32 (ms) | {:.1} | {:.1} |\n",
             t.latency_ms_batch32, s.latency_ms_batch32
         );
-        md += &format!(
-            "\nThe student keeps {:.1}% of the teacher's dev score with {:.1}x fewer parameters and runs {:.1}x faster.\n",
-            100.0 * s.dev.score / t.dev.score,
+        let (fewer, faster) = (
             t.parameters as f64 / s.parameters as f64,
-            t.latency_ms_batch32 / s.latency_ms_batch32
+            t.latency_ms_batch32 / s.latency_ms_batch32,
         );
+        md += &if self.teacher_head_used {
+            format!(
+                "\nThe student keeps {:.1}% of the teacher's dev score with {fewer:.1}x fewer parameters and runs {faster:.1}x faster.\n",
+                100.0 * s.dev.score / t.dev.score,
+            )
+        } else {
+            format!(
+                "\nThe student has {fewer:.1}x fewer parameters and runs {faster:.1}x faster. No stage used \
+                 the teacher's logits: both heads are untrained and their dev scores are near chance; \
+                 a task recipe (student.from = \"checkpoint\") trains the student's.\n"
+            )
+        };
         md += "\n## Stages\n\n| stage | steps | seconds | final loss | best dev |\n|---|---|---|---|---|\n";
         for st in &self.stages {
             md += &format!(

@@ -15,7 +15,8 @@ use crate::train::Precision;
 use crate::Result;
 
 /// Whether the run fine-tunes the teacher (`config`) on the task first: always, never,
-/// or (auto) when its head is not a classifier for the task's labels. A teacher used
+/// or (auto) when its head is not a classifier for the task's labels and a stage uses
+/// that head. A teacher used
 /// as it is must have the task's label map: a permuted or foreign one is an error.
 pub fn teacher_needs_finetune(
     recipe: &Recipe,
@@ -34,6 +35,8 @@ pub fn teacher_needs_finetune(
     let needs = match recipe.teacher.finetune {
         FinetuneWhen::Always => true,
         FinetuneWhen::Never => false,
+        // No stage takes the teacher's logits: its head, trained or not, is unused.
+        FinetuneWhen::Auto if !recipe.uses_teacher_head() => false,
         FinetuneWhen::Auto => {
             !(config.id2label.is_some()
                 && config.num_labels() == data.dev.num_outputs()
