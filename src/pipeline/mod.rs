@@ -80,15 +80,7 @@ pub(super) fn lead_run(
         Some(scores) => evaluator.metrics_of(scores),
         None => evaluator.metrics(&teachers[0])?,
     };
-    if recipe.uses_teacher_head() {
-        check_teacher(recipe, &teacher_dev, &data)?;
-    } else {
-        tracing::info!(
-            "teacher dev {} = {:.4}, not checked: no stage takes the teacher's logits, so its head is unused",
-            teacher_dev.score_name,
-            teacher_dev.score
-        );
-    }
+    check_teacher(recipe, &teacher_dev, &data)?;
     // After the pre-flight: augmentation can take hours.
     augment_task(recipe, &run, &mut data, device)?;
     let parts = TeacherParts {
@@ -108,12 +100,8 @@ pub(super) fn lead_run(
     let trained = train(recipe, &run, &replicas, cache, &data, &evaluator, started)?;
     drop(replicas);
     let scorer = Scorer::new(recipe, &data, &tokenizer, &evaluator, device)?;
-    let teacher_name = match recipe.uses_teacher_head() {
-        true => teacher_spec.clone(),
-        false => format!("{teacher_spec} (its task head unused: dev score of an untrained head)"),
-    };
     let teacher = scorer.summary(
-        teacher_name,
+        teacher_name(recipe, &teacher_spec),
         tensor_params(&tensors),
         &teachers[0],
         teacher_dev,
@@ -151,8 +139,26 @@ fn open_run(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> Result<
     })
 }
 
-/// Pre-flight: a teacher near chance level wastes hours (TinyBERT #52: RTE 30.7).
+/// The teacher as the report names it: said when its head was never used.
+fn teacher_name(recipe: &Recipe, spec: &str) -> String {
+    if recipe.uses_teacher_head() {
+        spec.to_string()
+    } else {
+        format!("{spec} (its task head unused: dev score of an untrained head)")
+    }
+}
+
+/// Pre-flight: a teacher near chance level wastes hours (TinyBERT #52: RTE 30.7). A
+/// teacher whose head no stage uses is not held to its (untrained) head's score.
 fn check_teacher(recipe: &Recipe, dev: &Metrics, data: &TaskData) -> Result<()> {
+    if !recipe.uses_teacher_head() {
+        tracing::info!(
+            "teacher dev {} = {:.4}, not checked: no stage takes the teacher's logits, so its head is unused",
+            dev.score_name,
+            dev.score
+        );
+        return Ok(());
+    }
     let chance = chance_score(data.task, &data.dev)?;
     tracing::info!(
         "teacher dev {} = {:.4} (chance {:.4})",
