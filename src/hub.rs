@@ -169,6 +169,25 @@ fn http_status(e: &ApiError) -> Option<u16> {
     }
 }
 
+/// The files under `dir`, as paths relative to `root` with `/` between folders.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            list_files(root, &path, out);
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            let parts: Vec<_> = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect();
+            out.push(parts.join("/"));
+        }
+    }
+}
+
 fn is_commit_hash(revision: &str) -> bool {
     revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -315,6 +334,23 @@ impl HubRepo {
         })
     }
 
+    /// Records that this revision points to `commit` (`refs/<revision>`, as Python
+    /// writes), so that offline runs find the snapshot of files fetched by commit.
+    fn remember_ref(&self, commit: &str) {
+        if is_commit_hash(&self.revision) {
+            return;
+        }
+        let path = self.repo_dir().join("refs").join(&self.revision);
+        let written = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|()| std::fs::write(&path, commit));
+        if let Err(e) = written {
+            tracing::debug!("cannot record {}: {e}", path.display());
+        }
+    }
+
     /// Records that `name` is not in the repo at `commit`, so later offline runs know.
     fn remember_absent(&self, commit: &str, name: &str) {
         let marker = self.repo_dir().join(".no_exist").join(commit).join(name);
@@ -390,6 +426,30 @@ impl HubRepo {
                 self.describe()
             ))
         }
+    }
+
+    /// Every file of the repo at this revision, and the commit they are at: from the
+    /// hub's listing, or (offline, or when the hub cannot be reached) from the cached
+    /// snapshot, which may hold only some of them.
+    pub fn files(&self) -> Result<(String, Vec<String>)> {
+        if !self.offline {
+            match self.listing() {
+                Ok(listing) => {
+                    self.remember_ref(&listing.commit);
+                    return Ok((listing.commit.clone(), listing.files.clone()));
+                }
+                Err(e) if !e.unreachable => return Err(Error::ModelNotFound(e.message.clone())),
+                Err(e) => tracing::debug!("{}", e.message),
+            }
+        }
+        let commit = self
+            .cached_commit()
+            .ok_or_else(|| self.missing("its file list"))?;
+        let snapshot = self.repo_dir().join("snapshots").join(&commit);
+        let mut files = Vec::new();
+        list_files(&snapshot, &snapshot, &mut files);
+        files.sort();
+        Ok((commit, files))
     }
 
     /// The first candidate in the cache; otherwise (unless offline, or every candidate is

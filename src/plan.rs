@@ -227,25 +227,39 @@ impl Models<'_> {
     }
 }
 
+fn streamed(stream: bool) -> &'static str {
+    if stream {
+        ", streamed"
+    } else {
+        ""
+    }
+}
+
 /// Where a stage's rows come from, and how many an augmented stage may see.
 fn data_text(recipe: &Recipe, data: &TaskData, spec: &StageSpec, examples: usize) -> String {
     match &spec.data {
         StageData::Train => format!("{} train", data.task),
-        StageData::Unlabeled { path } => format!("unlabeled {}", path.display()),
-        StageData::Augmented { path: Some(path) } => format!("augmented {}", path.display()),
+        StageData::Unlabeled { path, stream } => {
+            format!("unlabeled {}{}", path.display(), streamed(*stream))
+        }
+        StageData::Augmented {
+            path: Some(path),
+            stream,
+        } => format!("augmented {}{}", path.display(), streamed(*stream)),
         StageData::Corpus { files, .. } => format!(
             "corpus {}, streamed in segments of up to {} tokens",
             files.join(" "),
             data.max_seq_len
         ),
-        StageData::Augmented { path: None } => format!(
-            "{} train augmented ({}), at most {examples} rows",
+        StageData::Augmented { path: None, stream } => format!(
+            "{} train augmented ({}){}, at most {examples} rows",
             data.task,
             recipe
                 .augment
                 .as_ref()
                 .map(|a| format!("{:?}", a.method).to_lowercase())
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            streamed(*stream)
         ),
     }
 }
@@ -294,13 +308,25 @@ fn stage_plan(
     };
     let examples = match (&spec.data, &recipe.augment) {
         // Not augmented yet: at most every variant of every text is new.
-        (StageData::Augmented { path: None }, Some(a)) => {
+        (StageData::Augmented { path: None, .. }, Some(a)) if !spec.data.is_streamed() => {
             let columns = if data.task.is_pair() { 2 } else { 1 };
             data.train.len() * (1 + columns * variants_per_text(a))
         }
         // Streamed: the shards must exist; the rows seen are what the steps take.
         (StageData::Corpus { files, .. }, _) => {
             crate::data::corpus::shards::resolve(files)?;
+            spec.max_steps.unwrap_or(0).saturating_mul(spec.batch_size)
+        }
+        (data, _) if data.is_streamed() => {
+            if let StageData::Unlabeled { path, .. }
+            | StageData::Augmented {
+                path: Some(path), ..
+            } = data
+            {
+                if !path.is_file() {
+                    return Err(Error::invalid(path.display(), "path", "is not a file"));
+                }
+            }
             spec.max_steps.unwrap_or(0).saturating_mul(spec.batch_size)
         }
         _ => crate::pipeline::stage_dataset(spec, data)?.len(),

@@ -211,14 +211,22 @@ pub enum StageData {
     #[default]
     Train,
     /// A file of text (one sentence, or a tab-separated pair, per line) that the
-    /// teacher labels: a transfer set.
-    Unlabeled { path: PathBuf },
+    /// teacher labels: a transfer set. With `stream`, read on background threads as
+    /// it trains instead of whole (for files larger than memory; needs `max_steps`).
+    Unlabeled {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "is_false")]
+        stream: bool,
+    },
     /// Augmented task text that the teacher labels: the file of `candle-distill augment`
     /// at `path` (JSONL; or plain text as for `unlabeled`), or without a path the
-    /// run's own augmentation from the recipe's `[augment]` table.
+    /// run's own augmentation from the recipe's `[augment]` table. `stream` as for
+    /// `unlabeled`.
     Augmented {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        stream: bool,
     },
     /// Unlabeled text streamed from shards, for general distillation at corpus scale:
     /// paths or globs of `.txt` (a blank line ends a document), `.jsonl`, `.tsv` (with
@@ -236,12 +244,24 @@ pub enum StageData {
     },
 }
 
-/// What a stage streaming a corpus needs: files, a step count, no gold labels.
-fn check_corpus_stage(
-    stage: &StageSpec,
-    files: &[String],
-) -> Result<(), (&'static str, &'static str)> {
-    if files.is_empty() {
+impl StageData {
+    /// Read on background threads as the stage trains, never whole.
+    pub fn is_streamed(&self) -> bool {
+        match self {
+            StageData::Corpus { .. } => true,
+            StageData::Unlabeled { stream, .. } | StageData::Augmented { stream, .. } => *stream,
+            StageData::Train => false,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// What a stage streaming its data needs: files, a step count, no gold labels.
+fn check_streamed_stage(stage: &StageSpec) -> Result<(), (&'static str, &'static str)> {
+    if matches!(&stage.data, StageData::Corpus { files, .. } if files.is_empty()) {
         return Err((
             "data.files",
             "is empty: give paths or globs of corpus shards",
@@ -250,14 +270,14 @@ fn check_corpus_stage(
     if stage.max_steps.is_none() {
         return Err((
             "max_steps",
-            "is needed with a corpus: it is streamed, its length unknown until read \
-             (the learning-rate schedule needs the total)",
+            "is needed with a corpus or a streamed file: its length is unknown until \
+             read (the learning-rate schedule needs the total)",
         ));
     }
     if stage.kind == StageKind::Finetune || stage.losses().needs_labels() {
         return Err((
             "data",
-            "a corpus has no labels: its stages learn from the teacher alone",
+            "streamed text has no labels: its stages learn from the teacher alone",
         ));
     }
     Ok(())
@@ -462,7 +482,7 @@ impl Recipe {
     pub fn needs_augmentation(&self) -> bool {
         self.stages
             .iter()
-            .any(|s| s.data == (StageData::Augmented { path: None }))
+            .any(|s| matches!(s.data, StageData::Augmented { path: None, .. }))
     }
 
     /// Reads a recipe file and applies `key=value` overrides (dotted keys; values are
@@ -537,7 +557,8 @@ impl Recipe {
                     ));
                 }
             }
-            if stage.data == (StageData::Augmented { path: None }) && self.augment.is_none() {
+            let own_augmented = matches!(stage.data, StageData::Augmented { path: None, .. });
+            if own_augmented && self.augment.is_none() {
                 return Err(Error::invalid(
                     origin,
                     field("data"),
@@ -546,8 +567,8 @@ impl Recipe {
                      data = { source = \"augmented\", path = \"...\" }",
                 ));
             }
-            if let StageData::Corpus { files, .. } = &stage.data {
-                check_corpus_stage(stage, files)
+            if stage.data.is_streamed() {
+                check_streamed_stage(stage)
                     .map_err(|(f, m)| Error::invalid(origin, field(f), m))?;
             }
             stage.losses().validate(&format!("{origin}: stages[{i}]"))?;

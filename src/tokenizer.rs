@@ -27,7 +27,7 @@ pub struct TokenizerFiles {
 }
 
 /// One tokenised example, not padded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Encoded {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,

@@ -2,11 +2,14 @@
 //! text, JSONL and compressed shards through `candle-distill run`, `plan` naming them,
 //! and a run killed with SIGKILL mid-corpus resuming to the same student.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use crate::common;
-use common::tiny_run::{cli, kill_after_a_checkpoint, recipe, setup, weights};
+use candle_distill::testing::{tiny_config, write_random_classifier};
+use common::tiny_run::{cli, free_port, kill_after_a_checkpoint, node, recipe, setup, weights};
 use common::{read_json, succeed};
 
 /// Writes the synthetic SST-2 sentences as three shards: plain text, gzip text (a
@@ -147,16 +150,22 @@ fn corpus_stages_without_max_steps_or_shards_are_refused_with_the_field() {
         err.contains("nowhere/*.txt: files: matches no file"),
         "{err}"
     );
-    let text = std::fs::read_to_string(&recipe)
-        .unwrap()
-        .replace("max_steps = 10\n", "");
-    std::fs::write(&recipe, text).unwrap();
-    let o = cli().arg("plan").arg(&recipe).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = plan_without_max_steps(&recipe, 10);
     assert!(
         err.contains("stages[0].max_steps: is needed with a corpus"),
         "{err}"
     );
+}
+
+/// `plan`'s error for the recipe with its `max_steps = steps` line taken out.
+fn plan_without_max_steps(recipe: &Path, steps: usize) -> String {
+    let text = std::fs::read_to_string(recipe).unwrap();
+    let line = format!("max_steps = {steps}\n");
+    assert!(text.contains(&line));
+    std::fs::write(recipe, text.replace(&line, "")).unwrap();
+    let o = cli().arg("plan").arg(recipe).output().unwrap();
+    assert!(!o.status.success());
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A pre-trained encoder without a task head (as bert-base or MiniLM are), made from
@@ -227,4 +236,230 @@ fn a_general_only_run_uses_a_headless_teacher_as_it_is() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no sequence-classification head"), "{err}");
+}
+
+/// The general stage alone, 60 steps of batch 4 (a chunk is 200 rows), for a student
+/// without dropout (so that replicas and one replica see the same network).
+fn replica_recipe(root: &Path, corpus: &Path) -> PathBuf {
+    let recipe = corpus_recipe(root, corpus, 60);
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let student = root.join("student");
+    let mut config = tiny_config(16, 2, 4, 32);
+    config.hidden_dropout_prob = 0.0;
+    config.attention_probs_dropout_prob = 0.0;
+    write_random_classifier(&student, &config, 11).unwrap();
+    let from = format!("from = \"checkpoint\"\nmodel = \"{}\"\n", student.display());
+    let text = text[..text.rfind("[[stages]]").unwrap()]
+        .replace(
+            "from = \"random\"\nlayers = 2\nhidden = 16\nheads = 4\nintermediate = 32\n",
+            &from,
+        )
+        .replace("batch_size = 2\n", "batch_size = 4\n");
+    assert!(text.contains("from = \"checkpoint\"") && text.contains("batch_size = 4"));
+    std::fs::write(&recipe, text).unwrap();
+    recipe
+}
+
+fn last_student(run: &Path) -> HashMap<String, Vec<f32>> {
+    weights(&run.join("checkpoints/last/student.safetensors"))
+}
+
+#[test]
+fn a_streamed_stage_on_replicas_or_nodes_trains_one_replicas_student() {
+    let dir = setup();
+    let corpus = write_corpus(dir.path());
+    let recipe = replica_recipe(dir.path(), &corpus);
+    let run = |devices: &str| {
+        let out = dir.path().join(format!("on-{devices}"));
+        let mut command = cli();
+        command.arg("run").arg(&recipe).args(["--device", devices]);
+        succeed(command.arg("--out").arg(&out), devices);
+        assert_eq!(general_lines(&out).last().unwrap()["step"], 60);
+        last_student(&out)
+    };
+    let alone = run("cpu");
+    let two = run("cpu,cpu");
+    for (students, what) in [(&two, "2 replicas"), (&run("cpu,cpu,cpu"), "3 replicas")] {
+        let (diff, name) = max_abs_diff(&alone, students);
+        assert!(
+            diff < 1e-4,
+            "{what}: `{name}` differs by {diff} from one replica"
+        );
+    }
+
+    // Two nodes over TCP, each reading its own lanes: two local replicas' student.
+    let nodes = dir.path().join("nodes");
+    let port = free_port();
+    let follower = node(&recipe, &nodes, 1, port, 120)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    succeed(&mut node(&recipe, &nodes, 0, port, 120), "node 0");
+    let follower = follower.wait_with_output().unwrap();
+    assert!(
+        follower.status.success(),
+        "node 1: {}",
+        String::from_utf8_lossy(&follower.stderr)
+    );
+    assert!(
+        last_student(&nodes) == two,
+        "two nodes differ from two local replicas"
+    );
+}
+
+fn max_abs_diff(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> (f32, String) {
+    assert_eq!(a.len(), b.len());
+    let mut worst = (0f32, String::new());
+    for (name, x) in a {
+        for (p, q) in x.iter().zip(&b[name]) {
+            if (p - q).abs() > worst.0 {
+                worst = ((p - q).abs(), name.clone());
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn a_prediction_stage_streams_an_unlabeled_transfer_set_with_the_teachers_logits() {
+    let dir = setup();
+    let train = std::fs::read_to_string(dir.path().join("glue/SST-2/train.tsv")).unwrap();
+    let unlabeled = dir.path().join("transfer.txt.zst");
+    let sentences: String = train
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').next())
+        .map(|s| format!("{s}\n"))
+        .collect();
+    std::fs::write(
+        &unlabeled,
+        zstd::stream::encode_all(sentences.as_bytes(), 1).unwrap(),
+    )
+    .unwrap();
+    let tiny = std::fs::read_to_string(recipe(dir.path())).unwrap();
+    let head = &tiny[..tiny.find("[[stages]]").unwrap()];
+    let recipe = dir.path().join("transfer.toml");
+    let stage = format!(
+        "[[stages]]\nname = \"transfer\"\nkind = \"prediction\"\nepochs = 100\nmax_steps = 90\n\
+         learning_rate = 3e-3\nbatch_size = 16\n\
+         data = {{ source = \"unlabeled\", path = \"{}\", stream = true }}\n",
+        unlabeled.display()
+    );
+    std::fs::write(&recipe, format!("{head}{stage}")).unwrap();
+
+    let plan = succeed(cli().arg("plan").arg(&recipe), "plan");
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.contains("transfer.txt.zst, streamed"), "{plan}");
+    let out = dir.path().join("run");
+    succeed(cli().arg("run").arg(&recipe).arg("--out").arg(&out), "run");
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["stage"] == "transfer" && v.get("loss").is_some())
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect();
+    // 480 sentences at 16 a step: three epochs, logged every 10 steps, the soft loss
+    // learnt from the teacher.
+    assert_eq!(losses.len(), 9);
+    let (first, last) = (losses[0] + losses[1], losses[7] + losses[8]);
+    assert!(last < 0.8 * first, "soft loss {losses:?}");
+
+    let err = plan_without_max_steps(&recipe, 90);
+    assert!(
+        err.contains("stages[0].max_steps: is needed with a corpus or a streamed file"),
+        "{err}"
+    );
+}
+
+/// `hf://datasets/...` shards through a stand-in hub: listed, matched, downloaded into
+/// the hub's cache by the lanes that read them; then the same run offline from the
+/// cache trains the same student.
+#[test]
+fn corpus_shards_from_a_hub_dataset_repo_are_cached_then_read_offline() {
+    let dir = setup();
+    let corpus = write_corpus(dir.path());
+    let mut files = std::collections::BTreeMap::new();
+    for (local, remote) in [
+        ("a.txt", "data/a.txt"),
+        ("b.txt.gz", "data/b.txt.gz"),
+        ("c.jsonl.zst", "data/c.jsonl.zst"),
+        ("a.txt", "other/a.txt"),
+    ] {
+        files.insert(
+            remote.to_string(),
+            std::fs::read(corpus.join(local)).unwrap(),
+        );
+    }
+    let hub = crate::hub::fake_hub::FakeHub::serve_dataset("org/corpus", files);
+    let recipe = corpus_recipe(dir.path(), &corpus, 30);
+    let home = dir.path().join("hf-home");
+    let run = |out: &str, hub_files: &str, offline: bool| {
+        let mut command = cli();
+        command
+            .arg("run")
+            .arg(&recipe)
+            .arg("--out")
+            .arg(dir.path().join(out));
+        command.args(["--set", &format!("stages.0.data.files={hub_files}")]);
+        command.env("HF_HOME", &home).env_remove("HF_TOKEN");
+        if offline {
+            command
+                .env("HF_HUB_OFFLINE", "1")
+                .env("HF_ENDPOINT", "http://127.0.0.1:9");
+        } else {
+            command
+                .env_remove("HF_HUB_OFFLINE")
+                .env("HF_ENDPOINT", &hub.endpoint);
+        }
+        command.output().unwrap()
+    };
+    let shards = r#"["hf://datasets/org/corpus/data/*.txt*", "hf://datasets/org/corpus@main/data/c.jsonl.zst"]"#;
+    let online = run("online", shards, false);
+    assert!(
+        online.status.success(),
+        "{}",
+        String::from_utf8_lossy(&online.stderr)
+    );
+    let snapshot = home.join(format!(
+        "hub/datasets--org--corpus/snapshots/{}",
+        hub.commit
+    ));
+    for name in ["data/a.txt", "data/b.txt.gz", "data/c.jsonl.zst"] {
+        assert!(snapshot.join(name).is_file(), "{name} not cached");
+    }
+    assert!(
+        !snapshot.join("other/a.txt").exists(),
+        "a shard the globs do not name"
+    );
+    let downloads = hub
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/resolve/"))
+        .count();
+    assert!(downloads >= 3, "{downloads} file requests");
+
+    let offline = run("offline", shards, true);
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    let a = last_student(&dir.path().join("online"));
+    assert!(
+        a == last_student(&dir.path().join("offline")),
+        "offline trained another student"
+    );
+
+    let none = run(
+        "none",
+        r#"["hf://datasets/org/corpus/data/*.parquet"]"#,
+        false,
+    );
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        err.contains("hf://datasets/org/corpus/data/*.parquet: files: matches no file"),
+        "{err}"
+    );
 }

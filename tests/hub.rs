@@ -4,7 +4,7 @@
 //! (tests/hub/fake_hub.rs), and endpoints that refuse connections.
 
 use crate::common;
-mod fake_hub;
+pub mod fake_hub;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

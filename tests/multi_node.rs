@@ -8,18 +8,10 @@ use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tiny_run::{cli, recipe, setup, weights};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::tiny_run::{cli, free_port, node, recipe, setup, weights};
 
 fn student(run: &Path) -> HashMap<String, Vec<f32>> {
     weights(&run.join("checkpoints/last/student.safetensors"))
@@ -31,16 +23,6 @@ fn check(o: &Output, what: &str) {
         "{what} failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-/// Node `rank` of two; `timeout`: seconds to wait for the other.
-fn node(recipe: &Path, out: &Path, rank: usize, port: u16, timeout: u32) -> Command {
-    let mut c = cli();
-    c.arg("run").arg(recipe).arg("--out").arg(out);
-    c.args(["--nnodes", "2", "--node-rank", &rank.to_string()]);
-    c.args(["--master-port", &port.to_string()]);
-    c.args(["--join-timeout", &timeout.to_string()]);
-    c
 }
 
 /// The tiny run's folder and recipe, and `teacher.model=` a teacher fine-tuned on two

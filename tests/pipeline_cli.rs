@@ -193,27 +193,27 @@ fn a_stage_trains_on_the_runs_augmented_data() {
     )
     .unwrap();
     let recipe = recipe(dir.path());
-    let out = dir.path().join("run");
-    let o = cli()
-        .arg("run")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&out)
-        .arg("--set")
-        .arg(format!(
+    let run = |out: &Path, sets: &[&str]| {
+        let mut command = cli();
+        command.arg("run").arg(&recipe).arg("--out").arg(out);
+        let augment = format!(
             "augment={{ method = \"mlm\", mlm_model = \"{}\", n_aug = 3 }}",
             dir.path().join("mlm").display()
-        ))
-        .args([
-            "--set",
+        );
+        command.args(["--set", &augment, "--set", "stages.1.epochs=1"]);
+        for set in sets {
+            command.args(["--set", set]);
+        }
+        command.output().unwrap()
+    };
+    let out = dir.path().join("run");
+    let o = run(
+        &out,
+        &[
             "stages.0.data={ source = \"augmented\" }",
-            "--set",
             "stages.0.epochs=1",
-            "--set",
-            "stages.1.epochs=1",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let files: Vec<PathBuf> = std::fs::read_dir(out.join("augmented"))
         .unwrap()
@@ -236,6 +236,37 @@ fn a_stage_trains_on_the_runs_augmented_data() {
     assert_eq!(report["stages"][1]["steps"], 30);
     let resolved = std::fs::read_to_string(out.join("recipe.toml")).unwrap();
     assert!(resolved.contains("[augment]"), "{resolved}");
+
+    // Streamed instead of held: an epoch of every augmented row (not deduplicated).
+    let streamed = dir.path().join("streamed");
+    let steps = rows.len().div_ceil(16);
+    let o = run(
+        &streamed,
+        &[
+            "stages.0.data={ source = \"augmented\", stream = true }",
+            &format!("stages.0.max_steps={}", steps + 1),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(streamed.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["stages"][0]["steps"].as_u64().unwrap() as usize,
+        steps + 1
+    );
+    let metrics = std::fs::read_to_string(streamed.join("metrics.jsonl")).unwrap();
+    let last = metrics
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["stage"] == "intermediate" && v.get("loss").is_some())
+        .unwrap();
+    // The step after an epoch of every row is the next epoch's first.
+    assert_eq!(
+        (last["step"].as_u64(), last["epoch"].as_u64()),
+        (Some(steps as u64 + 1), Some(1))
+    );
 }
 
 /// `finetune` killed mid-training and started again writes the same model folder.

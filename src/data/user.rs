@@ -232,6 +232,27 @@ fn read_json_lines(
     Ok(rows)
 }
 
+/// The text, or the text pair, of a line (not blank) of an unlabeled file. `pairs`
+/// is whether the file's rows are pairs, set by its first row.
+pub fn unlabeled_line(
+    line: &str,
+    pairs: &mut Option<bool>,
+) -> std::result::Result<(String, Option<String>), String> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    let is_pair = fields.len() == 2;
+    if fields.len() > 2 || *pairs.get_or_insert(is_pair) != is_pair {
+        return Err(format!(
+            "expected {} tab-separated field(s), found {}",
+            if *pairs == Some(true) { 2 } else { 1 },
+            fields.len()
+        ));
+    }
+    let texts: Option<Vec<String>> = fields.iter().map(|f| clean_text(f)).collect();
+    let mut texts = texts.ok_or("empty text")?;
+    let text_b = if is_pair { texts.pop() } else { None };
+    Ok((texts.remove(0), text_b))
+}
+
 /// Unlabeled text for a distillation transfer set: one sentence per line, or a pair
 /// separated by one tab. Blank lines are ignored.
 pub fn load_unlabeled(path: &Path, options: &LoadOptions) -> Result<Dataset> {
@@ -249,31 +270,15 @@ pub fn load_unlabeled(path: &Path, options: &LoadOptions) -> Result<Dataset> {
             continue;
         }
         let at = format!("{origin}:{}", i + 1);
-        let fields: Vec<&str> = line.split('\t').collect();
-        let is_pair = fields.len() == 2;
-        if fields.len() > 2 || *pairs.get_or_insert(is_pair) != is_pair {
-            errors.bad(
-                &at,
-                format!(
-                    "expected {} tab-separated field(s), found {}",
-                    if pairs == Some(true) { 2 } else { 1 },
-                    fields.len()
-                ),
-            )?;
-            continue;
+        match unlabeled_line(line, &mut pairs) {
+            Ok((text_a, text_b)) => examples.push(Example {
+                idx: examples.len(),
+                text_a,
+                text_b,
+                label: Label::Unlabeled,
+            }),
+            Err(message) => errors.bad(&at, message)?,
         }
-        let texts: Option<Vec<String>> = fields.iter().map(|f| clean_text(f)).collect();
-        let Some(mut texts) = texts else {
-            errors.bad(&at, "empty text")?;
-            continue;
-        };
-        let text_b = if is_pair { texts.pop() } else { None };
-        examples.push(Example {
-            idx: examples.len(),
-            text_a: texts.remove(0),
-            text_b,
-            label: Label::Unlabeled,
-        });
     }
     let dataset = Dataset {
         task: None,

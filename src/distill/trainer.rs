@@ -15,6 +15,7 @@ use super::mapping::{self, LayerMap};
 use super::objective::{scalar, BatchLoss, TokenShare};
 use super::student::Student;
 use crate::data::batch::GROUP_CHUNK_BATCHES;
+use crate::data::corpus::chunks::{Chunk, ChunkStream};
 use crate::data::corpus::Corpus;
 use crate::data::{batch_order, Batch, EncodedDataset, Label};
 use crate::model::{BertForSequenceClassification, Outputs};
@@ -227,6 +228,30 @@ struct StepRows<'r> {
     data: &'r EncodedDataset,
     lengths: &'r [usize],
     indices: &'r [usize],
+    /// Which rows of `data` this replica holds (a corpus's lanes); `None` when it
+    /// holds them all and trains on its contiguous share of each batch.
+    held: Option<&'r [bool]>,
+}
+
+impl StepRows<'_> {
+    /// The rows of the batch this replica trains on: those it holds, or its
+    /// contiguous share.
+    fn mine(&self, parallel: Option<&dyn AllReduce>) -> std::borrow::Cow<'_, [usize]> {
+        match (parallel, self.held) {
+            (None, _) => self.indices.into(),
+            (Some(_), Some(held)) => self
+                .indices
+                .iter()
+                .copied()
+                .filter(|&i| held[i])
+                .collect::<Vec<_>>()
+                .into(),
+            (Some(p), None) => {
+                let r = shard_range(self.indices.len(), p.rank(), p.world_size());
+                self.indices[r].into()
+            }
+        }
+    }
 }
 
 pub struct Trainer<'a> {
@@ -367,6 +392,7 @@ impl<'a> Trainer<'a> {
                 data,
                 lengths: &plan.lengths,
                 indices: batch,
+                held: None,
             };
             let record = self.step(stage, plan, &rows, state.optimizer, state.progress)?;
             let epoch_end = state.progress.step_in_epoch == batches.len();
@@ -382,8 +408,9 @@ impl<'a> Trainer<'a> {
 
     /// The rest of one epoch streamed from a corpus, a chunk of rows at a time: with
     /// `group_by_length`, 50 batches' rows ordered as [`batch_order`] orders a dataset
-    /// (sorted by length, the batches shuffled), else one batch's. A resumed epoch
-    /// skips the chunks already trained on, then the batches of its chunk.
+    /// (sorted by length, the batches shuffled), else one batch's. Each replica holds
+    /// the rows of its own lanes and trains on those of each batch. A resumed epoch
+    /// replays the chunks already trained on, then skips the batches of its chunk.
     fn epoch_streamed(
         &self,
         stage: &Stage,
@@ -399,15 +426,22 @@ impl<'a> Trainer<'a> {
         };
         let chunk_rows = chunk_batches * settings.batch_size;
         let (epoch, done) = (state.progress.epoch, state.progress.step_in_epoch);
-        let mut chunk = done / chunk_batches;
-        let mut reader = corpus.epoch(epoch, chunk * chunk_rows);
-        let mut skip = done % chunk_batches;
+        let (rank, world) = plan.parallel.map_or((0, 1), |p| (p.rank(), p.world_size()));
+        let mut stream = ChunkStream::open(corpus, epoch, rank, world)?;
+        let exchange = |table: Vec<f32>| self.exchange(plan, table);
+        for _ in 0..done / chunk_batches {
+            stream.next_chunk(chunk_rows, &exchange)?;
+        }
+        let (mut chunk, mut skip) = (done / chunk_batches, done % chunk_batches);
         loop {
-            let (encodings, ended) = reader.next_batch(chunk_rows)?;
-            if encodings.is_empty() {
+            let Chunk {
+                lengths,
+                rows,
+                ended,
+            } = stream.next_chunk(chunk_rows, &exchange)?;
+            if lengths.is_empty() {
                 return self.end_of_stream(stage, corpus, state.progress);
             }
-            let lengths: Vec<usize> = encodings.iter().map(|e| e.ids.len()).collect();
             let mut rng = state
                 .progress
                 .order_rng
@@ -419,9 +453,10 @@ impl<'a> Trainer<'a> {
                 settings.group_by_length,
                 &mut rng,
             );
+            let held: Vec<bool> = rows.iter().map(Option::is_some).collect();
             let data = EncodedDataset {
-                labels: vec![Label::Unlabeled; encodings.len()],
-                encodings,
+                labels: vec![Label::Unlabeled; rows.len()],
+                encodings: rows.into_iter().map(Option::unwrap_or_default).collect(),
                 regression: false,
                 pad_id: corpus.pad_id(),
             };
@@ -430,6 +465,7 @@ impl<'a> Trainer<'a> {
                     data: &data,
                     lengths: &lengths,
                     indices: batch,
+                    held: Some(&held),
                 };
                 let record = self.step(stage, plan, &rows, state.optimizer, state.progress)?;
                 let epoch_end = ended && i + 1 == batches.len();
@@ -439,6 +475,21 @@ impl<'a> Trainer<'a> {
             }
             (chunk, skip) = (chunk + 1, 0);
         }
+    }
+
+    /// Sums a corpus chunk's table across the group (it is this replica's alone
+    /// without one).
+    fn exchange(&self, plan: &StagePlan, table: Vec<f32>) -> Result<Vec<f32>> {
+        let Some(p) = plan.parallel else {
+            return Ok(table);
+        };
+        let n = table.len();
+        let summed = p.all_reduce_sum(vec![Tensor::from_vec(table, n, &self.device)?])?;
+        let first = summed
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::msg("all-reduce lost the corpus table"))?;
+        Ok(first.to_vec1()?)
     }
 
     /// The stream ran out before a batch: the end of the epoch (a corpus resumed at
@@ -687,14 +738,9 @@ impl<'a> Trainer<'a> {
         let mut worker_dropout = plan
             .parallel
             .map(|p| progress.dropout_rng.fork(p.rank() as u64 + 1));
-        let (mine, share) = match plan.parallel {
-            Some(p) => {
-                let r = shard_range(batch.len(), p.rank(), p.world_size());
-                let share = r.len() as f64 / batch.len() as f64;
-                (&batch[r], share)
-            }
-            None => (batch, 1.0),
-        };
+        let mine = rows.mine(plan.parallel);
+        let mine = mine.as_ref();
+        let share = mine.len() as f64 / batch.len() as f64;
         if mine.is_empty() {
             // No rows here (a batch smaller than the group): no gradient of its own.
             let none = Tensor::zeros((), DType::F32, &self.device)?.backward()?;

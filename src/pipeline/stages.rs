@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::data::corpus::{Corpus, CorpusSettings};
+use crate::data::corpus::{Corpus, CorpusSettings, ExampleLines, Form};
 use crate::data::{Dataset, Label, Split};
 use crate::distill::cache::{cache_key, cached_logits, model_logits};
 use crate::distill::losses::LossWeights;
@@ -122,18 +122,27 @@ impl StageInput {
         seed: u64,
         index: usize,
     ) -> Result<Self> {
-        let StageData::Corpus {
-            files,
-            text_field,
-            shuffle_buffer,
-        } = &spec.data
-        else {
-            return Ok(StageInput::Encoded(stage_examples(spec, data, tokenizer)?));
+        let (files, form, shuffle_buffer) = match &spec.data {
+            StageData::Corpus {
+                files,
+                text_field,
+                shuffle_buffer,
+            } => {
+                let form = Form::Segments {
+                    text_field: text_field.clone(),
+                };
+                (files.clone(), form, *shuffle_buffer)
+            }
+            data_spec if data_spec.is_streamed() => {
+                let (files, lines) = streamed_files(data_spec, data)?;
+                (files, Form::Examples(lines), STREAMED_SHUFFLE_BUFFER)
+            }
+            _ => return Ok(StageInput::Encoded(stage_examples(spec, data, tokenizer)?)),
         };
         let settings = CorpusSettings {
-            files,
-            text_field,
-            shuffle_buffer: *shuffle_buffer,
+            files: &files,
+            form,
+            shuffle_buffer,
             seed: crate::rng::mix64(seed ^ (index as u64 + 1)),
             max_seq_len: data.max_seq_len,
         };
@@ -155,6 +164,33 @@ impl StageInput {
             StageInput::Corpus(c) => format!("a corpus of {} shards, streamed", c.files().len()),
         }
     }
+}
+
+/// Rows held by the shuffle buffer of a streamed `unlabeled` or `augmented` file.
+const STREAMED_SHUFFLE_BUFFER: usize = 10_000;
+
+/// The files of a streamed `unlabeled` or `augmented` stage, and how their lines read.
+fn streamed_files(spec: &StageData, data: &TaskData) -> Result<(Vec<String>, ExampleLines)> {
+    let one = |p: &Path| vec![p.display().to_string()];
+    Ok(match spec {
+        StageData::Unlabeled { path, .. } => (one(path), ExampleLines::Text),
+        StageData::Augmented {
+            path: Some(path), ..
+        } if is_jsonl(path) => (one(path), ExampleLines::Augmented),
+        StageData::Augmented {
+            path: Some(path), ..
+        } => (one(path), ExampleLines::Text),
+        StageData::Augmented { path: None, .. } if !data.augmented_files.is_empty() => {
+            let files = data.augmented_files.iter();
+            let files = files.map(|p| p.display().to_string()).collect();
+            (files, ExampleLines::Augmented)
+        }
+        _ => {
+            return Err(Error::msg(
+                "a stage streams the run's augmented data, but no augmentation ran",
+            ))
+        }
+    })
 }
 
 /// The summaries of the stages that finished in this run folder, by stage index, kept
@@ -235,21 +271,25 @@ fn trainer_for<'a>(
 pub fn stage_dataset<'a>(spec: &StageSpec, data: &'a TaskData) -> Result<Cow<'a, Dataset>> {
     Ok(match &spec.data {
         StageData::Train => Cow::Borrowed(&data.train),
-        StageData::Unlabeled { path } => {
-            Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
-        }
-        StageData::Augmented { path: Some(path) } if is_jsonl(path) => {
-            Cow::Owned(augmented_dataset(std::slice::from_ref(path))?)
-        }
-        StageData::Augmented { path: Some(path) } => {
-            Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
-        }
-        StageData::Corpus { .. } => {
+        StageData::Corpus { .. } | StageData::Unlabeled { stream: true, .. } | StageData::Augmented { stream: true, .. } => {
             return Err(Error::msg(
-                "a corpus is streamed, not read whole (a stage's corpus has no row count ahead)",
+                "streamed data is not read whole (its row count is unknown ahead)",
             ))
         }
-        StageData::Augmented { path: None } => Cow::Borrowed(data.augmented.as_ref().ok_or_else(|| {
+        StageData::Unlabeled { path, .. } => {
+            Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
+        }
+        StageData::Augmented {
+            path: Some(path), ..
+        } if is_jsonl(path) => {
+            Cow::Owned(augmented_dataset(std::slice::from_ref(path))?)
+        }
+        StageData::Augmented {
+            path: Some(path), ..
+        } => {
+            Cow::Owned(crate::data::load_unlabeled(path, &Default::default())?)
+        }
+        StageData::Augmented { path: None, .. } => Cow::Borrowed(data.augmented.as_ref().ok_or_else(|| {
             Error::msg(
                 "a stage trains on the run's augmented data, but no augmentation ran (the recipe needs an [augment] table)",
             )
@@ -325,7 +365,20 @@ pub fn augment_task(
         );
         files.push(o.path.clone());
     }
-    data.augmented = Some(augmented_dataset(&files)?);
+    // Held in memory only for the stages that do not stream it.
+    let in_memory = (recipe.stages.iter()).any(|s| {
+        matches!(
+            s.data,
+            StageData::Augmented {
+                path: None,
+                stream: false
+            }
+        )
+    });
+    if in_memory {
+        data.augmented = Some(augmented_dataset(&files)?);
+    }
+    data.augmented_files = files;
     Ok(())
 }
 

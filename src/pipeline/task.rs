@@ -26,6 +26,8 @@ pub struct TaskData {
     /// The run's augmented rows (all methods, each text pair once), once
     /// [`augment_task`] made them; read once for every stage that trains on them.
     pub augmented: Option<Dataset>,
+    /// The files of the run's augmentation, for stages that stream them.
+    pub augmented_files: Vec<std::path::PathBuf>,
 }
 
 impl TaskData {
@@ -72,6 +74,7 @@ pub fn load_task_data(recipe: &Recipe) -> Result<TaskData> {
         dev,
         dev_mismatched,
         augmented: None,
+        augmented_files: Vec::new(),
         max_seq_len: recipe.task.resolved_max_seq_len(),
     })
 }

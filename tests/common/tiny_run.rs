@@ -154,3 +154,22 @@ pub fn kill_after_a_checkpoint(mut command: Command, run: &Path) {
         "the run finished before it could be killed; the test needs a longer run"
     );
 }
+
+/// A TCP port free on this machine now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Node `rank` of two; `timeout`: seconds to wait for the other.
+pub fn node(recipe: &Path, out: &Path, rank: usize, port: u16, timeout: u32) -> Command {
+    let mut c = cli();
+    c.arg("run").arg(recipe).arg("--out").arg(out);
+    c.args(["--nnodes", "2", "--node-rank", &rank.to_string()]);
+    c.args(["--master-port", &port.to_string()]);
+    c.args(["--join-timeout", &timeout.to_string()]);
+    c
+}

@@ -1,8 +1,9 @@
 //! A stand-in for the Hugging Face hub on 127.0.0.1, serving exactly what hf-hub 0.5's sync
 //! client asks (hf-hub-0.5.0/src/api/sync.rs):
 //!
-//! - `GET /api/models/{repo}/revision/{rev}`: JSON `{"sha": commit, "siblings": [{"rfilename"}]}`;
-//! - `GET /{repo}/resolve/{rev}/{file}` with `Range: bytes=0-0` (metadata: `etag` or
+//! - `GET /api/models/{repo}/revision/{rev}` (`/api/datasets/...` for a dataset): JSON
+//!   `{"sha": commit, "siblings": [{"rfilename"}]}`;
+//! - `GET /{repo}/resolve/{rev}/{file}` (`/datasets/{repo}/resolve/...`) with `Range: bytes=0-0` (metadata: `etag` or
 //!   `x-linked-etag`, `x-repo-commit`, `content-range: bytes 0-0/<size>`), then with
 //!   `Range: bytes=<start>-` (the download).
 //!
@@ -40,6 +41,9 @@ pub struct FakeHub {
 
 struct Repo {
     id: String,
+    /// `models` or `datasets`: the listing is at `/api/<kind>/<id>/...`, files at
+    /// `/<id>/resolve/...` for a model and `/datasets/<id>/resolve/...` for a dataset.
+    kind: &'static str,
     commit: String,
     files: BTreeMap<String, Vec<u8>>,
     /// When set, every request must carry `Authorization: Bearer <token>`.
@@ -49,12 +53,27 @@ struct Repo {
 impl FakeHub {
     /// Serves `files` as the model repo `id` at revision `main` (and at its commit).
     pub fn serve(id: &str, files: BTreeMap<String, Vec<u8>>, token: Option<&str>) -> FakeHub {
+        FakeHub::serve_repo(id, "models", files, token)
+    }
+
+    /// Serves `files` as the dataset repo `id`, as [`FakeHub::serve`] a model.
+    pub fn serve_dataset(id: &str, files: BTreeMap<String, Vec<u8>>) -> FakeHub {
+        FakeHub::serve_repo(id, "datasets", files, None)
+    }
+
+    fn serve_repo(
+        id: &str,
+        kind: &'static str,
+        files: BTreeMap<String, Vec<u8>>,
+        token: Option<&str>,
+    ) -> FakeHub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let commit = format!("{:x}", sha2::Sha256::digest(id.as_bytes()))[..40].to_string();
         let repo = Repo {
             id: id.to_string(),
+            kind,
             commit: commit.clone(),
             files,
             token: token.map(str::to_string),
@@ -162,8 +181,11 @@ fn respond(mut stream: TcpStream, repo: &Repo, request: &Request) {
             br#"{"error":"not found"}"#.to_vec(),
         )
     };
-    let info_prefix = format!("/api/models/{}/revision/", repo.id);
-    let resolve_prefix = format!("/{}/resolve/", repo.id);
+    let info_prefix = format!("/api/{}/{}/revision/", repo.kind, repo.id);
+    let resolve_prefix = match repo.kind {
+        "models" => format!("/{}/resolve/", repo.id),
+        kind => format!("/{kind}/{}/resolve/", repo.id),
+    };
     let (status, headers, body) = if let Some(rev) = request.path.strip_prefix(&info_prefix) {
         if revision_ok(rev) {
             let siblings: Vec<_> = repo

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 
+use crate::hub::{HubRepo, Location, RepoKind};
 use crate::{Error, Result};
 
 /// What a shard holds, from its name (after any `.gz` or `.zst`).
@@ -39,10 +40,70 @@ pub enum Piece {
     DocumentEnd,
 }
 
-/// The files named by `patterns` (paths or globs such as `wiki/*.jsonl.zst`), each
-/// glob's matches sorted by name, in the order given. A pattern that names nothing is
-/// an error that names it.
-pub fn resolve(patterns: &[String]) -> Result<Vec<PathBuf>> {
+/// Where hub dataset shards are named: `hf://datasets/org/name[@revision]/glob`, as in
+/// Python's `huggingface_hub` file system.
+const HUB_PREFIX: &str = "hf://datasets/";
+
+/// One shard: a local file, or a file of a hub dataset repo at a commit, downloaded
+/// into the hub's cache when a reader first needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shard {
+    Local(PathBuf),
+    Hub {
+        repo: String,
+        commit: String,
+        name: String,
+    },
+}
+
+impl Shard {
+    /// The shard's local path, downloading a hub file not cached yet.
+    pub fn local(&self) -> Result<PathBuf> {
+        // Lanes sharing a shard ask for it at once: one downloads, the others then
+        // find it in the cache.
+        static DOWNLOADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        match self {
+            Shard::Local(path) => Ok(path.clone()),
+            Shard::Hub { repo, commit, name } => {
+                let _one_at_a_time = DOWNLOADS.lock().unwrap_or_else(|e| e.into_inner());
+                let location = Location::Hub {
+                    repo: repo.clone(),
+                    revision: commit.clone(),
+                    kind: RepoKind::Dataset,
+                };
+                location.open()?.require(name)
+            }
+        }
+    }
+
+    /// The name the shard's format is read from.
+    fn name(&self) -> &Path {
+        match self {
+            Shard::Local(path) => path,
+            Shard::Hub { name, .. } => Path::new(name),
+        }
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shard::Local(path) => write!(f, "{}", path.display()),
+            Shard::Hub { repo, commit, name } => {
+                write!(
+                    f,
+                    "{HUB_PREFIX}{repo}@{}/{name}",
+                    &commit[..commit.len().min(12)]
+                )
+            }
+        }
+    }
+}
+
+/// The shards named by `patterns` (paths or globs such as `wiki/*.jsonl.zst`, or
+/// `hf://datasets/org/name/glob` in a hub dataset repo), each glob's matches sorted by
+/// name, in the order given. A pattern that names nothing is an error that names it.
+pub fn resolve(patterns: &[String]) -> Result<Vec<Shard>> {
     if patterns.is_empty() {
         return Err(Error::invalid(
             "corpus",
@@ -50,13 +111,12 @@ pub fn resolve(patterns: &[String]) -> Result<Vec<PathBuf>> {
             "is empty: expected paths or globs of text, JSONL or parquet shards",
         ));
     }
-    let mut files = Vec::new();
+    let mut shards = Vec::new();
     for pattern in patterns {
-        let mut matched: Vec<PathBuf> = glob::glob(pattern)
-            .map_err(|e| Error::invalid(pattern, "glob", e))?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::invalid(pattern, "glob", e))?;
-        matched.retain(|p| p.is_file());
+        let matched = match pattern.strip_prefix(HUB_PREFIX) {
+            Some(rest) => hub_matches(pattern, rest)?,
+            None => local_matches(pattern)?,
+        };
         if matched.is_empty() {
             return Err(Error::invalid(
                 pattern,
@@ -64,13 +124,57 @@ pub fn resolve(patterns: &[String]) -> Result<Vec<PathBuf>> {
                 "matches no file (expected a path or glob of corpus shards)",
             ));
         }
-        matched.sort();
-        for path in &matched {
-            ShardFormat::of(path)?;
+        for shard in &matched {
+            ShardFormat::of(shard.name())?;
         }
-        files.extend(matched);
+        shards.extend(matched);
     }
-    Ok(files)
+    Ok(shards)
+}
+
+fn local_matches(pattern: &str) -> Result<Vec<Shard>> {
+    let mut matched: Vec<PathBuf> = glob::glob(pattern)
+        .map_err(|e| Error::invalid(pattern, "glob", e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::invalid(pattern, "glob", e))?;
+    matched.retain(|p| p.is_file());
+    matched.sort();
+    Ok(matched.into_iter().map(Shard::Local).collect())
+}
+
+/// The files of a hub dataset repo that `rest` (`org/name[@revision]/glob`) names, at
+/// the commit its revision points to now.
+fn hub_matches(pattern: &str, rest: &str) -> Result<Vec<Shard>> {
+    let mut parts = rest.splitn(3, '/');
+    let (org, name, glob) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(org), Some(name), Some(glob)) if !org.is_empty() && !glob.is_empty() => {
+            (org, name, glob)
+        }
+        _ => {
+            return Err(Error::invalid(
+                pattern,
+                "files",
+                "expected hf://datasets/org/name[@revision]/glob",
+            ))
+        }
+    };
+    let (name, revision) = name.split_once('@').unwrap_or((name, "main"));
+    let repo = format!("{org}/{name}");
+    let glob = glob::Pattern::new(glob).map_err(|e| Error::invalid(pattern, "glob", e))?;
+    let (commit, files) = HubRepo::new(&repo, revision, RepoKind::Dataset)?.files()?;
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    Ok(files
+        .into_iter()
+        .filter(|f| glob.matches_with(f, options))
+        .map(|name| Shard::Hub {
+            repo: repo.clone(),
+            commit: commit.clone(),
+            name,
+        })
+        .collect())
 }
 
 impl ShardFormat {
@@ -122,6 +226,90 @@ fn open_lines(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     Ok(Box::new(BufReader::with_capacity(1 << 16, raw)))
 }
 
+/// How the lines of a file of examples read: the rows a stage's `unlabeled` or
+/// `augmented` data streams, tokenised as the task's rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExampleLines {
+    /// A text, or a tab-separated pair, per line (`unlabeled`, plain `augmented`).
+    Text,
+    /// A JSON record of `candle-distill augment` per line.
+    Augmented,
+}
+
+/// Calls `each` with the text (and second text) of every example of `path` in order
+/// that `keep` (asked once per example, in order) keeps; stops early (without error)
+/// when `each` returns false. Lines not kept are not parsed. A bad line is an error
+/// that names the file and line.
+pub fn for_each_example(
+    path: &Path,
+    kind: ExampleLines,
+    keep: &mut dyn FnMut() -> bool,
+    each: &mut dyn FnMut(String, Option<String>) -> Result<bool>,
+) -> Result<()> {
+    let mut lines = NumberedLines::open(path)?;
+    let mut pairs = None;
+    while let Some((number, text)) = lines.next_line()? {
+        if text.trim().is_empty() {
+            continue;
+        }
+        // Whether a text file holds pairs is its first line's to say, kept or not.
+        pairs.get_or_insert_with(|| text.split('\t').count() == 2);
+        if !keep() {
+            continue;
+        }
+        let bad = |message: String| Error::msg(format!("{}:{number}: {message}", path.display()));
+        let (a, b) = match kind {
+            ExampleLines::Text => {
+                crate::data::user::unlabeled_line(text, &mut pairs).map_err(bad)?
+            }
+            ExampleLines::Augmented => {
+                let row: crate::augment::AugmentedRow =
+                    serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+                (row.text_a, row.text_b)
+            }
+        };
+        if !each(a, b)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A file's lines, read one at a time, numbered from 1, without line ends or a
+/// byte-order mark.
+struct NumberedLines<'p> {
+    path: &'p Path,
+    reader: Box<dyn BufRead + Send>,
+    line: String,
+    number: usize,
+}
+
+impl<'p> NumberedLines<'p> {
+    fn open(path: &'p Path) -> Result<Self> {
+        Ok(NumberedLines {
+            path,
+            reader: open_lines(path)?,
+            line: String::new(),
+            number: 0,
+        })
+    }
+
+    /// The next line and its number.
+    fn next_line(&mut self) -> Result<Option<(usize, &str)>> {
+        self.line.clear();
+        let read = self.reader.read_line(&mut self.line).map_err(|e| {
+            let at = format!("line {}: {e}", self.number + 1);
+            Error::io(self.path, std::io::Error::new(e.kind(), at))
+        })?;
+        if read == 0 {
+            return Ok(None);
+        }
+        self.number += 1;
+        let text = self.line.trim_end_matches(['\n', '\r']);
+        Ok(Some((self.number, text.trim_start_matches('\u{feff}'))))
+    }
+}
+
 /// Calls `each` with every piece of `path` in order, ending with a document end;
 /// stops early (without error) when `each` returns false.
 pub fn for_each_piece(
@@ -141,25 +329,9 @@ fn line_pieces(
     text_field: &str,
     each: &mut dyn FnMut(Piece) -> Result<bool>,
 ) -> Result<()> {
-    let mut lines = open_lines(path)?;
-    let mut line = String::new();
-    let mut number = 0usize;
+    let mut lines = NumberedLines::open(path)?;
     let mut column = None;
-    loop {
-        line.clear();
-        let read = lines.read_line(&mut line).map_err(|e| {
-            Error::io(
-                path,
-                std::io::Error::new(e.kind(), format!("line {}: {e}", number + 1)),
-            )
-        })?;
-        if read == 0 {
-            break;
-        }
-        number += 1;
-        let text = line
-            .trim_end_matches(['\n', '\r'])
-            .trim_start_matches('\u{feff}');
+    while let Some((number, text)) = lines.next_line()? {
         let piece = match format {
             ShardFormat::Jsonl | ShardFormat::Tsv if text.trim().is_empty() => continue,
             ShardFormat::Jsonl => Piece::Text(json_text(text, text_field, path, number)?),
@@ -351,7 +523,7 @@ mod tests {
         let files = resolve(&[format!("{d}/*.txt"), format!("{d}/c.jsonl.zst")]).unwrap();
         let names: Vec<_> = files
             .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .map(|p| p.name().file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["a.txt", "b.txt", "c.jsonl.zst"]);
         let err = resolve(&[format!("{d}/*.parquet")]).unwrap_err();

@@ -1,5 +1,10 @@
+use super::chunks::ChunkStream;
 use super::*;
 use crate::tokenizer::TokenizerFiles;
+use crate::train::cluster::{NodeSpec, Rendezvous, Start};
+use crate::train::parallel::{AllReduce, ThreadAllReduce};
+use candle_core::{Device, Tensor};
+use std::path::Path;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -41,7 +46,9 @@ impl Fixture {
         let files = [pattern.to_string()];
         let settings = CorpusSettings {
             files: &files,
-            text_field: "text",
+            form: Form::Segments {
+                text_field: "text".into(),
+            },
             shuffle_buffer,
             seed: 7,
             max_seq_len,
@@ -50,13 +57,14 @@ impl Fixture {
     }
 }
 
-fn all_rows(corpus: &Corpus, epoch: usize, skip: usize) -> Vec<Vec<u32>> {
-    let mut rows = corpus.epoch(epoch, skip);
+/// Every row of `epoch`, chunk by chunk, as one replica reads them.
+fn all_rows(corpus: &Corpus, epoch: usize) -> Vec<Vec<u32>> {
+    let mut stream = ChunkStream::open(corpus, epoch, 0, 1).unwrap();
     let mut out = Vec::new();
     loop {
-        let (batch, ended) = rows.next_batch(5).unwrap();
-        out.extend(batch.into_iter().map(|e| e.ids));
-        if ended {
+        let chunk = stream.next_chunk(5, &|v| Ok(v)).unwrap();
+        out.extend(chunk.rows.into_iter().map(|r| r.unwrap().ids));
+        if chunk.ended {
             return out;
         }
     }
@@ -72,72 +80,209 @@ fn documents_are_packed_into_full_segments_with_specials() {
     let f = fixture();
     let corpus = f.corpus(&f.write_shards(6), 0, 12);
     let (cls, sep) = (2, 3);
-    let rows = all_rows(&corpus, 0, 0);
+    let rows = all_rows(&corpus, 0);
     assert!(rows
         .iter()
         .all(|r| r.len() <= 12 && r[0] == cls && r[r.len() - 1] == sep));
-    // The text of the first shard's documents, in order, is the segments' text.
-    let first = std::fs::read_to_string(&corpus.files()[0]).unwrap();
+    // The text of the shards' documents is the segments' text.
     let mut expected: Vec<Vec<u32>> = Vec::new();
-    for doc in first.split("\n\n").filter(|d| !d.trim().is_empty()) {
-        let ids: Vec<u32> = doc
-            .lines()
-            .flat_map(|l| f.tokenizer.ids(l).unwrap())
-            .collect();
-        expected.extend(ids.chunks(10).map(|c| [&[cls], c, &[sep]].concat()));
+    for file in corpus.files() {
+        let text = std::fs::read_to_string(file.local().unwrap()).unwrap();
+        for doc in text.split("\n\n").filter(|d| !d.trim().is_empty()) {
+            let ids: Vec<u32> = doc
+                .lines()
+                .flat_map(|l| f.tokenizer.ids(l).unwrap())
+                .collect();
+            expected.extend(ids.chunks(10).map(|c| [&[cls], c, &[sep]].concat()));
+        }
     }
-    assert_eq!(rows[..expected.len()], expected[..]);
+    assert_eq!(sorted(rows.clone()), sorted(expected));
     assert!(rows.iter().filter(|r| r.len() == 12).count() > rows.len() / 3);
+}
+
+#[test]
+fn a_document_without_blank_lines_is_packed_in_pieces_of_unit_lines() {
+    let f = fixture();
+    let path = f.dir.path().join("long.txt");
+    let lines = vec!["the movie"; UNIT_LINES * 2 + 3];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let corpus = f.corpus(&path.display().to_string(), 0, 1000);
+    let mut lengths: Vec<usize> = all_rows(&corpus, 0).iter().map(Vec::len).collect();
+    lengths.sort();
+    // Two words a line, [CLS] and [SEP] around each piece.
+    assert_eq!(
+        lengths,
+        vec![3 * 2 + 2, UNIT_LINES * 2 + 2, UNIT_LINES * 2 + 2]
+    );
 }
 
 #[test]
 fn each_epoch_is_a_seeded_shuffle_of_every_segment_once() {
     let f = fixture();
     let pattern = f.write_shards(20);
-    let plain = all_rows(&f.corpus(&pattern, 0, 12), 0, 0);
+    let plain = all_rows(&f.corpus(&pattern, 0, 12), 0);
     let shuffled = f.corpus(&pattern, 16, 12);
-    let epoch0 = all_rows(&shuffled, 0, 0);
-    assert_eq!(epoch0, all_rows(&shuffled, 0, 0), "same seed and epoch");
+    let epoch0 = all_rows(&shuffled, 0);
+    assert_eq!(epoch0, all_rows(&shuffled, 0), "same seed and epoch");
     assert_ne!(epoch0, plain);
     assert_eq!(sorted(epoch0.clone()), sorted(plain.clone()));
-    let epoch1 = all_rows(&shuffled, 1, 0);
+    let epoch1 = all_rows(&shuffled, 1);
     assert_ne!(epoch1, epoch0);
     assert_eq!(sorted(epoch1), sorted(plain));
 }
 
+type ChunkRows = (Vec<usize>, Vec<Option<Vec<u32>>>);
+
+/// Each replica's rows of every chunk of an epoch, merged by place in the chunk, with
+/// the chunks' lengths, for the replicas of `group` in threads. Checks that the
+/// replicas agree on the lengths and that no row is read twice.
+fn read_by_replicas(corpus: &Corpus, group: &[Box<dyn AllReduce>]) -> Vec<ChunkRows> {
+    let world = group.len();
+    let per_replica: Vec<Vec<ChunkRows>> = std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .iter()
+            .map(|comm| {
+                s.spawn(move || {
+                    let exchange = |v: Vec<f32>| -> Result<Vec<f32>> {
+                        let n = v.len();
+                        let t = Tensor::from_vec(v, n, &Device::Cpu)?;
+                        Ok(comm.all_reduce_sum(vec![t])?[0].to_vec1()?)
+                    };
+                    let mut stream = ChunkStream::open(corpus, 1, comm.rank(), world).unwrap();
+                    let mut chunks = Vec::new();
+                    loop {
+                        let c = stream.next_chunk(7, &exchange).unwrap();
+                        let rows = c.rows.into_iter().map(|r| r.map(|e| e.ids)).collect();
+                        chunks.push((c.lengths, rows));
+                        if c.ended {
+                            return chunks;
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut merged = per_replica[0].clone();
+    for other in &per_replica[1..] {
+        assert_eq!(other.len(), merged.len());
+        for ((lengths, rows), (their_lengths, theirs)) in merged.iter_mut().zip(other) {
+            assert_eq!(lengths, their_lengths, "replicas disagree on a chunk");
+            for (row, their) in rows.iter_mut().zip(theirs) {
+                assert!(row.is_none() || their.is_none(), "a row read twice");
+                if their.is_some() {
+                    *row = their.clone();
+                }
+            }
+        }
+    }
+    merged
+}
+
+fn threads(world: usize) -> Vec<Box<dyn AllReduce>> {
+    ThreadAllReduce::group(world)
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn AllReduce>)
+        .collect()
+}
+
+/// A group of `nnodes` joined over TCP on this machine.
+fn tcp_nodes(nnodes: usize) -> Vec<Box<dyn AllReduce>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = move |node_rank| NodeSpec {
+        nnodes,
+        node_rank,
+        master: format!("127.0.0.1:{port}"),
+        join_timeout: std::time::Duration::from_secs(20),
+    };
+    let followers: Vec<_> = (1..nnodes)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let mut node = Rendezvous::join(&spec(rank), 1, "corpus").unwrap();
+                node.wait_start().unwrap();
+                node.into_all_reduce(nnodes)
+            })
+        })
+        .collect();
+    let mut leader = Rendezvous::join(&spec(0), 1, "corpus").unwrap();
+    let start = Start {
+        teacher: String::new(),
+        nccl_id: None,
+    };
+    leader.start(&start).unwrap();
+    let mut group: Vec<Box<dyn AllReduce>> = vec![Box::new(leader.into_all_reduce(nnodes))];
+    group.extend(
+        followers
+            .into_iter()
+            .map(|f| Box::new(f.join().unwrap()) as Box<dyn AllReduce>),
+    );
+    group
+}
+
 #[test]
-fn skipping_continues_with_the_same_next_row() {
+fn replicas_read_every_row_once_into_the_chunks_one_replica_reads() {
     let f = fixture();
-    let corpus = f.corpus(&f.write_shards(20), 16, 12);
-    let whole = all_rows(&corpus, 3, 0);
-    for skip in [0, 1, 17, whole.len() - 1, whole.len(), whole.len() + 5] {
-        let rest = all_rows(&corpus, 3, skip);
-        assert_eq!(rest, whole[skip.min(whole.len())..], "skip {skip}");
+    let few = f.write_shards(30);
+    let many_dir = f.dir.path().join("many");
+    std::fs::create_dir(&many_dir).unwrap();
+    // More shards than lanes: lanes take whole shards.
+    for i in 0..LANES + 2 {
+        let from = f.dir.path().join(format!("shard{}.txt", i % 3));
+        std::fs::copy(from, many_dir.join(format!("{i}.txt"))).unwrap();
+    }
+    let many = format!("{}/*.txt", many_dir.display());
+    for pattern in [few, many] {
+        let corpus = f.corpus(&pattern, 16, 12);
+        let alone = read_by_replicas(&corpus, &threads(1));
+        let rows: Vec<Vec<u32>> = alone
+            .iter()
+            .flat_map(|(_, rows)| rows.iter().map(|r| r.clone().unwrap()))
+            .collect();
+        assert_eq!(sorted(rows), sorted(all_rows(&corpus, 1)));
+        for (lengths, rows) in &alone {
+            let held: Vec<usize> = rows.iter().map(|r| r.as_ref().unwrap().len()).collect();
+            assert_eq!(&held, lengths);
+        }
+        for (group, what) in [(threads(2), "2 threads"), (threads(3), "3 threads")] {
+            let merged = read_by_replicas(&corpus, &group);
+            assert!(merged == alone, "{what} read other chunks ({pattern})");
+        }
+        let merged = read_by_replicas(&corpus, &tcp_nodes(2));
+        assert!(
+            merged == alone,
+            "2 nodes over TCP read other chunks ({pattern})"
+        );
     }
 }
 
 #[test]
-fn batches_say_when_the_epoch_ends() {
+fn chunks_say_when_the_epoch_ends() {
     let f = fixture();
     let corpus = f.corpus(&f.write_shards(4), 8, 12);
-    let n = all_rows(&corpus, 0, 0).len();
-    let mut rows = corpus.epoch(0, 0);
+    let n = all_rows(&corpus, 0).len();
+    let mut stream = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
     let mut seen = 0;
     loop {
-        let (batch, ended) = rows.next_batch(4).unwrap();
-        seen += batch.len();
-        assert_eq!(ended, seen == n, "after {seen} of {n}");
-        if ended {
-            assert!(!batch.is_empty());
+        let chunk = stream.next_chunk(4, &|v| Ok(v)).unwrap();
+        seen += chunk.rows.len();
+        assert_eq!(chunk.ended, seen == n, "after {seen} of {n}");
+        if chunk.ended {
+            assert!(!chunk.rows.is_empty());
             break;
         }
-        assert_eq!(batch.len(), 4);
+        assert_eq!(chunk.rows.len(), 4);
     }
-    assert_eq!(rows.next_batch(4).unwrap(), (Vec::new(), true));
-    // A reader stopped mid-epoch is joined, not left running.
-    let mut early = corpus.epoch(0, 0);
-    early.next_batch(1).unwrap();
+    let after = stream.next_chunk(4, &|v| Ok(v)).unwrap();
+    assert!(after.rows.is_empty() && after.ended);
+    // Readers stopped mid-epoch are joined, not left running.
+    let mut early = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
+    early.next_chunk(1, &|v| Ok(v)).unwrap();
     drop(early);
+    assert!(ChunkStream::open(&corpus, 0, 0, LANES + 1).is_err());
 }
 
 #[test]
@@ -146,10 +291,9 @@ fn a_bad_shard_is_named_when_the_reader_reaches_it() {
     let path = f.dir.path().join("bad.jsonl");
     std::fs::write(&path, "{\"text\": \"the movie\"}\n{\"body\": \"x\"}\n").unwrap();
     let corpus = f.corpus(&path.display().to_string(), 0, 12);
-    let mut rows = corpus.epoch(0, 0);
-    let first = rows.next_batch(1).unwrap();
-    assert_eq!(first.0.len(), 1);
-    let err = rows.next_batch(1).unwrap_err();
+    // The bad record is the second document: lane 1's first.
+    let mut stream = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
+    let err = stream.next_chunk(1, &|v| Ok(v)).unwrap_err();
     assert!(
         err.to_string().contains("bad.jsonl:2: text: missing"),
         "{err}"
@@ -162,7 +306,9 @@ fn a_sequence_length_without_room_for_text_is_refused() {
     let files = [f.write_shards(1)];
     let settings = CorpusSettings {
         files: &files,
-        text_field: "text",
+        form: Form::Segments {
+            text_field: "text".into(),
+        },
         shuffle_buffer: 0,
         seed: 0,
         max_seq_len: 2,
@@ -172,4 +318,89 @@ fn a_sequence_length_without_room_for_text_is_refused() {
         err.to_string().contains("max_seq_len: 2: must leave room"),
         "{err}"
     );
+}
+
+fn examples_corpus(f: &Fixture, path: &Path, kind: ExampleLines) -> Corpus {
+    let files = [path.display().to_string()];
+    let settings = CorpusSettings {
+        files: &files,
+        form: Form::Examples(kind),
+        shuffle_buffer: 8,
+        seed: 3,
+        max_seq_len: 9,
+    };
+    Corpus::open(&settings, &f.tokenizer).unwrap()
+}
+
+#[test]
+fn a_streamed_transfer_set_gives_each_line_once_tokenised_as_the_task_rows() {
+    let f = fixture();
+    let words = ["the", "movie", "was", "good", "bad", "a", "film"];
+    let lines: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            let a: Vec<&str> = (0..1 + i % 6).map(|j| words[(i + j) % 7]).collect();
+            (a.join(" "), words[i % 7].to_string())
+        })
+        .collect();
+    let path = f.dir.path().join("pairs.tsv.gz");
+    let text: String = lines.iter().map(|(a, b)| format!("{a}\t{b}\n\n")).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+    std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    let expected: Vec<Vec<u32>> = lines
+        .iter()
+        .map(|(a, b)| f.tokenizer.encode(a, Some(b), 9).unwrap().ids)
+        .collect();
+    let rows = all_rows(&examples_corpus(&f, &path, ExampleLines::Text), 0);
+    assert_ne!(rows, expected, "shuffled");
+    assert_eq!(sorted(rows), sorted(expected));
+
+    // Augmented JSONL records read the same pairs.
+    let jsonl = f.dir.path().join("augmented.jsonl");
+    let records: String = lines
+        .iter()
+        .map(|(a, b)| {
+            let row =
+                serde_json::json!({"source_row": 0, "method": "mlm", "text_a": a, "text_b": b});
+            row.to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&jsonl, records).unwrap();
+    let rows = all_rows(&examples_corpus(&f, &jsonl, ExampleLines::Augmented), 0);
+    assert_eq!(
+        sorted(rows),
+        sorted(
+            lines
+                .iter()
+                .map(|(a, b)| f.tokenizer.encode(a, Some(b), 9).unwrap().ids)
+                .collect()
+        )
+    );
+}
+
+#[test]
+fn a_bad_line_of_a_streamed_transfer_set_is_named() {
+    let f = fixture();
+    let path = f.dir.path().join("mixed.txt");
+    std::fs::write(&path, "the movie\tgood\nbad film\n").unwrap();
+    let corpus = examples_corpus(&f, &path, ExampleLines::Text);
+    let mut stream = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
+    let err = stream.next_chunk(4, &|v| Ok(v)).unwrap_err().to_string();
+    assert!(
+        err.contains("mixed.txt:2: expected 2 tab-separated field(s), found 1"),
+        "{err}"
+    );
+    let files = ["nowhere.txt".to_string()];
+    let settings = CorpusSettings {
+        files: &files,
+        form: Form::Examples(ExampleLines::Text),
+        shuffle_buffer: 0,
+        seed: 0,
+        max_seq_len: 9,
+    };
+    let err = Corpus::open(&settings, &f.tokenizer)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("nowhere.txt: path: is not a file"), "{err}");
 }
