@@ -21,7 +21,7 @@ use candle_distill::recipe::Recipe;
 use candle_distill::rng::Rng;
 use candle_distill::testing::{tiny_config, write_random_classifier, TINY_WORDS};
 
-const STEPS: usize = 40;
+const STEPS: usize = 200;
 const BATCH: usize = 32;
 const MAX_SEQ_LEN: usize = 128;
 

@@ -241,6 +241,10 @@ pub enum StageData {
         /// Segments held by the seeded shuffle buffer (0: the shards' order).
         #[serde(default = "default_shuffle_buffer")]
         shuffle_buffer: usize,
+        /// A folder where the shards' rows are kept once tokenised, for later epochs,
+        /// runs and nodes (sharing the folder) to read instead of the text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_cache: Option<PathBuf>,
     },
 }
 

@@ -463,3 +463,42 @@ fn corpus_shards_from_a_hub_dataset_repo_are_cached_then_read_offline() {
         "{err}"
     );
 }
+
+/// A general stage with a token cache: the first run tokenises and fills it, a second
+/// run reads it, and both train the student a run without it trains.
+#[test]
+fn a_token_cache_filled_by_one_run_serves_the_next_to_the_same_student() {
+    let dir = setup();
+    let corpus = write_corpus(dir.path());
+    let recipe = replica_recipe(dir.path(), &corpus);
+    let cache = dir.path().join("tokens");
+    let run = |out: &str, cached: bool| {
+        let out = dir.path().join(out);
+        let mut command = cli();
+        command.arg("run").arg(&recipe).arg("--out").arg(&out);
+        if cached {
+            command.args([
+                "--set",
+                &format!("stages.0.data.token_cache=\"{}\"", cache.display()),
+            ]);
+        }
+        succeed(&mut command, "run");
+        last_student(&out)
+    };
+    let plain = run("plain", false);
+    assert!(
+        run("first", true) == plain,
+        "the run filling the cache trained another student"
+    );
+    let written: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(written.len(), 1, "one folder for the corpus's rows");
+    // Three shards, each in 12 lane parts.
+    assert_eq!(std::fs::read_dir(&written[0]).unwrap().count(), 3 * 12);
+    assert!(
+        run("second", true) == plain,
+        "the run reading the cache trained another student"
+    );
+}

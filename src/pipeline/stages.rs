@@ -122,20 +122,21 @@ impl StageInput {
         seed: u64,
         index: usize,
     ) -> Result<Self> {
-        let (files, form, shuffle_buffer) = match &spec.data {
+        let (files, form, shuffle_buffer, token_cache) = match &spec.data {
             StageData::Corpus {
                 files,
                 text_field,
                 shuffle_buffer,
+                token_cache,
             } => {
                 let form = Form::Segments {
                     text_field: text_field.clone(),
                 };
-                (files.clone(), form, *shuffle_buffer)
+                (files.clone(), form, *shuffle_buffer, token_cache.as_deref())
             }
             data_spec if data_spec.is_streamed() => {
                 let (files, lines) = streamed_files(data_spec, data)?;
-                (files, Form::Examples(lines), STREAMED_SHUFFLE_BUFFER)
+                (files, Form::Examples(lines), STREAMED_SHUFFLE_BUFFER, None)
             }
             _ => return Ok(StageInput::Encoded(stage_examples(spec, data, tokenizer)?)),
         };
@@ -145,6 +146,7 @@ impl StageInput {
             shuffle_buffer,
             seed: crate::rng::mix64(seed ^ (index as u64 + 1)),
             max_seq_len: data.max_seq_len,
+            token_cache,
         };
         Ok(StageInput::Corpus(Box::new(Corpus::open(
             &settings, tokenizer,

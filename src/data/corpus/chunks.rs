@@ -2,10 +2,11 @@
 //! of a data-parallel group holding only the rows of its own lanes.
 //!
 //! Before each chunk the replicas exchange what their lanes hold next: the token
-//! counts of up to `rows + 1` rows per lane, summed across the group (each lane's
-//! slots are zero everywhere but on its owner, so the sum is an all-gather). From that
-//! table every replica works out the same chunk: one row from each lane that still
-//! has one, lane after lane, until the chunk is full. So the chunk, its lengths and
+//! counts of each lane's next rows (its share of the chunk and one more; all of a
+//! chunk and one more in a second round when lanes run dry near an epoch's end),
+//! summed across the group (each lane's slots are zero everywhere but on its owner, so
+//! the sum is an all-gather). From that table every replica works out the same chunk:
+//! one row from each lane that still has one, lane after lane, until the chunk is full. So the chunk, its lengths and
 //! the batches built from them do not depend on the number of replicas, and every row
 //! is read by one replica only.
 
@@ -59,7 +60,48 @@ impl ChunkStream {
     /// replica of the group must call this together (it exchanges through
     /// `exchange`).
     pub fn next_chunk(&mut self, rows: usize, exchange: Exchange) -> Result<Chunk> {
-        let slots = rows + 1;
+        // A lane's share and one more usually tell the whole chunk; only near the end
+        // of an epoch, with lanes run dry, do the others give more (a second round).
+        let mut slots = rows.div_ceil(LANES) + 1;
+        loop {
+            let table = self.exchange_lengths(slots, exchange)?;
+            let held: Vec<usize> = (0..LANES)
+                .map(|lane| {
+                    table[lane * slots..(lane + 1) * slots]
+                        .iter()
+                        .take_while(|&&n| n > 0.0)
+                        .count()
+                })
+                .collect();
+            let mut turn = self.turn;
+            let order = take_in_turn(&held, rows, &mut turn);
+            let mut taken = [0usize; LANES];
+            for &(lane, _) in &order {
+                taken[lane] += 1;
+            }
+            // A lane that may hold more than it showed must have shown more than it gave.
+            let told = (0..LANES).all(|k| held[k] < slots || taken[k] < held[k]);
+            if !told && slots <= rows {
+                slots = rows + 1;
+                continue;
+            }
+            self.turn = turn;
+            let lengths = order
+                .iter()
+                .map(|&(lane, j)| table[lane * slots + j] as usize)
+                .collect();
+            let chunk_rows = order.iter().map(|&(lane, _)| self.take(lane)).collect();
+            return Ok(Chunk {
+                lengths,
+                rows: chunk_rows,
+                ended: (0..LANES).all(|k| held[k] < slots && taken[k] == held[k]),
+            });
+        }
+    }
+
+    /// Tops up this replica's lanes to `slots` rows read ahead and exchanges their
+    /// lengths: lane `k`'s rows at `k * slots ..`, zero past a lane's end.
+    fn exchange_lengths(&mut self, slots: usize, exchange: Exchange) -> Result<Vec<f32>> {
         let mut table = vec![0f32; LANES * slots];
         for (lane, reader, ahead) in &mut self.lanes {
             while ahead.len() < slots {
@@ -68,33 +110,11 @@ impl ChunkStream {
                     None => break,
                 }
             }
-            for (j, row) in ahead.iter().enumerate() {
+            for (j, row) in ahead.iter().take(slots).enumerate() {
                 table[*lane * slots + j] = row.ids.len() as f32;
             }
         }
-        let table = exchange(table)?;
-        let held = |lane: usize| {
-            table[lane * slots..(lane + 1) * slots]
-                .iter()
-                .take_while(|&&len| len > 0.0)
-                .count()
-        };
-        let held: Vec<usize> = (0..LANES).map(held).collect();
-        let order = take_in_turn(&held, rows, &mut self.turn);
-        let mut taken = [0usize; LANES];
-        for &(lane, _) in &order {
-            taken[lane] += 1;
-        }
-        let lengths = order
-            .iter()
-            .map(|&(lane, j)| table[lane * slots + j] as usize)
-            .collect();
-        let chunk_rows = order.iter().map(|&(lane, _)| self.take(lane)).collect();
-        Ok(Chunk {
-            lengths,
-            rows: chunk_rows,
-            ended: (0..LANES).all(|lane| taken[lane] == held[lane]),
-        })
+        exchange(table)
     }
 
     /// The next row of `lane` when this replica reads it.

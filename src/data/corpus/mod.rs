@@ -25,21 +25,20 @@
 //! continues with the same next row.
 
 pub mod chunks;
+mod lane;
 pub mod shards;
+pub mod token_cache;
 
+pub use lane::LaneRows;
 pub use shards::{ExampleLines, Shard};
 
-use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::thread::JoinHandle;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::rng::Rng;
-use crate::tokenizer::{Encoded, TextTokenizer};
+use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
-use shards::Piece;
-
-/// Rows each lane reads ahead of the trainer, enough that it never waits.
-const QUEUE_ROWS: usize = 256;
+use token_cache::TokenCache;
 
 /// Lanes every epoch is split into: fixed, whatever the number of replicas, so that
 /// the global batches do not depend on it. 12 divides among 1, 2, 3, 4, 6 and 12.
@@ -56,9 +55,12 @@ pub struct Corpus {
     form: Form,
     shuffle_buffer: usize,
     seed: u64,
-    tokenizer: TextTokenizer,
+    /// Shared by the lanes' readers (a tokenizer is megabytes).
+    tokenizer: Arc<TextTokenizer>,
     specials: Specials,
     max_seq_len: usize,
+    /// Rows already made from the shards, read instead of tokenising again.
+    token_cache: Option<TokenCache>,
 }
 
 /// The settings of a corpus, as a recipe gives them.
@@ -70,6 +72,8 @@ pub struct CorpusSettings<'a> {
     pub shuffle_buffer: usize,
     pub seed: u64,
     pub max_seq_len: usize,
+    /// A folder for pre-tokenised shards (see [`token_cache`]).
+    pub token_cache: Option<&'a Path>,
 }
 
 /// What the rows of a stream are.
@@ -107,15 +111,25 @@ impl Corpus {
                 format!("must leave room for text beside the {overhead} special tokens"),
             ));
         }
+        let token_cache = match settings.token_cache {
+            Some(root) => Some(TokenCache::open(root, &rows_recipe(settings, tokenizer)?)?),
+            None => None,
+        };
         Ok(Corpus {
             files,
             form: settings.form.clone(),
             shuffle_buffer: settings.shuffle_buffer,
             seed: settings.seed,
-            tokenizer: tokenizer.clone(),
+            tokenizer: Arc::new(tokenizer.clone()),
             specials,
             max_seq_len: settings.max_seq_len,
+            token_cache,
         })
+    }
+
+    /// The folder of pre-tokenised shards, when the corpus has one.
+    pub fn token_cache(&self) -> Option<&Path> {
+        self.token_cache.as_ref().map(TokenCache::dir)
     }
 
     pub fn files(&self) -> &[Shard] {
@@ -128,39 +142,17 @@ impl Corpus {
 
     /// Lane `lane` of `epoch`'s rows, read on a background thread.
     pub fn lane(&self, epoch: usize, lane: usize) -> LaneRows {
-        let (tx, rx) = sync_channel(QUEUE_ROWS);
-        let job = LaneJob {
-            corpus: self.clone(),
-            epoch,
-            lane,
-        };
-        let handle = std::thread::Builder::new()
-            .name(format!("corpus-lane-{lane}"))
-            .spawn(move || job.run(tx))
-            .map_err(|e| Error::msg(format!("cannot start the corpus reader: {e}")));
-        match handle {
-            Ok(h) => LaneRows {
-                rx: Some(rx),
-                handle: Some(h),
-            },
-            Err(e) => {
-                let (tx, rx) = sync_channel(1);
-                let _ = tx.send(Err(e));
-                LaneRows {
-                    rx: Some(rx),
-                    handle: None,
-                }
-            }
-        }
+        lane::start(self, epoch, lane)
     }
 
-    /// The shards in the order `epoch` reads them: seeded, unless shuffling is off.
-    fn epoch_files(&self, epoch: usize) -> Vec<Shard> {
-        let mut files = self.files.clone();
+    /// The shards, with their places in the corpus, in the order `epoch` reads them:
+    /// seeded, unless shuffling is off.
+    fn epoch_shards(&self, epoch: usize) -> Vec<(usize, Shard)> {
+        let mut shards: Vec<(usize, Shard)> = self.files.iter().cloned().enumerate().collect();
         if self.shuffle_buffer > 1 {
-            self.epoch_rng(epoch).fork(1).shuffle(&mut files);
+            self.epoch_rng(epoch).fork(1).shuffle(&mut shards);
         }
-        files
+        shards
     }
 
     /// Each lane's share of the shuffle buffer (none when shuffling is off).
@@ -174,6 +166,19 @@ impl Corpus {
     fn epoch_rng(&self, epoch: usize) -> Rng {
         Rng::new(self.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
+}
+
+/// Everything a corpus's rows depend on but its shards: how text becomes rows, the
+/// sequence length, the whole tokenizer and the lane layout.
+fn rows_recipe(settings: &CorpusSettings, tokenizer: &TextTokenizer) -> Result<String> {
+    let tokenizer_json = tokenizer
+        .inner()
+        .to_string(false)
+        .map_err(|e| Error::msg(format!("cannot fingerprint the tokenizer: {e}")))?;
+    Ok(format!(
+        "{:?}\nmax_seq_len {}\nlanes {LANES} unit_lines {UNIT_LINES}\n{tokenizer_json}",
+        settings.form, settings.max_seq_len
+    ))
 }
 
 /// The files of a stream of examples, as given: each must be one.
@@ -208,273 +213,6 @@ impl Specials {
             prefix: with[..at].to_vec(),
             suffix: with[at + without.len()..].to_vec(),
         })
-    }
-}
-
-/// One lane's rows of an epoch as they arrive from its reader.
-pub struct LaneRows {
-    rx: Option<Receiver<Result<Encoded>>>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl LaneRows {
-    /// The next row, or none at the end of the lane.
-    pub fn next_row(&mut self) -> Result<Option<Encoded>> {
-        match self.rx.as_ref().map(|rx| rx.recv()) {
-            Some(Ok(row)) => row.map(Some),
-            // The reader finished and hung up.
-            Some(Err(_)) | None => Ok(None),
-        }
-    }
-}
-
-impl Drop for LaneRows {
-    fn drop(&mut self) {
-        // Hanging up stops the reader at its next row; then it can be joined.
-        drop(self.rx.take());
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// What the reader thread of one lane of an epoch does.
-struct LaneJob {
-    corpus: Corpus,
-    epoch: usize,
-    lane: usize,
-}
-
-impl LaneJob {
-    fn run(self, tx: SyncSender<Result<Encoded>>) {
-        let mut send = |row: Encoded| tx.send(Ok(row)).is_ok();
-        if let Err(e) = self.read(&mut send) {
-            let _ = tx.send(Err(e));
-        }
-    }
-
-    /// Passes the lane's rows through the lane's shuffle buffer to `send`, until
-    /// `send` says the receiver has gone.
-    fn read(&self, send: &mut dyn FnMut(Encoded) -> bool) -> Result<()> {
-        let corpus = &self.corpus;
-        let files = corpus.epoch_files(self.epoch);
-        // With a shard for every lane, lanes read whole shards; else all of them.
-        let by_shard = files.len() >= LANES;
-        let files: Vec<&Shard> = files
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !by_shard || i % LANES == self.lane)
-            .map(|(_, f)| f)
-            .collect();
-        let buffer_rng = corpus.epoch_rng(self.epoch).fork(2).fork(self.lane as u64);
-        let mut buffer = ShuffleBuffer::new(corpus.lane_buffer(), buffer_rng);
-        let mut open = true;
-        let mut out = |row| {
-            if let Some(row) = buffer.push(row) {
-                open &= send(row);
-            }
-            open
-        };
-        // Split by unit (document or line) when the lanes share the shards.
-        let lane = (!by_shard).then_some(self.lane);
-        match &corpus.form {
-            Form::Segments { text_field } => self.segments(&files, text_field, lane, &mut out)?,
-            Form::Examples(kind) => self.examples(&files, *kind, lane, &mut out)?,
-        }
-        if open {
-            for row in buffer.drain() {
-                if !send(row) {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Packs the documents of `files` (every `LANES`-th unit from `lane`'s when
-    /// given) into segments for `out`, until it returns false.
-    fn segments(
-        &self,
-        files: &[&Shard],
-        text_field: &str,
-        lane: Option<usize>,
-        out: &mut dyn FnMut(Encoded) -> bool,
-    ) -> Result<()> {
-        let corpus = &self.corpus;
-        let mut packer = Packer::new(&corpus.specials, corpus.max_seq_len);
-        let mut units = Units::default();
-        let mut open = true;
-        for file in files {
-            shards::for_each_piece(&file.local()?, text_field, &mut |piece| {
-                let mine = lane.is_none_or(|l| units.index % LANES == l);
-                let mut emit = |segment| open &= out(segment);
-                match piece {
-                    Piece::Text(text) => {
-                        if mine {
-                            packer.push(&corpus.tokenizer.ids(&text)?, &mut emit);
-                        }
-                        if units.text_line() && mine {
-                            packer.end_document(&mut emit);
-                        }
-                    }
-                    Piece::DocumentEnd => {
-                        if mine {
-                            packer.end_document(&mut emit);
-                        }
-                        units.document_end();
-                    }
-                }
-                Ok(open)
-            })?;
-            if !open {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Tokenises the examples of `files` (every `LANES`-th from `lane`'s when given)
-    /// for `out`, until it returns false.
-    fn examples(
-        &self,
-        files: &[&Shard],
-        kind: ExampleLines,
-        lane: Option<usize>,
-        out: &mut dyn FnMut(Encoded) -> bool,
-    ) -> Result<()> {
-        let corpus = &self.corpus;
-        let mut index = 0usize;
-        let mut keep = || {
-            index += 1;
-            lane.is_none_or(|l| (index - 1) % LANES == l)
-        };
-        for file in files {
-            let mut open = true;
-            shards::for_each_example(&file.local()?, kind, &mut keep, &mut |a, b| {
-                let row = corpus
-                    .tokenizer
-                    .encode(&a, b.as_deref(), corpus.max_seq_len)?;
-                open = out(row);
-                Ok(open)
-            })?;
-            if !open {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Counts the units of text lanes take turns at: documents, cut every
-/// [`UNIT_LINES`] lines.
-#[derive(Default)]
-struct Units {
-    index: usize,
-    lines: usize,
-}
-
-impl Units {
-    /// A line of text; true when it completes a unit (which then ends).
-    fn text_line(&mut self) -> bool {
-        self.lines += 1;
-        let full = self.lines == UNIT_LINES;
-        if full {
-            self.next();
-        }
-        full
-    }
-
-    fn document_end(&mut self) {
-        if self.lines > 0 {
-            self.next();
-        }
-    }
-
-    fn next(&mut self) {
-        self.index += 1;
-        self.lines = 0;
-    }
-}
-
-/// Cuts a document's tokens into segments of at most `max_seq_len` with specials.
-struct Packer<'a> {
-    specials: &'a Specials,
-    /// Text tokens per segment.
-    budget: usize,
-    current: Vec<u32>,
-}
-
-impl<'a> Packer<'a> {
-    fn new(specials: &'a Specials, max_seq_len: usize) -> Self {
-        let budget = max_seq_len - specials.prefix.len() - specials.suffix.len();
-        Packer {
-            specials,
-            budget,
-            current: Vec::with_capacity(budget),
-        }
-    }
-
-    fn push(&mut self, ids: &[u32], out: &mut dyn FnMut(Encoded)) {
-        for &id in ids {
-            self.current.push(id);
-            if self.current.len() == self.budget {
-                out(self.segment());
-            }
-        }
-    }
-
-    fn end_document(&mut self, out: &mut dyn FnMut(Encoded)) {
-        if !self.current.is_empty() {
-            out(self.segment());
-        }
-    }
-
-    fn segment(&mut self) -> Encoded {
-        let s = self.specials;
-        let mut ids = Vec::with_capacity(s.prefix.len() + self.current.len() + s.suffix.len());
-        ids.extend_from_slice(&s.prefix);
-        ids.append(&mut self.current);
-        ids.extend_from_slice(&s.suffix);
-        Encoded {
-            type_ids: vec![0; ids.len()],
-            ids,
-        }
-    }
-}
-
-/// A seeded shuffle of a stream in bounded memory: each arriving row takes the place
-/// of a random held one, which leaves. Capacity 0 or 1 keeps the order.
-struct ShuffleBuffer<T> {
-    capacity: usize,
-    held: Vec<T>,
-    rng: Rng,
-}
-
-impl<T> ShuffleBuffer<T> {
-    fn new(capacity: usize, rng: Rng) -> Self {
-        ShuffleBuffer {
-            capacity,
-            held: Vec::new(),
-            rng,
-        }
-    }
-
-    fn push(&mut self, row: T) -> Option<T> {
-        if self.capacity <= 1 {
-            return Some(row);
-        }
-        if self.held.len() < self.capacity {
-            self.held.push(row);
-            return None;
-        }
-        let i = self.rng.below(self.capacity);
-        Some(std::mem::replace(&mut self.held[i], row))
-    }
-
-    /// The rows still held, in a seeded random order.
-    fn drain(mut self) -> impl Iterator<Item = T> {
-        self.rng.shuffle(&mut self.held);
-        self.held.into_iter()
     }
 }
 

@@ -4,7 +4,7 @@ use crate::tokenizer::TokenizerFiles;
 use crate::train::cluster::{NodeSpec, Rendezvous, Start};
 use crate::train::parallel::{AllReduce, ThreadAllReduce};
 use candle_core::{Device, Tensor};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -52,6 +52,7 @@ impl Fixture {
             shuffle_buffer,
             seed: 7,
             max_seq_len,
+            token_cache: None,
         };
         Corpus::open(&settings, &self.tokenizer).unwrap()
     }
@@ -312,6 +313,7 @@ fn a_sequence_length_without_room_for_text_is_refused() {
         shuffle_buffer: 0,
         seed: 0,
         max_seq_len: 2,
+        token_cache: None,
     };
     let err = Corpus::open(&settings, &f.tokenizer).err().unwrap();
     assert!(
@@ -328,6 +330,7 @@ fn examples_corpus(f: &Fixture, path: &Path, kind: ExampleLines) -> Corpus {
         shuffle_buffer: 8,
         seed: 3,
         max_seq_len: 9,
+        token_cache: None,
     };
     Corpus::open(&settings, &f.tokenizer).unwrap()
 }
@@ -397,10 +400,83 @@ fn a_bad_line_of_a_streamed_transfer_set_is_named() {
         shuffle_buffer: 0,
         seed: 0,
         max_seq_len: 9,
+        token_cache: None,
     };
     let err = Corpus::open(&settings, &f.tokenizer)
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("nowhere.txt: path: is not a file"), "{err}");
+}
+
+fn cached_corpus(f: &Fixture, pattern: &str, root: &Path, max_seq_len: usize) -> Corpus {
+    let files = [pattern.to_string()];
+    let settings = CorpusSettings {
+        files: &files,
+        form: Form::Segments {
+            text_field: "text".into(),
+        },
+        shuffle_buffer: 16,
+        seed: 7,
+        max_seq_len,
+        token_cache: Some(root),
+    };
+    Corpus::open(&settings, &f.tokenizer).unwrap()
+}
+
+fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_token_cache_is_written_whole_once_then_read_instead_of_the_text() {
+    let f = fixture();
+    let pattern = f.write_shards(20);
+    let root = f.dir.path().join("token-cache");
+    let plain = all_rows(&f.corpus(&pattern, 16, 12), 1);
+    let corpus = cached_corpus(&f, &pattern, &root, 12);
+    assert_eq!(
+        all_rows(&corpus, 1),
+        plain,
+        "the first epoch, tokenised and cached"
+    );
+    let dir = corpus.token_cache().unwrap().to_path_buf();
+    let files = cache_files(&dir);
+    // Three shards shared by the lanes: a file per shard and lane, no temporary left.
+    assert_eq!(files.len(), 3 * LANES, "{files:?}");
+    assert!(files
+        .iter()
+        .all(|p| p.extension().is_some_and(|e| e == "tok")));
+    assert_eq!(all_rows(&corpus, 1), plain, "read back from the cache");
+
+    // What is read is the cache: a changed id there shows in the rows.
+    let first = files
+        .iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .unwrap();
+    let mut bytes = std::fs::read(first).unwrap();
+    assert_eq!(
+        bytes[8..12],
+        2u32.to_le_bytes(),
+        "[CLS] opens the first row"
+    );
+    bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(first, bytes).unwrap();
+    let rows = all_rows(&corpus, 1);
+    assert_eq!(rows.iter().filter(|r| r[0] == 99).count(), 1);
+
+    // Another sequence length is another cache; a changed shard is tokenised again.
+    let other = cached_corpus(&f, &pattern, &root, 10);
+    assert_ne!(other.token_cache(), corpus.token_cache());
+    let shard = f.dir.path().join("shard0.txt");
+    let text = std::fs::read_to_string(&shard).unwrap();
+    std::fs::write(&shard, text + "a new film\n\n").unwrap();
+    let rows = all_rows(&corpus, 1);
+    assert_eq!(rows.len(), plain.len() + 1);
+    assert_eq!(cache_files(&dir).len(), 4 * LANES);
 }
