@@ -1,8 +1,9 @@
 //! General distillation's memory and speed as the corpus grows: a synthetic corpus of
 //! 10^5, 10^6 and 10^7 sentences (written once into a temporary folder), one general
-//! stage of a fixed number of steps streamed from it (`source = "corpus"`), beside the
-//! in-memory path (`source = "unlabeled"`: read whole, tokenised up front) on the same
-//! file. Every sentence is its own document, and both group batches by length (50
+//! stage of a fixed number of steps streamed from it (`source = "corpus"`), the same
+//! file streamed as a transfer set (`source = "unlabeled"`, `stream = true`: one
+//! example per line), and the in-memory path (`source = "unlabeled"`: read whole,
+//! tokenised up front). Every sentence is its own document, and both group batches by length (50
 //! batches at a time), so both train on the same shapes.
 //!
 //! `cargo bench --bench corpus [-- --sizes 100000,1000000 --in-memory-max 1000000]`.
@@ -10,6 +11,8 @@
 //! Printed per row: wall seconds of the whole job, rows per second of the stage's
 //! steps, peak RSS, user and system CPU seconds, minor page faults. Random weights:
 //! speed does not depend on them.
+
+mod common;
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use candle_distill::pipeline::run_recipe;
 use candle_distill::recipe::Recipe;
 use candle_distill::rng::Rng;
 use candle_distill::testing::{tiny_config, write_random_classifier, TINY_WORDS};
+use common::{peak_rss_mb, Usage};
 
 const STEPS: usize = 200;
 const BATCH: usize = 32;
@@ -59,7 +63,7 @@ fn main() {
     );
     for &n in &sizes {
         let corpus = write_corpus(dir.path(), n);
-        for path in ["streamed", "in-memory"] {
+        for path in ["streamed", "transfer", "in-memory"] {
             if path == "in-memory" && n > in_memory_max {
                 println!("{n:>10} {path:<9} (skipped: above --in-memory-max {in_memory_max})");
                 continue;
@@ -163,6 +167,7 @@ fn run_child(spec: &str) -> Result<(), String> {
     };
     let data = match path {
         "streamed" => format!("{{ source = \"corpus\", files = [\"{corpus}\"] }}"),
+        "transfer" => format!("{{ source = \"unlabeled\", path = \"{corpus}\", stream = true }}"),
         _ => format!("{{ source = \"unlabeled\", path = \"{corpus}\" }}"),
     };
     let text = format!(
@@ -202,34 +207,13 @@ checkpoint_every = 1000
     let report = run_recipe(&recipe, None, false).map_err(|e| e.to_string())?;
     let wall_s = started.elapsed().as_secs_f64();
     let stage = &report.stages[0];
-    let (user_s, sys_s, minflt) = usage();
+    let usage = Usage::now();
     let row = serde_json::json!({
         "wall_s": wall_s,
         "rows_per_s": (stage.steps * BATCH) as f64 / stage.seconds,
         "peak_mb": peak_rss_mb(),
-        "user_s": user_s, "sys_s": sys_s, "minflt": minflt,
+        "user_s": usage.user_s, "sys_s": usage.sys_s, "minflt": usage.minflt,
     });
     println!("{row}");
     Ok(())
-}
-
-/// User and system CPU seconds and minor page faults of this process (Linux).
-fn usage() -> (f64, f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    let get = |i: usize| f.get(i - 3).copied().unwrap_or(0.0);
-    (get(14) / 100.0, get(15) / 100.0, get(10))
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

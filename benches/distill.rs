@@ -15,6 +15,8 @@
 //! MiniLM weights and the GLUE files), against benches/pytorch_quickstart.py doing the
 //! same job; the table is followed by both sides' dev accuracies.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,6 +34,7 @@ use candle_distill::model::{
 use candle_distill::rng::Rng;
 use candle_distill::train::optim::{AdamW, AdamWConfig};
 use candle_nn::{VarBuilder, VarMap};
+use common::{peak_rss_mb, Usage};
 
 const MEASUREMENTS: &[(&str, &str)] = &[
     (
@@ -239,49 +242,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// CPU time and minor page faults of this process so far, from /proc/self/stat
-/// (Linux; zeros elsewhere). On shared VMs system time and faults show the cost of
-/// memory churn and thread hand-offs that wall time alone hides.
-#[derive(Default, Clone, Copy)]
-struct Usage {
-    user_s: f64,
-    sys_s: f64,
-    minflt: f64,
-}
-
-impl Usage {
-    fn now() -> Usage {
-        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-            return Usage::default();
-        };
-        // Fields after the parenthesised command name; minflt, utime, stime are
-        // fields 10, 14 and 15 of the whole line.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<f64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        let tick = 100.0; // USER_HZ on Linux
-        let get = |i: usize| f.get(i - 3).copied().unwrap_or(0.0);
-        Usage {
-            user_s: get(14) / tick,
-            sys_s: get(15) / tick,
-            minflt: get(10),
-        }
-    }
-
-    /// Per-run mean of what was used since `start`.
-    fn since(start: Usage, runs: usize) -> Usage {
-        let end = Usage::now();
-        let n = runs.max(1) as f64;
-        Usage {
-            user_s: (end.user_s - start.user_s) / n,
-            sys_s: (end.sys_s - start.sys_s) / n,
-            minflt: (end.minflt - start.minflt) / n,
-        }
-    }
-}
-
 /// A row's wall seconds (the median run) and its per-run resource use; the quick
 /// start's dev accuracies too.
 struct Timing {
@@ -469,13 +429,6 @@ fn measure_inference(batch: usize) -> Result<Timing> {
     let input = random_input(batch, 64, &mut Rng::new(2))?;
     let runs = if batch == 1 { 50 } else { 10 };
     time(runs, || model.logits(&input).map(|_| ()))
-}
-
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 fn run_one(name: &str) -> Result<()> {

@@ -246,10 +246,16 @@ fn data_text(recipe: &Recipe, data: &TaskData, spec: &StageSpec, examples: usize
             path: Some(path),
             stream,
         } => format!("augmented {}{}", path.display(), streamed(*stream)),
-        StageData::Corpus { files, .. } => format!(
-            "corpus {}, streamed in segments of up to {} tokens",
+        StageData::Corpus {
+            files, token_cache, ..
+        } => format!(
+            "corpus {}, streamed in segments of up to {} tokens{}",
             files.join(" "),
-            data.max_seq_len
+            data.max_seq_len,
+            token_cache
+                .as_ref()
+                .map(|d| format!(", token cache {}", d.display()))
+                .unwrap_or_default()
         ),
         StageData::Augmented { path: None, stream } => format!(
             "{} train augmented ({}){}, at most {examples} rows",

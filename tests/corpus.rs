@@ -472,15 +472,22 @@ fn a_token_cache_filled_by_one_run_serves_the_next_to_the_same_student() {
     let corpus = write_corpus(dir.path());
     let recipe = replica_recipe(dir.path(), &corpus);
     let cache = dir.path().join("tokens");
+    let set_cache = format!("stages.0.data.token_cache=\"{}\"", cache.display());
+    let plan = succeed(
+        cli().arg("plan").arg(&recipe).args(["--set", &set_cache]),
+        "plan",
+    );
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.contains(&format!("token cache {}", cache.display())),
+        "{plan}"
+    );
     let run = |out: &str, cached: bool| {
         let out = dir.path().join(out);
         let mut command = cli();
         command.arg("run").arg(&recipe).arg("--out").arg(&out);
         if cached {
-            command.args([
-                "--set",
-                &format!("stages.0.data.token_cache=\"{}\"", cache.display()),
-            ]);
+            command.args(["--set", &set_cache]);
         }
         succeed(&mut command, "run");
         last_student(&out)
