@@ -146,13 +146,15 @@ impl LaneJob {
             }
             return Ok(true);
         }
-        let mut writer = cache.as_deref().map(CacheWriter::create).transpose()?;
+        let mut writer = cache.as_deref().and_then(|path| {
+            CacheWriter::create(path)
+                .map_err(|e| tracing::warn!("token cache not written: {e}"))
+                .ok()
+        });
         let mut emit = |row: Encoded| {
             if let Some(e) = writer.as_mut().and_then(|w| w.push(&row).err()) {
                 tracing::warn!("token cache not written: {e}");
-                if let Some(w) = writer.take() {
-                    w.abandon();
-                }
+                writer = None;
             }
             out(row)
         };
@@ -163,14 +165,11 @@ impl LaneJob {
             Form::Segments { text_field } => self.segments(shard, text_field, &mine, &mut emit)?,
             Form::Examples(kind) => self.examples(shard, *kind, &mine, &mut emit)?,
         };
-        match writer {
-            Some(w) if whole => {
-                if let Err(e) = w.finish() {
-                    tracing::warn!("token cache not written: {e}");
-                }
+        // Not read to the end, the writer is dropped, and its file with it.
+        if let Some(w) = writer.filter(|_| whole) {
+            if let Err(e) = w.finish() {
+                tracing::warn!("token cache not written: {e}");
             }
-            Some(w) => w.abandon(),
-            None => {}
         }
         Ok(whole)
     }

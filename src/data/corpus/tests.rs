@@ -434,6 +434,25 @@ fn cache_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn a_lane_stopped_mid_shard_leaves_no_cache_file_behind() {
+    let f = fixture();
+    // Lanes of 3,000-document shards stop, their queues full, long before the end.
+    let corpus = cached_corpus(&f, &f.write_shards(3000), &f.dir.path().join("tc"), 12);
+    let mut stream = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
+    stream.next_chunk(4, &|v| Ok(v)).unwrap();
+    drop(stream);
+    // Parts read whole before the stop are cached; the others left nothing, not even
+    // their temporary files.
+    let left = cache_files(corpus.token_cache().unwrap());
+    assert!(left.len() < 3 * LANES, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|p| p.extension().is_some_and(|e| e == "tok")),
+        "{left:?}"
+    );
+}
+
+#[test]
 fn a_token_cache_is_written_whole_once_then_read_instead_of_the_text() {
     let f = fixture();
     let pattern = f.write_shards(20);

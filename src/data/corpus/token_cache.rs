@@ -118,11 +118,12 @@ impl CachedRows {
     }
 }
 
-/// Rows being written to a temporary file beside their cache file.
+/// Rows being written to a temporary file beside their cache file; dropped before
+/// [`CacheWriter::finish`] (the part not read to its end, an error), it removes it.
 pub struct CacheWriter {
     path: PathBuf,
     tmp: PathBuf,
-    writer: BufWriter<File>,
+    writer: Option<BufWriter<File>>,
 }
 
 impl CacheWriter {
@@ -132,47 +133,57 @@ impl CacheWriter {
         Ok(CacheWriter {
             path: path.to_path_buf(),
             tmp,
-            writer: BufWriter::with_capacity(1 << 16, file),
+            writer: Some(BufWriter::with_capacity(1 << 16, file)),
         })
     }
 
     /// Appends a row. Token types other than zeros then ones cannot be written.
     pub fn push(&mut self, row: &Encoded) -> Result<()> {
-        let second = row
-            .type_ids
-            .iter()
-            .position(|&t| t != 0)
-            .unwrap_or(row.ids.len());
-        if row.type_ids[second..].iter().any(|&t| t != 1) {
+        let n = row.ids.len();
+        let second = row.type_ids.iter().position(|&t| t != 0).unwrap_or(n);
+        let zeros_then_ones =
+            row.type_ids.len() == n && row.type_ids[second..].iter().all(|&t| t == 1);
+        if !zeros_then_ones {
             return Err(Error::msg(
                 "token types other than zeros then ones cannot be cached",
             ));
         }
-        let mut bytes = Vec::with_capacity(8 + 4 * row.ids.len());
-        bytes.extend_from_slice(&(row.ids.len() as u32).to_le_bytes());
+        let mut bytes = Vec::with_capacity(8 + 4 * n);
+        bytes.extend_from_slice(&(n as u32).to_le_bytes());
         bytes.extend_from_slice(&(second as u32).to_le_bytes());
         for id in &row.ids {
             bytes.extend_from_slice(&id.to_le_bytes());
         }
-        self.writer
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::msg("cache file closed"))?;
+        writer
             .write_all(&bytes)
             .map_err(|e| Error::io(&self.tmp, e))
     }
 
     /// Every row is written: the file takes its place.
-    pub fn finish(self) -> Result<()> {
-        let file = self
-            .writer
+    pub fn finish(mut self) -> Result<()> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        let done = writer
             .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        crate::io::commit(&self.tmp, &self.path)
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))
+            .and_then(|file| file.sync_all().map_err(|e| Error::io(&self.tmp, e)))
+            .and_then(|()| crate::io::commit(&self.tmp, &self.path));
+        if done.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        done
     }
+}
 
-    /// The part was not read to its end: no cache file.
-    pub fn abandon(self) {
-        let tmp = self.tmp.clone();
-        drop(self);
-        let _ = std::fs::remove_file(tmp);
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
