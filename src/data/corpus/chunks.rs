@@ -2,7 +2,7 @@
 //! of a data-parallel group holding only the rows of its own lanes.
 //!
 //! Before each chunk the replicas exchange what their lanes hold next: the token
-//! counts of each lane's next rows (its share of the chunk and one more; all of a
+//! counts (plus one) of each lane's next rows (its share of the chunk and one more; all of a
 //! chunk and one more in a second round when lanes run dry near an epoch's end),
 //! summed across the group (each lane's slots are zero everywhere but on its owner, so
 //! the sum is an all-gather). From that table every replica works out the same chunk:
@@ -88,7 +88,7 @@ impl ChunkStream {
             self.turn = turn;
             let lengths = order
                 .iter()
-                .map(|&(lane, j)| table[lane * slots + j] as usize)
+                .map(|&(lane, j)| table[lane * slots + j] as usize - 1)
                 .collect();
             let chunk_rows = order.iter().map(|&(lane, _)| self.take(lane)).collect();
             return Ok(Chunk {
@@ -100,7 +100,8 @@ impl ChunkStream {
     }
 
     /// Tops up this replica's lanes to `slots` rows read ahead and exchanges their
-    /// lengths: lane `k`'s rows at `k * slots ..`, zero past a lane's end.
+    /// lengths: lane `k`'s rows at `k * slots ..`, each as its token count plus one
+    /// (a row may have no tokens), zero past a lane's end.
     fn exchange_lengths(&mut self, slots: usize, exchange: Exchange) -> Result<Vec<f32>> {
         let mut table = vec![0f32; LANES * slots];
         for (lane, reader, ahead) in &mut self.lanes {
@@ -111,7 +112,7 @@ impl ChunkStream {
                 }
             }
             for (j, row) in ahead.iter().take(slots).enumerate() {
-                table[*lane * slots + j] = row.ids.len() as f32;
+                table[*lane * slots + j] = (row.ids.len() + 1) as f32;
             }
         }
         exchange(table)
