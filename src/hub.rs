@@ -169,6 +169,19 @@ fn http_status(e: &ApiError) -> Option<u16> {
     }
 }
 
+/// Writes one of the cache's small bookkeeping files (a ref, an absence marker), its
+/// folders first; a cache it cannot write to only loses the shortcut.
+fn write_marker(path: &Path, contents: &str) {
+    let written = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .unwrap_or(Ok(()))
+        .and_then(|()| std::fs::write(path, contents));
+    if let Err(e) = written {
+        tracing::debug!("cannot write {}: {e}", path.display());
+    }
+}
+
 /// The files under `dir`, as paths relative to `root` with `/` between folders.
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -340,28 +353,15 @@ impl HubRepo {
         if is_commit_hash(&self.revision) {
             return;
         }
-        let path = self.repo_dir().join("refs").join(&self.revision);
-        let written = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .unwrap_or(Ok(()))
-            .and_then(|()| std::fs::write(&path, commit));
-        if let Err(e) = written {
-            tracing::debug!("cannot record {}: {e}", path.display());
-        }
+        write_marker(&self.repo_dir().join("refs").join(&self.revision), commit);
     }
 
     /// Records that `name` is not in the repo at `commit`, so later offline runs know.
     fn remember_absent(&self, commit: &str, name: &str) {
-        let marker = self.repo_dir().join(".no_exist").join(commit).join(name);
-        let written = marker
-            .parent()
-            .map(std::fs::create_dir_all)
-            .unwrap_or(Ok(()))
-            .and_then(|()| std::fs::write(&marker, b""));
-        if let Err(e) = written {
-            tracing::debug!("cannot record {} as absent: {e}", marker.display());
-        }
+        write_marker(
+            &self.repo_dir().join(".no_exist").join(commit).join(name),
+            "",
+        );
     }
 
     fn explain(&self, e: &ApiError) -> String {

@@ -318,20 +318,19 @@ fn stage_plan(
             let columns = if data.task.is_pair() { 2 } else { 1 };
             data.train.len() * (1 + columns * variants_per_text(a))
         }
-        // Streamed: the shards must exist; the rows seen are what the steps take.
-        (StageData::Corpus { files, .. }, _) => {
-            crate::data::corpus::shards::resolve(files)?;
-            spec.max_steps.unwrap_or(0).saturating_mul(spec.batch_size)
-        }
-        (data, _) if data.is_streamed() => {
-            if let StageData::Unlabeled { path, .. }
-            | StageData::Augmented {
-                path: Some(path), ..
-            } = data
-            {
-                if !path.is_file() {
-                    return Err(Error::invalid(path.display(), "path", "is not a file"));
+        // Streamed: the shards or files must exist; the rows seen are what the steps take.
+        (streamed, _) if streamed.is_streamed() => {
+            match streamed {
+                StageData::Corpus { files, .. } => {
+                    crate::data::corpus::shards::resolve(files)?;
                 }
+                StageData::Unlabeled { path, .. }
+                | StageData::Augmented {
+                    path: Some(path), ..
+                } => {
+                    crate::data::corpus::existing_files(&[path.display().to_string()])?;
+                }
+                _ => {}
             }
             spec.max_steps.unwrap_or(0).saturating_mul(spec.batch_size)
         }

@@ -182,7 +182,7 @@ fn rows_recipe(settings: &CorpusSettings, tokenizer: &TextTokenizer) -> Result<S
 }
 
 /// The files of a stream of examples, as given: each must be one.
-fn existing_files(paths: &[String]) -> Result<Vec<Shard>> {
+pub fn existing_files(paths: &[String]) -> Result<Vec<Shard>> {
     paths
         .iter()
         .map(|p| {

@@ -85,21 +85,6 @@ impl Shard {
     }
 }
 
-impl std::fmt::Display for Shard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Shard::Local(path) => write!(f, "{}", path.display()),
-            Shard::Hub { repo, commit, name } => {
-                write!(
-                    f,
-                    "{HUB_PREFIX}{repo}@{}/{name}",
-                    &commit[..commit.len().min(12)]
-                )
-            }
-        }
-    }
-}
-
 /// The shards named by `patterns` (paths or globs such as `wiki/*.jsonl.zst`, or
 /// `hf://datasets/org/name/glob` in a hub dataset repo), each glob's matches sorted by
 /// name, in the order given. A pattern that names nothing is an error that names it.
