@@ -150,6 +150,7 @@ pub fn student_config(
 }
 
 pub fn plan(recipe: &Recipe) -> Result<Plan> {
+    recipe.check_streamed_replicas(recipe.device.specs().len())?;
     let data = load_task_data(recipe)?;
     let teacher_files = ModelFiles::resolve(&recipe.teacher.model)?;
     let mut teacher = teacher_files.read_config()?;

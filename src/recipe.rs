@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::job::AugmentSettings;
+use crate::data::corpus::LANES;
 use crate::data::Task;
 use crate::device::{DeviceList, FloatType};
 use crate::distill::{LayerMap, LossWeights, Normalise, StageKind, StudentSpec, TrainSettings};
@@ -519,6 +520,23 @@ impl Recipe {
         })?;
         recipe.validate(origin)?;
         Ok(recipe)
+    }
+
+    /// A streamed stage's epoch is read in [`LANES`] lanes shared out among the
+    /// data-parallel replicas (`devices` times nodes): it can feed at most that many.
+    pub fn check_streamed_replicas(&self, replicas: usize) -> Result<()> {
+        let streamed = self.stages.iter().any(|s| s.data.is_streamed());
+        if streamed && replicas > LANES {
+            return Err(Error::invalid(
+                "device",
+                format!("{replicas} data-parallel replicas"),
+                format!(
+                    "a streamed stage's data is read in {LANES} lanes, which feed at most \
+                     {LANES} replicas (devices times nodes)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn validate(&self, origin: &str) -> Result<()> {

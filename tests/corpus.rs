@@ -150,6 +150,24 @@ fn corpus_stages_without_max_steps_or_shards_are_refused_with_the_field() {
         err.contains("nowhere/*.txt: files: matches no file"),
         "{err}"
     );
+    // 13 replicas: more than the 12 lanes an epoch is read in, refused before any work.
+    let devices = vec!["cpu"; 13].join(",");
+    for command in ["plan", "run"] {
+        let o = cli()
+            .arg(command)
+            .arg(&recipe)
+            .args(["--set", &format!("device=\"{devices}\"")])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(
+                "device: 13 data-parallel replicas: a streamed stage's data is read in 12 lanes"
+            ),
+            "{command}: {err}"
+        );
+    }
     let err = plan_without_max_steps(&recipe, 10);
     assert!(
         err.contains("stages[0].max_steps: is needed with a corpus"),

@@ -44,6 +44,7 @@ use teacher::prepare_teacher;
 /// Runs a recipe end to end (on every device of `recipe.device` at once when it lists
 /// several).
 pub fn run_recipe(recipe: &Recipe, recipe_path: Option<&Path>, force: bool) -> Result<RunReport> {
+    recipe.check_streamed_replicas(recipe.device.specs().len())?;
     let devices = recipe.device.open()?;
     lead_run(recipe, recipe_path, force, &devices, None)
 }

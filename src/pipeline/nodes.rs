@@ -37,6 +37,7 @@ pub fn run_recipe_on_node(
              --nnodes, or run each variant as its own multi-node run with --set",
         ));
     }
+    recipe.check_streamed_replicas(recipe.device.specs().len() * node.nnodes)?;
     let devices = recipe.device.open()?;
     let identity = format!(
         "{:x}",
