@@ -30,6 +30,8 @@ const BATCH: usize = 32;
 const MAX_SEQ_LEN: usize = 128;
 
 fn main() {
+    // As the command-line tool does: what it sets decides how much memory is kept.
+    candle_distill::runtime::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| {
         args.iter()

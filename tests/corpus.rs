@@ -411,7 +411,9 @@ fn corpus_shards_from_a_hub_dataset_repo_are_cached_then_read_offline() {
         );
     }
     let hub = crate::hub::fake_hub::FakeHub::serve_dataset("org/corpus", files);
-    let recipe = corpus_recipe(dir.path(), &corpus, 30);
+    // A shard is downloaded when a lane first reads it: in 150 steps of 2 every lane
+    // reaches every shard (in 30, the last shard of the epoch's order was not reached).
+    let recipe = corpus_recipe(dir.path(), &corpus, 150);
     let home = dir.path().join("hf-home");
     let run = |out: &str, hub_files: &str, offline: bool| {
         let mut command = cli();

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Corpus, LaneRows, LANES};
+use super::{Corpus, LaneReader, LANES};
 use crate::tokenizer::Encoded;
 use crate::{Error, Result};
 
@@ -33,27 +33,35 @@ pub struct Chunk {
 
 /// One replica's side of an epoch: its lanes and the rows it has read ahead of them.
 pub struct ChunkStream {
-    /// This replica's lanes, by lane number.
-    lanes: Vec<(usize, LaneRows, VecDeque<Encoded>)>,
+    /// This replica's lanes, by lane number, with the rows read ahead of each.
+    lanes: Vec<(usize, VecDeque<Encoded>)>,
+    /// Reads this replica's lanes, asked for by their places in `lanes`.
+    reader: LaneReader,
     /// The lane whose turn comes next: turns go on from chunk to chunk.
     turn: usize,
 }
 
 impl ChunkStream {
     /// Replica `rank` of `world` opens its lanes of `epoch`: those whose number is
-    /// `rank` modulo `world`.
-    pub fn open(corpus: &Corpus, epoch: usize, rank: usize, world: usize) -> Result<Self> {
+    /// `rank` modulo `world`; read ahead on a background thread when `ahead`.
+    pub fn open(
+        corpus: &Corpus,
+        epoch: usize,
+        (rank, world): (usize, usize),
+        ahead: bool,
+    ) -> Result<Self> {
         if world == 0 || world > LANES || rank >= world {
             return Err(Error::msg(format!(
                 "a corpus is read in {LANES} lanes: it can feed 1 to {LANES} data-parallel \
                  replicas, not {world}"
             )));
         }
-        let lanes = (rank..LANES)
-            .step_by(world)
-            .map(|lane| (lane, corpus.lane(epoch, lane), VecDeque::new()))
-            .collect();
-        Ok(ChunkStream { lanes, turn: 0 })
+        let numbers: Vec<usize> = (rank..LANES).step_by(world).collect();
+        Ok(ChunkStream {
+            reader: corpus.read_lanes(epoch, &numbers, ahead),
+            lanes: numbers.into_iter().map(|l| (l, VecDeque::new())).collect(),
+            turn: 0,
+        })
     }
 
     /// The next chunk of up to `rows` rows; empty once the epoch has ended. Every
@@ -104,9 +112,9 @@ impl ChunkStream {
     /// (a row may have no tokens), zero past a lane's end.
     fn exchange_lengths(&mut self, slots: usize, exchange: Exchange) -> Result<Vec<f32>> {
         let mut table = vec![0f32; LANES * slots];
-        for (lane, reader, ahead) in &mut self.lanes {
+        for (place, (lane, ahead)) in self.lanes.iter_mut().enumerate() {
             while ahead.len() < slots {
-                match reader.next_row()? {
+                match self.reader.next_row(place)? {
                     Some(row) => ahead.push_back(row),
                     None => break,
                 }
@@ -122,8 +130,8 @@ impl ChunkStream {
     fn take(&mut self, lane: usize) -> Option<Encoded> {
         self.lanes
             .iter_mut()
-            .find(|(l, ..)| *l == lane)
-            .and_then(|(_, _, ahead)| ahead.pop_front())
+            .find(|(l, _)| *l == lane)
+            .and_then(|(_, ahead)| ahead.pop_front())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Corpora for general distillation, streamed: shards are read, tokenised and packed
-//! on background threads into bounded queues ahead of the trainer, so memory does not
-//! grow with the corpus.
+//! a bounded number of rows ahead of the trainer (by the trainer itself on the CPU, on
+//! a background thread for a GPU: see [`lane`]), so memory does not grow with the
+//! corpus.
 //!
 //! Packing: the text of a document (the lines of a text shard up to a blank line, one
 //! JSONL record, one parquet row) is tokenised and cut into contiguous segments of
@@ -11,8 +12,8 @@
 //! pairs: its pregenerated instances are `[CLS] A [SEP] B [SEP]` of the same length,
 //! and the losses (attention and hidden states) do not use the pairing.
 //!
-//! Lanes: each epoch's rows are split into [`LANES`] lanes, each read by its own
-//! thread. With at least as many shards as lanes, a lane reads every `LANES`-th shard;
+//! Lanes: each epoch's rows are split into [`LANES`] lanes, each read on its own.
+//! With at least as many shards as lanes, a lane reads every `LANES`-th shard;
 //! with fewer, every lane reads every shard and keeps every `LANES`-th document (the
 //! tokenising, the costly part, is split). A data-parallel replica reads only its own
 //! lanes, and the trainer's chunks take rows from every lane in turn ([`chunks`]), so
@@ -25,11 +26,11 @@
 //! continues with the same next row.
 
 pub mod chunks;
-mod lane;
+pub mod lane;
 pub mod shards;
 pub mod token_cache;
 
-pub use lane::LaneRows;
+pub use lane::LaneReader;
 pub use shards::{ExampleLines, Shard};
 
 use std::path::{Path, PathBuf};
@@ -55,7 +56,7 @@ pub struct Corpus {
     form: Form,
     shuffle_buffer: usize,
     seed: u64,
-    /// Shared by the lanes' readers (a tokenizer is megabytes).
+    /// Shared by the readers of every replica (a tokenizer is megabytes).
     tokenizer: Arc<TextTokenizer>,
     specials: Specials,
     max_seq_len: usize,
@@ -140,9 +141,10 @@ impl Corpus {
         self.tokenizer.pad_id()
     }
 
-    /// Lane `lane` of `epoch`'s rows, read on a background thread.
-    pub fn lane(&self, epoch: usize, lane: usize) -> LaneRows {
-        lane::start(self, epoch, lane)
+    /// Lanes `lanes` of `epoch`'s rows, read ahead on a background thread when `ahead`
+    /// (see [`lane`] for when that pays).
+    pub fn read_lanes(&self, epoch: usize, lanes: &[usize], ahead: bool) -> LaneReader {
+        LaneReader::start(self, epoch, lanes, ahead)
     }
 
     /// The shards, with their places in the corpus, in the order `epoch` reads them:

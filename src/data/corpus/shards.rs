@@ -2,10 +2,12 @@
 //! holds (plain text, JSONL, TSV, parquet; `.gz` and `.zst` compressed or not), and its
 //! text read one piece at a time, never whole.
 
+use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::reader::RowIter;
 use parquet::record::Field;
 
 use crate::hub::{HubRepo, Location, RepoKind};
@@ -32,10 +34,11 @@ enum Compression {
     Zstd,
 }
 
-/// One piece of a shard's text, in order.
+/// One piece of a shard's text, in order: a line of a text shard is lent from the
+/// reader's buffer (most are skipped by a lane that keeps every twelfth document).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece {
-    Text(String),
+pub enum Piece<'a> {
+    Text(Cow<'a, str>),
     /// The end of a document: packed segments do not run across it.
     DocumentEnd,
 }
@@ -221,121 +224,208 @@ pub enum ExampleLines {
     Augmented,
 }
 
-/// Calls `each` with the text (and second text) of every example of `path` in order
-/// that `keep` (asked once per example, in order) keeps; stops early (without error)
-/// when `each` returns false. Lines not kept are not parsed. A bad line is an error
-/// that names the file and line.
-pub fn for_each_example(
-    path: &Path,
+/// The examples of a file, read one at a time. Lines not kept are not parsed; a bad
+/// line is an error that names the file and line.
+pub struct ExampleReader {
+    lines: NumberedLines,
     kind: ExampleLines,
-    keep: &mut dyn FnMut() -> bool,
-    each: &mut dyn FnMut(String, Option<String>) -> Result<bool>,
-) -> Result<()> {
-    let mut lines = NumberedLines::open(path)?;
-    let mut pairs = None;
-    while let Some((number, text)) = lines.next_line()? {
-        if text.trim().is_empty() {
-            continue;
-        }
-        // Whether a text file holds pairs is its first line's to say, kept or not.
-        pairs.get_or_insert_with(|| text.split('\t').count() == 2);
-        if !keep() {
-            continue;
-        }
-        let bad = |message: String| Error::msg(format!("{}:{number}: {message}", path.display()));
-        let (a, b) = match kind {
-            ExampleLines::Text => {
-                crate::data::user::unlabeled_line(text, &mut pairs).map_err(bad)?
-            }
-            ExampleLines::Augmented => {
-                let row: crate::augment::AugmentedRow =
-                    serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-                (row.text_a, row.text_b)
-            }
-        };
-        if !each(a, b)? {
-            return Ok(());
-        }
+    /// Whether a text file holds pairs: its first line's to say, kept or not.
+    pairs: Option<bool>,
+    /// Examples seen so far, kept or not.
+    seen: usize,
+}
+
+impl ExampleReader {
+    pub fn open(path: &Path, kind: ExampleLines) -> Result<Self> {
+        Ok(ExampleReader {
+            lines: NumberedLines::open(path)?,
+            kind,
+            pairs: None,
+            seen: 0,
+        })
     }
-    Ok(())
+
+    /// The text (and second text) of the next example whose index in the file `keep`
+    /// keeps; none at the end.
+    pub fn next_example(
+        &mut self,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Result<Option<(String, Option<String>)>> {
+        while let Some(number) = self.lines.advance()? {
+            let text = self.lines.text();
+            if text.trim().is_empty() {
+                continue;
+            }
+            self.pairs
+                .get_or_insert_with(|| text.split('\t').count() == 2);
+            self.seen += 1;
+            if !keep(self.seen - 1) {
+                continue;
+            }
+            let path = &self.lines.path;
+            let bad =
+                |message: String| Error::msg(format!("{}:{number}: {message}", path.display()));
+            return match self.kind {
+                ExampleLines::Text => crate::data::user::unlabeled_line(text, &mut self.pairs)
+                    .map(Some)
+                    .map_err(bad),
+                ExampleLines::Augmented => serde_json::from_str(text)
+                    .map(|row: crate::augment::AugmentedRow| Some((row.text_a, row.text_b)))
+                    .map_err(|e| bad(e.to_string())),
+            };
+        }
+        Ok(None)
+    }
 }
 
 /// A file's lines, read one at a time, numbered from 1, without line ends or a
 /// byte-order mark.
-struct NumberedLines<'p> {
-    path: &'p Path,
+struct NumberedLines {
+    path: PathBuf,
     reader: Box<dyn BufRead + Send>,
     line: String,
     number: usize,
 }
 
-impl<'p> NumberedLines<'p> {
-    fn open(path: &'p Path) -> Result<Self> {
+impl NumberedLines {
+    fn open(path: &Path) -> Result<Self> {
         Ok(NumberedLines {
-            path,
+            path: path.to_path_buf(),
             reader: open_lines(path)?,
             line: String::new(),
             number: 0,
         })
     }
 
-    /// The next line and its number.
-    fn next_line(&mut self) -> Result<Option<(usize, &str)>> {
+    /// Reads the next line; its number, or none at the end.
+    fn advance(&mut self) -> Result<Option<usize>> {
         self.line.clear();
         let read = self.reader.read_line(&mut self.line).map_err(|e| {
             let at = format!("line {}: {e}", self.number + 1);
-            Error::io(self.path, std::io::Error::new(e.kind(), at))
+            Error::io(&self.path, std::io::Error::new(e.kind(), at))
         })?;
         if read == 0 {
             return Ok(None);
         }
         self.number += 1;
+        Ok(Some(self.number))
+    }
+
+    /// The line last read.
+    fn text(&self) -> &str {
         let text = self.line.trim_end_matches(['\n', '\r']);
-        Ok(Some((self.number, text.trim_start_matches('\u{feff}'))))
+        text.trim_start_matches('\u{feff}')
     }
 }
 
-/// Calls `each` with every piece of `path` in order, ending with a document end;
-/// stops early (without error) when `each` returns false.
-pub fn for_each_piece(
-    path: &Path,
-    text_field: &str,
-    each: &mut dyn FnMut(Piece) -> Result<bool>,
-) -> Result<()> {
-    match ShardFormat::of(path)? {
-        ShardFormat::Parquet => parquet_pieces(path, text_field, each),
-        format => line_pieces(path, format, text_field, each),
+/// The pieces of a shard, read one at a time, the last a document end.
+pub struct PieceReader {
+    source: PieceSource,
+    /// A document end is due before the next piece read (after a record).
+    pending_end: bool,
+    /// The shard's closing document end was given.
+    closed: bool,
+}
+
+enum PieceSource {
+    Lines {
+        lines: NumberedLines,
+        format: ShardFormat,
+        text_field: String,
+        /// A TSV shard's text column, once its header was read.
+        column: Option<usize>,
+    },
+    Parquet {
+        rows: RowIter<'static>,
+        text_field: String,
+        origin: String,
+        row: usize,
+    },
+}
+
+impl PieceReader {
+    pub fn open(path: &Path, text_field: &str) -> Result<Self> {
+        let source = match ShardFormat::of(path)? {
+            ShardFormat::Parquet => parquet_rows(path, text_field)?,
+            format => PieceSource::Lines {
+                lines: NumberedLines::open(path)?,
+                format,
+                text_field: text_field.to_string(),
+                column: None,
+            },
+        };
+        Ok(PieceReader {
+            source,
+            pending_end: false,
+            closed: false,
+        })
+    }
+
+    /// The next piece; none after the shard's closing document end.
+    pub fn next_piece(&mut self) -> Result<Option<Piece<'_>>> {
+        if std::mem::take(&mut self.pending_end) {
+            return Ok(Some(Piece::DocumentEnd));
+        }
+        let text = match &mut self.source {
+            PieceSource::Lines {
+                lines,
+                format,
+                text_field,
+                column,
+            } => next_line_piece(lines, *format, text_field, column)?,
+            PieceSource::Parquet {
+                rows,
+                text_field,
+                origin,
+                row,
+            } => next_parquet_text(rows, text_field, origin, row)?.map(|text| (text, true)),
+        };
+        Ok(match text {
+            Some((piece, record)) => {
+                // A JSONL, TSV or parquet record is a document of its own.
+                self.pending_end = record;
+                Some(piece)
+            }
+            None if self.closed => None,
+            None => {
+                self.closed = true;
+                Some(Piece::DocumentEnd)
+            }
+        })
     }
 }
 
-fn line_pieces(
-    path: &Path,
+/// The next piece of a line-based shard, and whether it is a record (a document of
+/// its own); none at the end.
+fn next_line_piece<'a>(
+    lines: &'a mut NumberedLines,
     format: ShardFormat,
     text_field: &str,
-    each: &mut dyn FnMut(Piece) -> Result<bool>,
-) -> Result<()> {
-    let mut lines = NumberedLines::open(path)?;
-    let mut column = None;
-    while let Some((number, text)) = lines.next_line()? {
-        let piece = match format {
-            ShardFormat::Jsonl | ShardFormat::Tsv if text.trim().is_empty() => continue,
-            ShardFormat::Jsonl => Piece::Text(json_text(text, text_field, path, number)?),
+    column: &mut Option<usize>,
+) -> Result<Option<(Piece<'a>, bool)>> {
+    loop {
+        let Some(number) = lines.advance()? else {
+            return Ok(None);
+        };
+        let (text, path) = (lines.text(), &lines.path);
+        let blank = text.trim().is_empty();
+        let record = match format {
+            ShardFormat::Jsonl | ShardFormat::Tsv if blank => continue,
+            ShardFormat::Jsonl => json_text(text, text_field, path, number)?,
             ShardFormat::Tsv => match column {
                 None => {
-                    column = Some(tsv_column(text, text_field, path)?);
+                    *column = Some(tsv_column(text, text_field, path)?);
                     continue;
                 }
-                Some(c) => Piece::Text(tsv_text(text, c, path, number)?),
+                Some(c) => tsv_text(text, *c, path, number)?,
             },
-            _ if text.trim().is_empty() => Piece::DocumentEnd,
-            _ => Piece::Text(text.to_string()),
+            _ if blank => return Ok(Some((Piece::DocumentEnd, false))),
+            // A line of text, lent (returned after the loop, where the borrow may end).
+            _ => break,
         };
-        let document_end = matches!(format, ShardFormat::Jsonl | ShardFormat::Tsv);
-        if !each(piece)? || (document_end && !each(Piece::DocumentEnd)?) {
-            return Ok(());
-        }
+        return Ok(Some((Piece::Text(record.into()), true)));
     }
-    each(Piece::DocumentEnd).map(|_| ())
+    Ok(Some((Piece::Text(Cow::Borrowed(lines.text())), false)))
 }
 
 fn json_text(line: &str, field: &str, path: &Path, number: usize) -> Result<String> {
@@ -383,11 +473,8 @@ fn tsv_text(line: &str, column: usize, path: &Path, number: usize) -> Result<Str
         })
 }
 
-fn parquet_pieces(
-    path: &Path,
-    text_field: &str,
-    each: &mut dyn FnMut(Piece) -> Result<bool>,
-) -> Result<()> {
+/// A parquet shard's rows, after checking it has the text column.
+fn parquet_rows(path: &Path, text_field: &str) -> Result<PieceSource> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader =
@@ -407,24 +494,37 @@ fn parquet_pieces(
             format!("no `{text_field}` column in [{}]", columns.join(", ")),
         ));
     }
-    let rows = reader
-        .get_row_iter(None)
-        .map_err(|e| Error::invalid(&origin, "parquet", e))?;
-    for (i, row) in rows.enumerate() {
-        let row = row.map_err(|e| Error::invalid(format!("{origin}: row {i}"), "parquet", e))?;
-        let text = row
+    Ok(PieceSource::Parquet {
+        rows: reader.into_iter(),
+        text_field: text_field.to_string(),
+        origin,
+        row: 0,
+    })
+}
+
+/// The text of the next parquet row that has one; none at the end.
+fn next_parquet_text(
+    rows: &mut RowIter<'static>,
+    text_field: &str,
+    origin: &str,
+    row: &mut usize,
+) -> Result<Option<Piece<'static>>> {
+    for next in rows {
+        *row += 1;
+        let next =
+            next.map_err(|e| Error::invalid(format!("{origin}: row {}", *row - 1), "parquet", e))?;
+        let text = next
             .get_column_iter()
             .find(|(name, _)| name.as_str() == text_field)
             .and_then(|(_, field)| match field {
                 Field::Str(s) => Some(s.clone()),
                 _ => None,
             });
-        let Some(text) = text else { continue };
-        if !each(Piece::Text(text))? || !each(Piece::DocumentEnd)? {
-            return Ok(());
+        if let Some(text) = text {
+            return Ok(Some(Piece::Text(text.into())));
         }
     }
-    each(Piece::DocumentEnd).map(|_| ())
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -432,22 +532,28 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn pieces(path: &Path, field: &str) -> Vec<Piece> {
+    fn read_all(path: &Path, field: &str) -> Result<Vec<Piece<'static>>> {
+        let mut reader = PieceReader::open(path, field)?;
         let mut out = Vec::new();
-        for_each_piece(path, field, &mut |p| {
-            out.push(p);
-            Ok(true)
-        })
-        .unwrap();
-        out
+        while let Some(piece) = reader.next_piece()? {
+            out.push(match piece {
+                Piece::Text(t) => Piece::Text(Cow::Owned(t.into_owned())),
+                Piece::DocumentEnd => Piece::DocumentEnd,
+            });
+        }
+        Ok(out)
     }
 
-    fn text(s: &str) -> Piece {
-        Piece::Text(s.to_string())
+    fn pieces(path: &Path, field: &str) -> Vec<Piece<'static>> {
+        read_all(path, field).unwrap()
+    }
+
+    fn text(s: &str) -> Piece<'static> {
+        Piece::Text(s.to_string().into())
     }
 
     /// Two one-record documents, "x y" and "z", then the shard's end.
-    fn x_y_then_z() -> Vec<Piece> {
+    fn x_y_then_z() -> Vec<Piece<'static>> {
         vec![
             text("x y"),
             Piece::DocumentEnd,
@@ -485,13 +591,13 @@ mod tests {
         let path = dir.path().join("c.jsonl");
         std::fs::write(&path, "{\"body\": \"x y\"}\n\n{\"body\": \"z\"}\n").unwrap();
         assert_eq!(pieces(&path, "body"), x_y_then_z());
-        let err = for_each_piece(&path, "text", &mut |_| Ok(true)).unwrap_err();
+        let err = read_all(&path, "text").unwrap_err();
         assert!(
             err.to_string().contains("c.jsonl:1: text: missing"),
             "{err}"
         );
         std::fs::write(&path, "{\"body\": 3}\n").unwrap();
-        let err = for_each_piece(&path, "body", &mut |_| Ok(true)).unwrap_err();
+        let err = read_all(&path, "body").unwrap_err();
         assert!(
             err.to_string().contains("expected a string, found 3"),
             "{err}"
@@ -530,7 +636,7 @@ mod tests {
         assert!(texts > 0);
         // Each row is followed by its document end, and the shard ends with one.
         assert_eq!(all.len(), 2 * texts + 1);
-        let err = for_each_piece(&path, "text", &mut |_| Ok(true)).unwrap_err();
+        let err = read_all(&path, "text").unwrap_err();
         assert!(err.to_string().contains("no `text` column in ["), "{err}");
     }
 
@@ -540,16 +646,16 @@ mod tests {
         let path = dir.path().join("train.tsv");
         std::fs::write(&path, "sentence\tlabel\nx y \t1\n\nz\t0\n").unwrap();
         assert_eq!(pieces(&path, "sentence"), x_y_then_z());
-        let err = for_each_piece(&path, "text", &mut |_| Ok(true)).unwrap_err();
+        let err = read_all(&path, "text").unwrap_err();
         assert!(
             err.to_string()
                 .contains("train.tsv:1: columns: no `text` column"),
             "{err}"
         );
-        let err = for_each_piece(&path, "label", &mut |_| Ok(true));
+        let err = read_all(&path, "label");
         assert!(err.is_ok());
         std::fs::write(&path, "a\tsentence\nonly\n").unwrap();
-        let err = for_each_piece(&path, "sentence", &mut |_| Ok(true)).unwrap_err();
+        let err = read_all(&path, "sentence").unwrap_err();
         assert!(
             err.to_string()
                 .contains("train.tsv:2: columns: expected at least 2"),
@@ -558,16 +664,18 @@ mod tests {
     }
 
     #[test]
-    fn reading_stops_when_asked() {
+    fn examples_are_kept_by_their_index_and_bad_lines_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.txt");
-        std::fs::write(&path, "1\n2\n3\n").unwrap();
-        let mut seen = 0;
-        for_each_piece(&path, "text", &mut |_| {
-            seen += 1;
-            Ok(seen < 2)
-        })
-        .unwrap();
-        assert_eq!(seen, 2);
+        let path = dir.path().join("u.tsv");
+        std::fs::write(&path, "a\tb\n\nc\td\ne\tf\n").unwrap();
+        let mut reader = ExampleReader::open(&path, ExampleLines::Text).unwrap();
+        let odd = |i: usize| i % 2 == 1;
+        let first = reader.next_example(&odd).unwrap();
+        assert_eq!(first, Some(("c".to_string(), Some("d".to_string()))));
+        assert_eq!(reader.next_example(&odd).unwrap(), None);
+        std::fs::write(&path, "{\"text_a\": 3}\n").unwrap();
+        let mut reader = ExampleReader::open(&path, ExampleLines::Augmented).unwrap();
+        let err = reader.next_example(&|_| true).unwrap_err();
+        assert!(err.to_string().contains("u.tsv:1: "), "{err}");
     }
 }

@@ -58,9 +58,16 @@ impl Fixture {
     }
 }
 
-/// Every row of `epoch`, chunk by chunk, as one replica reads them.
+/// Every row of `epoch`, chunk by chunk, as one replica reads them; the same read
+/// inline and read ahead on a thread.
 fn all_rows(corpus: &Corpus, epoch: usize) -> Vec<Vec<u32>> {
-    let mut stream = ChunkStream::open(corpus, epoch, 0, 1).unwrap();
+    let inline = rows_read(corpus, epoch, false);
+    assert_eq!(rows_read(corpus, epoch, true), inline, "read ahead");
+    inline
+}
+
+fn rows_read(corpus: &Corpus, epoch: usize, ahead: bool) -> Vec<Vec<u32>> {
+    let mut stream = ChunkStream::open(corpus, epoch, (0, 1), ahead).unwrap();
     let mut out = Vec::new();
     loop {
         let chunk = stream.next_chunk(5, &|v| Ok(v)).unwrap();
@@ -149,7 +156,9 @@ fn read_by_replicas(corpus: &Corpus, group: &[Box<dyn AllReduce>]) -> Vec<ChunkR
                         let t = Tensor::from_vec(v, n, &Device::Cpu)?;
                         Ok(comm.all_reduce_sum(vec![t])?[0].to_vec1()?)
                     };
-                    let mut stream = ChunkStream::open(corpus, 1, comm.rank(), world).unwrap();
+                    // Odd replicas read ahead on a thread, even ones inline.
+                    let (rank, ahead) = (comm.rank(), comm.rank() % 2 == 1);
+                    let mut stream = ChunkStream::open(corpus, 1, (rank, world), ahead).unwrap();
                     let mut chunks = Vec::new();
                     loop {
                         let c = stream.next_chunk(7, &exchange).unwrap();
@@ -265,7 +274,7 @@ fn chunks_say_when_the_epoch_ends() {
     let f = fixture();
     let corpus = f.corpus(&f.write_shards(4), 8, 12);
     let n = all_rows(&corpus, 0).len();
-    let mut stream = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
+    let mut stream = ChunkStream::open(&corpus, 0, (0, 1), false).unwrap();
     let mut seen = 0;
     loop {
         let chunk = stream.next_chunk(4, &|v| Ok(v)).unwrap();
@@ -280,10 +289,10 @@ fn chunks_say_when_the_epoch_ends() {
     let after = stream.next_chunk(4, &|v| Ok(v)).unwrap();
     assert!(after.rows.is_empty() && after.ended);
     // Readers stopped mid-epoch are joined, not left running.
-    let mut early = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
+    let mut early = ChunkStream::open(&corpus, 0, (0, 1), true).unwrap();
     early.next_chunk(1, &|v| Ok(v)).unwrap();
     drop(early);
-    assert!(ChunkStream::open(&corpus, 0, 0, LANES + 1).is_err());
+    assert!(ChunkStream::open(&corpus, 0, (0, LANES + 1), false).is_err());
 }
 
 #[test]
@@ -293,12 +302,14 @@ fn a_bad_shard_is_named_when_the_reader_reaches_it() {
     std::fs::write(&path, "{\"text\": \"the movie\"}\n{\"body\": \"x\"}\n").unwrap();
     let corpus = f.corpus(&path.display().to_string(), 0, 12);
     // The bad record is the second document: lane 1's first.
-    let mut stream = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
-    let err = stream.next_chunk(1, &|v| Ok(v)).unwrap_err();
-    assert!(
-        err.to_string().contains("bad.jsonl:2: text: missing"),
-        "{err}"
-    );
+    for ahead in [false, true] {
+        let mut stream = ChunkStream::open(&corpus, 0, (0, 1), ahead).unwrap();
+        let err = stream.next_chunk(1, &|v| Ok(v)).unwrap_err();
+        assert!(
+            err.to_string().contains("bad.jsonl:2: text: missing"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -387,7 +398,7 @@ fn a_bad_line_of_a_streamed_transfer_set_is_named() {
     let path = f.dir.path().join("mixed.txt");
     std::fs::write(&path, "the movie\tgood\nbad film\n").unwrap();
     let corpus = examples_corpus(&f, &path, ExampleLines::Text);
-    let mut stream = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
+    let mut stream = ChunkStream::open(&corpus, 0, (0, 1), false).unwrap();
     let err = stream.next_chunk(4, &|v| Ok(v)).unwrap_err().to_string();
     assert!(
         err.contains("mixed.txt:2: expected 2 tab-separated field(s), found 1"),
@@ -438,7 +449,7 @@ fn a_lane_stopped_mid_shard_leaves_no_cache_file_behind() {
     let f = fixture();
     // Lanes of 3,000-document shards stop, their queues full, long before the end.
     let corpus = cached_corpus(&f, &f.write_shards(3000), &f.dir.path().join("tc"), 12);
-    let mut stream = ChunkStream::open(&corpus, 0, 0, 1).unwrap();
+    let mut stream = ChunkStream::open(&corpus, 0, (0, 1), true).unwrap();
     stream.next_chunk(4, &|v| Ok(v)).unwrap();
     drop(stream);
     // Parts read whole before the stop are cached; the others left nothing, not even
