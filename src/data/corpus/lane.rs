@@ -7,7 +7,7 @@
 //! every core busy, and a reader thread beside it (benches/corpus.rs, 2 cores) took
 //! 5.4-7.9 s of user time per job against 5.1-5.6 s inline, in hand-offs and in cores
 //! taken from the pool, and its peak memory varied from 111 to 143 MB from run to run
-//! (111-113 inline), as the allocator kept the pages of rows freed on another thread
+//! (111-115 inline), as the allocator kept the pages of rows freed on another thread
 //! than made them. Training on a GPU, the CPU waits on the device, so one thread reads
 //! every lane ahead of the trainer into bounded queues (as PyTorch's DataLoader reads
 //! in the main process by default, and in workers when asked).
