@@ -5,7 +5,9 @@
 #      steps (<= 1e-3), tests/cuda_parity.rs;
 #   3. the distillation step (BERT-base teacher + TinyBERT-4 student, batch 32, seq 128)
 #      and the student's inference (b1 and b32, seq 64) beside PyTorch on the same GPU,
-#      benches/distill.rs with BENCH_DEVICE=cuda:0 (BENCH_ROWS names other rows).
+#      benches/distill.rs with BENCH_DEVICE=cuda:0 (BENCH_ROWS names other rows);
+#   4. a streamed general stage on the GPU (its corpus read ahead on a background thread)
+#      against the CPU (read inline), .ci/gpu-corpus-check.sh.
 # With cargo there it builds there. Without, it runs the binaries `.ci/gpu-build.sh
 # --bundle` made on the machine that sent it (carry target/gpu-bin.tar.xz), with the
 # CUDA libraries of the PyTorch installed there. Output goes to $OUT when set.
@@ -34,6 +36,9 @@ if command -v cargo >/dev/null; then
   cargo test --features cuda --test cuda_parity -- --nocapture --test-threads 1
   echo "== distillation step on the GPU, beside PyTorch eager"
   env "${bench_env[@]}" cargo bench --features cuda --bench distill -- --only "$rows"
+  echo "== a streamed corpus stage on the GPU and on the CPU"
+  cargo build --features cuda --bin candle-distill &&
+    BIN=target/debug/candle-distill bash .ci/gpu-corpus-check.sh
 elif [ -x target/gpu-bin/cuda_parity ]; then
   # The CUDA 13 libraries PyTorch's wheels installed (site-packages/nvidia/*/lib).
   libs="$(python3 -c 'import glob, os, nvidia; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/**/lib*.so*", recursive=True)})))' 2>/dev/null)"
@@ -46,6 +51,8 @@ elif [ -x target/gpu-bin/cuda_parity ]; then
   target/gpu-bin/cuda_parity --nocapture --test-threads 1
   echo "== distillation step on the GPU, beside PyTorch eager"
   env "${bench_env[@]}" target/gpu-bin/distill --only "$rows"
+  echo "== a streamed corpus stage on the GPU and on the CPU"
+  bash .ci/gpu-corpus-check.sh
 else
   echo "no cargo here and no target/gpu-bin: run '.ci/gpu-build.sh --bundle' where cargo is and carry target/gpu-bin.tar.xz"
   exit 2
