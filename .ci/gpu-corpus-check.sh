@@ -2,7 +2,7 @@
 # For a machine with an NVIDIA GPU (called by .ci/gpu-check.sh): a streamed general stage
 # (a corpus of 20,000 lines, the tiny ELECTRA fixture as a headless teacher, 300 steps) on
 # cuda:0, where one background thread reads the corpus's lanes ahead of the trainer, and
-# on the CPU, where the trainer reads them itself (src/data/corpus/lane.rs). Both must
+# on the CPU, where the trainer reads them itself (src/data/corpus/reader.rs). Both must
 # finish, the reader thread must be seen only on the GPU, and the final losses must agree
 # within 2%. Needs python3 with safetensors (to write the teacher without its head).
 # BIN names the candle-distill binary (default: the carried target/gpu-bin one).

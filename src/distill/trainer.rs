@@ -428,7 +428,7 @@ impl<'a> Trainer<'a> {
         let (epoch, done) = (state.progress.epoch, state.progress.step_in_epoch);
         let (rank, world) = plan.parallel.map_or((0, 1), |p| (p.rank(), p.world_size()));
         // Read ahead on a thread only for a GPU: on the CPU the trainer's own pool keeps
-        // every core busy (src/data/corpus/lane.rs).
+        // every core busy (src/data/corpus/reader.rs).
         let ahead = !self.device.is_cpu();
         let mut stream = ChunkStream::open(corpus, epoch, (rank, world), ahead)?;
         let exchange = |table: Vec<f32>| self.exchange(plan, table);

@@ -1,6 +1,6 @@
 //! Corpora for general distillation, streamed: shards are read, tokenised and packed
 //! a bounded number of rows ahead of the trainer (by the trainer itself on the CPU, on
-//! a background thread for a GPU: see [`lane`]), so memory does not grow with the
+//! a background thread for a GPU: see [`reader`]), so memory does not grow with the
 //! corpus.
 //!
 //! Packing: the text of a document (the lines of a text shard up to a blank line, one
@@ -26,12 +26,15 @@
 //! continues with the same next row.
 
 pub mod chunks;
+pub mod formats;
 pub mod lane;
+pub mod reader;
 pub mod shards;
 pub mod token_cache;
 
-pub use lane::LaneReader;
-pub use shards::{ExampleLines, Shard};
+pub use formats::ExampleLines;
+pub use reader::LaneReader;
+pub use shards::Shard;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -142,7 +145,7 @@ impl Corpus {
     }
 
     /// Lanes `lanes` of `epoch`'s rows, read ahead on a background thread when `ahead`
-    /// (see [`lane`] for when that pays).
+    /// (see [`reader`] for when that pays).
     pub fn read_lanes(&self, epoch: usize, lanes: &[usize], ahead: bool) -> LaneReader {
         LaneReader::start(self, epoch, lanes, ahead)
     }
