@@ -58,7 +58,7 @@ impl ChunkStream {
         }
         let numbers: Vec<usize> = (rank..LANES).step_by(world).collect();
         Ok(ChunkStream {
-            reader: corpus.read_lanes(epoch, &numbers, ahead),
+            reader: LaneReader::start(corpus, epoch, &numbers, ahead),
             lanes: numbers.into_iter().map(|l| (l, VecDeque::new())).collect(),
             turn: 0,
         })

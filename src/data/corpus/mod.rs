@@ -144,12 +144,6 @@ impl Corpus {
         self.tokenizer.pad_id()
     }
 
-    /// Lanes `lanes` of `epoch`'s rows, read ahead on a background thread when `ahead`
-    /// (see [`reader`] for when that pays).
-    pub fn read_lanes(&self, epoch: usize, lanes: &[usize], ahead: bool) -> LaneReader {
-        LaneReader::start(self, epoch, lanes, ahead)
-    }
-
     /// The shards, with their places in the corpus, in the order `epoch` reads them:
     /// seeded, unless shuffling is off.
     fn epoch_shards(&self, epoch: usize) -> Vec<(usize, Shard)> {

@@ -178,8 +178,10 @@ fn read_lanes(mut lanes: Vec<Lane>, shared: &Shared) {
                 if queues.closed || queues.lanes.iter().all(|q| q.ended) {
                     return;
                 }
-                let open = || queues.lanes.iter().filter(|q| !q.ended);
-                refilling |= open().any(|q| q.rows.len() < REFILL_BELOW);
+                refilling |= queues
+                    .lanes
+                    .iter()
+                    .any(|q| !q.ended && q.rows.len() < REFILL_BELOW);
                 let emptiest = (0..queues.lanes.len())
                     .filter(|&p| !queues.lanes[p].ended)
                     .min_by_key(|&p| queues.lanes[p].rows.len())
