@@ -6,11 +6,19 @@
 //! tokenised up front). Every sentence is its own document, and both group batches by length (50
 //! batches at a time), so both train on the same shapes.
 //!
-//! `cargo bench --bench corpus [-- --sizes 100000,1000000 --in-memory-max 1000000]`.
+//! `cargo bench --bench corpus [-- --sizes 100000,1000000 --in-memory-max 1000000 --repeat 3]`.
 //! Each measurement runs in its own subprocess (`--run`), so each peak RSS is its own.
 //! Printed per row: wall seconds of the whole job, rows per second of the stage's
 //! steps, peak RSS, user and system CPU seconds, minor page faults. Random weights:
 //! speed does not depend on them.
+//!
+//! Each size runs `--repeat` rounds (3 by default), every path once a round, in turn,
+//! so that a change in the machine's speed reaches every path alike; each path's row
+//! is its median run by rows per second, with the range beside it, the largest peak of
+//! its runs, and the share of the stage its steps waited for rows ("reading"), which
+//! the trainer measures: reading, tokenising and packing happen between the steps on
+//! the CPU, so this share is what streaming costs. "vs memory" divides by the
+//! in-memory path's median rate at the same size.
 
 mod common;
 
@@ -56,37 +64,86 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("a temporary folder");
     write_models(dir.path());
+    let repeat: usize = flag("--repeat")
+        .map(|s| s.parse().expect("--repeat: a count"))
+        .unwrap_or(3)
+        .max(1);
     println!(
-        "general stage: {STEPS} steps of batch {BATCH}, max_seq_len {MAX_SEQ_LEN}; teacher 4x128, student 2x64 (random)\n"
+        "general stage: {STEPS} steps of batch {BATCH}, max_seq_len {MAX_SEQ_LEN}; teacher 4x128, student 2x64 (random); median of {repeat}\n"
     );
     println!(
-        "{:>10} {:<9} {:>8} {:>9} {:>9} {:>14} {:>9}",
-        "sentences", "path", "wall s", "rows/s", "peak MB", "user/sys s", "faults"
+        "{:>10} {:<9} {:>8} {:>7} {:>11} {:>9} {:>9} {:>9} {:>12} {:>7}",
+        "sentences",
+        "path",
+        "wall s",
+        "rows/s",
+        "range",
+        "vs memory",
+        "reading",
+        "peak MB",
+        "user/sys s",
+        "faults"
     );
     for &n in &sizes {
         let corpus = write_corpus(dir.path(), n);
-        for path in ["streamed", "transfer", "in-memory"] {
-            if path == "in-memory" && n > in_memory_max {
-                println!("{n:>10} {path:<9} (skipped: above --in-memory-max {in_memory_max})");
-                continue;
+        let paths: Vec<&str> = ["streamed", "transfer", "in-memory"]
+            .into_iter()
+            .filter(|&p| p != "in-memory" || n <= in_memory_max)
+            .collect();
+        let mut runs: Vec<Vec<Row>> = paths.iter().map(|_| Vec::new()).collect();
+        for _ in 0..repeat {
+            for (path, runs) in paths.iter().zip(&mut runs) {
+                let spec = format!("{path}:{}:{}", dir.path().display(), corpus.display());
+                runs.push(measure(&spec));
             }
-            let spec = format!("{path}:{}:{}", dir.path().display(), corpus.display());
-            let row = measure(&spec);
-            println!(
-                "{n:>10} {path:<9} {:>8.1} {:>9.0} {:>9.0} {:>14} {:>9}",
-                row.wall_s,
-                row.rows_per_s,
-                row.peak_mb,
-                format!("{:.1}/{:.1}", row.user_s, row.sys_s),
-                format!("{:.0}k", row.minflt / 1000.0)
-            );
+        }
+        let in_memory = paths
+            .iter()
+            .position(|&p| p == "in-memory")
+            .map(|i| median(&mut runs[i]).rows_per_s);
+        for (path, runs) in paths.iter().zip(&mut runs) {
+            print_row(n, path, runs, in_memory);
+        }
+        if n > in_memory_max {
+            println!("{n:>10} in-memory (skipped: above --in-memory-max {in_memory_max})");
         }
         std::fs::remove_file(&corpus).ok();
     }
 }
 
+/// Sorts the runs by rate and gives the median one.
+fn median(runs: &mut [Row]) -> &Row {
+    runs.sort_by(|a, b| a.rows_per_s.total_cmp(&b.rows_per_s));
+    &runs[runs.len() / 2]
+}
+
+fn print_row(n: usize, path: &str, runs: &mut [Row], in_memory: Option<f64>) {
+    let peak = runs.iter().map(|r| r.peak_mb).fold(0.0, f64::max);
+    median(runs);
+    let (low, high) = (runs[0].rows_per_s, runs[runs.len() - 1].rows_per_s);
+    let row = &runs[runs.len() / 2];
+    let versus = in_memory.map_or("-".into(), |m| format!("{:.2}", row.rows_per_s / m));
+    println!(
+        "{n:>10} {path:<9} {:>8.1} {:>7.0} {:>11} {:>9} {:>9} {:>9.0} {:>12} {:>7}",
+        row.wall_s,
+        row.rows_per_s,
+        format!("{low:.0}-{high:.0}"),
+        versus,
+        if row.data_s > 0.0 {
+            format!("{:.1}%", 100.0 * row.data_s / row.stage_s)
+        } else {
+            "-".into()
+        },
+        peak,
+        format!("{:.1}/{:.1}", row.user_s, row.sys_s),
+        format!("{:.0}k", row.minflt / 1000.0)
+    );
+}
+
 struct Row {
     wall_s: f64,
+    stage_s: f64,
+    data_s: f64,
     rows_per_s: f64,
     peak_mb: f64,
     user_s: f64,
@@ -113,6 +170,8 @@ fn measure(spec: &str) -> Row {
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     Row {
         wall_s: f("wall_s"),
+        stage_s: f("stage_s"),
+        data_s: f("data_s"),
         rows_per_s: f("rows_per_s"),
         peak_mb: f("peak_mb"),
         user_s: f("user_s"),
@@ -212,6 +271,8 @@ checkpoint_every = 1000
     let usage = Usage::now();
     let row = serde_json::json!({
         "wall_s": wall_s,
+        "stage_s": stage.seconds,
+        "data_s": stage.data_seconds,
         "rows_per_s": (stage.steps * BATCH) as f64 / stage.seconds,
         "peak_mb": peak_rss_mb(),
         "user_s": usage.user_s, "sys_s": usage.sys_s, "minflt": usage.minflt,

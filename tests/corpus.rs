@@ -111,6 +111,28 @@ fn a_general_stage_streams_shards_and_resumes_after_sigkill_to_the_same_student(
     assert!(last < 0.7 * first, "general loss {first} -> {last}");
     let report = read_json(&straight.join("report.json"));
     assert_eq!(report["stages"][0]["steps"], 400);
+    // The report says how long the streamed stage waited for its rows; the
+    // prediction stage's rows were in memory.
+    let seconds = |stage: usize, field: &str| report["stages"][stage][field].as_f64().unwrap();
+    let reading = seconds(0, "data_seconds");
+    assert!(
+        reading > 0.0 && reading < seconds(0, "seconds"),
+        "{reading} s reading"
+    );
+    assert_eq!(seconds(1, "data_seconds"), 0.0);
+    let md = std::fs::read_to_string(straight.join("report.md")).unwrap();
+    let share = format!("{:.1}%", 100.0 * reading / seconds(0, "seconds"));
+    assert!(md.contains("| reading data |"), "{md}");
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("| general | 400 |") && l.contains(&share)),
+        "{md}"
+    );
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("| prediction |") && l.contains("| - |")),
+        "{md}"
+    );
 
     let killed = dir.path().join("killed");
     let mut child = cli();

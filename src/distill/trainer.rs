@@ -188,6 +188,10 @@ pub struct StageSummary {
     pub name: String,
     pub steps: usize,
     pub seconds: f64,
+    /// Of `seconds`, those the steps waited for a streamed corpus's rows (read,
+    /// tokenised, packed, exchanged); zero for rows held in memory.
+    #[serde(default)]
+    pub data_seconds: f64,
     pub final_loss: f64,
     pub best: Option<Scores>,
     pub best_step: Option<usize>,
@@ -315,6 +319,8 @@ struct LoopState<'l> {
     bar: &'l indicatif::ProgressBar,
     last_loss: f64,
     stopped_early: bool,
+    /// Seconds spent waiting for a streamed corpus's chunks.
+    data_seconds: f64,
 }
 
 /// One optimizer step, for the log.
@@ -348,6 +354,7 @@ impl<'a> Trainer<'a> {
             bar: &bar,
             last_loss: f64::NAN,
             stopped_early: false,
+            data_seconds: 0.0,
         };
         while state.progress.epoch < stage.settings.epochs
             && state.progress.step < plan.total_steps
@@ -365,6 +372,7 @@ impl<'a> Trainer<'a> {
             name: stage.name.to_string(),
             steps: state.progress.step,
             seconds: started.elapsed().as_secs_f64(),
+            data_seconds: state.data_seconds,
             final_loss: state.last_loss,
             best: state.progress.best.clone(),
             best_step: state.progress.best_step,
@@ -430,18 +438,22 @@ impl<'a> Trainer<'a> {
         // Read ahead on a thread only for a GPU: on the CPU the trainer's own pool keeps
         // every core busy (src/data/corpus/reader.rs).
         let ahead = !self.device.is_cpu();
+        let waiting = Instant::now();
         let mut stream = ChunkStream::open(corpus, epoch, (rank, world), ahead)?;
         let exchange = |table: Vec<f32>| self.exchange(plan, table);
         for _ in 0..done / chunk_batches {
             stream.next_chunk(chunk_rows, &exchange)?;
         }
+        state.data_seconds += waiting.elapsed().as_secs_f64();
         let (mut chunk, mut skip) = (done / chunk_batches, done % chunk_batches);
         loop {
+            let waiting = Instant::now();
             let Chunk {
                 lengths,
                 rows,
                 ended,
             } = stream.next_chunk(chunk_rows, &exchange)?;
+            state.data_seconds += waiting.elapsed().as_secs_f64();
             if lengths.is_empty() {
                 return self.end_of_stream(stage, corpus, state.progress);
             }

@@ -197,13 +197,14 @@ impl RunReport {
                  a task recipe (student.from = \"checkpoint\") trains the student's.\n"
             )
         };
-        md += "\n## Stages\n\n| stage | steps | seconds | final loss | best dev |\n|---|---|---|---|---|\n";
+        md += "\n## Stages\n\n| stage | steps | seconds | reading data | final loss | best dev |\n|---|---|---|---|---|---|\n";
         for st in &self.stages {
             md += &format!(
-                "| {} | {} | {:.0} | {:.4} | {} |\n",
+                "| {} | {} | {:.0} | {} | {:.4} | {} |\n",
                 st.name,
                 st.steps,
                 st.seconds,
+                reading_share(st),
                 st.final_loss,
                 st.best
                     .as_ref()
@@ -215,5 +216,15 @@ impl RunReport {
             md += &sweep.to_markdown();
         }
         md
+    }
+}
+
+/// The share of a stage's seconds its steps waited for streamed rows ("-" for rows
+/// held in memory).
+fn reading_share(stage: &StageSummary) -> String {
+    if stage.data_seconds > 0.0 && stage.seconds > 0.0 {
+        format!("{:.1}%", 100.0 * stage.data_seconds / stage.seconds)
+    } else {
+        "-".into()
     }
 }

@@ -9,15 +9,19 @@ use std::path::{Path, PathBuf};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::reader::RowIter;
 use parquet::record::Field;
+use parquet::schema::types::Type;
 
 use super::shards::{split_compression, Compression, ShardFormat};
 use crate::{Error, Result};
 
 /// One piece of a shard's text, in order: a line of a text shard is lent from the
-/// reader's buffer (most are skipped by a lane that keeps every twelfth document).
+/// reader's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece<'a> {
     Text(Cow<'a, str>),
+    /// A line or record the caller did not want, counted and not parsed: a lane that
+    /// keeps every twelfth document of a shard does not decode the other eleven.
+    Unread,
     /// The end of a document: packed segments do not run across it.
     DocumentEnd,
 }
@@ -182,8 +186,10 @@ impl PieceReader {
         })
     }
 
-    /// The next piece; none after the shard's closing document end.
-    pub fn next_piece(&mut self) -> Result<Option<Piece<'_>>> {
+    /// The next piece; none after the shard's closing document end. Unless `wanted`,
+    /// a line or record comes as [`Piece::Unread`] (its errors are left to the reader
+    /// that wants it).
+    pub fn next_piece(&mut self, wanted: bool) -> Result<Option<Piece<'_>>> {
         if std::mem::take(&mut self.pending_end) {
             return Ok(Some(Piece::DocumentEnd));
         }
@@ -193,13 +199,13 @@ impl PieceReader {
                 format,
                 text_field,
                 column,
-            } => next_line_piece(lines, *format, text_field, column)?,
+            } => next_line_piece(lines, *format, text_field, column, wanted)?,
             PieceSource::Parquet {
                 rows,
                 text_field,
                 origin,
                 row,
-            } => next_parquet_text(rows, text_field, origin, row)?.map(|text| (text, true)),
+            } => next_parquet_text(rows, text_field, origin, row, wanted)?.map(|text| (text, true)),
         };
         Ok(match text {
             Some((piece, record)) => {
@@ -223,6 +229,7 @@ fn next_line_piece<'a>(
     format: ShardFormat,
     text_field: &str,
     column: &mut Option<usize>,
+    wanted: bool,
 ) -> Result<Option<(Piece<'a>, bool)>> {
     loop {
         let Some(number) = lines.advance()? else {
@@ -232,6 +239,11 @@ fn next_line_piece<'a>(
         let blank = text.trim().is_empty();
         let record = match format {
             ShardFormat::Jsonl | ShardFormat::Tsv if blank => continue,
+            // A record not wanted is not parsed (a TSV header always is).
+            ShardFormat::Jsonl if !wanted => return Ok(Some((Piece::Unread, true))),
+            ShardFormat::Tsv if !wanted && column.is_some() => {
+                return Ok(Some((Piece::Unread, true)))
+            }
             ShardFormat::Jsonl => json_text(text, text_field, path, number)?,
             ShardFormat::Tsv => match column {
                 None => {
@@ -241,6 +253,7 @@ fn next_line_piece<'a>(
                 Some(c) => tsv_text(text, *c, path, number)?,
             },
             _ if blank => return Ok(Some((Piece::DocumentEnd, false))),
+            _ if !wanted => return Ok(Some((Piece::Unread, false))),
             // A line of text, lent (returned after the loop, where the borrow may end).
             _ => break,
         };
@@ -294,16 +307,16 @@ fn tsv_text(line: &str, column: usize, path: &Path, number: usize) -> Result<Str
         })
 }
 
-/// A parquet shard's rows, after checking it has the text column.
+/// A parquet shard's rows, after checking it has the text column; only that column
+/// is decoded when it is a top-level one (a wiki dump's rows also hold ids, URLs and
+/// titles).
 fn parquet_rows(path: &Path, text_field: &str) -> Result<PieceSource> {
     let origin = path.display().to_string();
+    let bad = |e: parquet::errors::ParquetError| Error::invalid(&origin, "parquet", e);
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader =
-        SerializedFileReader::new(file).map_err(|e| Error::invalid(&origin, "parquet", e))?;
-    let columns: Vec<String> = reader
-        .metadata()
-        .file_metadata()
-        .schema_descr()
+    let reader = SerializedFileReader::new(file).map_err(bad)?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let columns: Vec<String> = schema
         .columns()
         .iter()
         .map(|c| c.name().to_string())
@@ -315,20 +328,37 @@ fn parquet_rows(path: &Path, text_field: &str) -> Result<PieceSource> {
             format!("no `{text_field}` column in [{}]", columns.join(", ")),
         ));
     }
+    let root = schema.root_schema();
+    let projection = root
+        .get_fields()
+        .iter()
+        .find(|f| f.name() == text_field)
+        .map(|field| {
+            Type::group_type_builder(root.name())
+                .with_fields(vec![field.clone()])
+                .build()
+        })
+        .transpose()
+        .map_err(bad)?;
+    let rows = RowIter::from_file_into(Box::new(reader))
+        .project(projection)
+        .map_err(bad)?;
     Ok(PieceSource::Parquet {
-        rows: reader.into_iter(),
+        rows,
         text_field: text_field.to_string(),
         origin,
         row: 0,
     })
 }
 
-/// The text of the next parquet row that has one; none at the end.
+/// The text of the next parquet row that has one (unread unless `wanted`); none at
+/// the end.
 fn next_parquet_text(
     rows: &mut RowIter<'static>,
     text_field: &str,
     origin: &str,
     row: &mut usize,
+    wanted: bool,
 ) -> Result<Option<Piece<'static>>> {
     for next in rows {
         *row += 1;
@@ -338,11 +368,13 @@ fn next_parquet_text(
             .get_column_iter()
             .find(|(name, _)| name.as_str() == text_field)
             .and_then(|(_, field)| match field {
-                Field::Str(s) => Some(s.clone()),
+                Field::Str(s) => Some(s),
                 _ => None,
             });
-        if let Some(text) = text {
-            return Ok(Some(Piece::Text(text.into())));
+        match text {
+            Some(text) if wanted => return Ok(Some(Piece::Text(text.clone().into()))),
+            Some(_) => return Ok(Some(Piece::Unread)),
+            None => {}
         }
     }
     Ok(None)
@@ -356,9 +388,10 @@ mod tests {
     fn read_all(path: &Path, field: &str) -> Result<Vec<Piece<'static>>> {
         let mut reader = PieceReader::open(path, field)?;
         let mut out = Vec::new();
-        while let Some(piece) = reader.next_piece()? {
+        while let Some(piece) = reader.next_piece(true)? {
             out.push(match piece {
                 Piece::Text(t) => Piece::Text(Cow::Owned(t.into_owned())),
+                Piece::Unread => Piece::Unread,
                 Piece::DocumentEnd => Piece::DocumentEnd,
             });
         }
@@ -436,6 +469,70 @@ mod tests {
         assert_eq!(all.len(), 2 * texts + 1);
         let err = read_all(&path, "text").unwrap_err();
         assert!(err.to_string().contains("no `text` column in ["), "{err}");
+    }
+
+    /// Every piece of a shard, none of its lines or records wanted.
+    fn unwanted(path: &Path, field: &str) -> Vec<Piece<'static>> {
+        let mut reader = PieceReader::open(path, field).unwrap();
+        let mut out = Vec::new();
+        while let Some(piece) = reader.next_piece(false).unwrap() {
+            out.push(match piece {
+                Piece::Text(t) => panic!("text {t:?} read though not wanted"),
+                Piece::Unread => Piece::Unread,
+                Piece::DocumentEnd => Piece::DocumentEnd,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn pieces_not_wanted_are_counted_and_not_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let one_then_bad = [
+            Piece::Unread,
+            Piece::DocumentEnd,
+            Piece::Unread,
+            Piece::DocumentEnd,
+        ];
+        let jsonl = dir.path().join("c.jsonl");
+        std::fs::write(&jsonl, "{\"body\": \"x\"}\n\nnot json\n").unwrap();
+        assert_eq!(
+            unwanted(&jsonl, "body"),
+            [&one_then_bad[..], &[Piece::DocumentEnd]].concat()
+        );
+        let mut reader = PieceReader::open(&jsonl, "body").unwrap();
+        reader.next_piece(false).unwrap();
+        reader.next_piece(false).unwrap();
+        let err = reader.next_piece(true).unwrap_err();
+        assert!(err.to_string().contains("c.jsonl:3: JSON"), "{err}");
+        let tsv = dir.path().join("t.tsv");
+        std::fs::write(&tsv, "sentence\tlabel\nx\t1\nonly\n").unwrap();
+        assert_eq!(
+            unwanted(&tsv, "sentence"),
+            [&one_then_bad[..], &[Piece::DocumentEnd]].concat()
+        );
+        let err = read_all(&dir.path().join("t.tsv"), "label").unwrap_err();
+        assert!(err.to_string().contains("t.tsv:3: columns"), "{err}");
+        let text = dir.path().join("a.txt");
+        std::fs::write(&text, "one\n\ntwo\n").unwrap();
+        assert_eq!(
+            unwanted(&text, "text"),
+            [
+                Piece::Unread,
+                Piece::DocumentEnd,
+                Piece::Unread,
+                Piece::DocumentEnd
+            ]
+        );
+        let parquet = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/glue-parquet/cola/train-00000-of-00001.parquet");
+        let read = pieces(&parquet, "sentence");
+        let unread = unwanted(&parquet, "sentence");
+        assert_eq!(unread.len(), read.len());
+        assert!(unread.iter().zip(&read).all(|(u, r)| matches!(
+            (u, r),
+            (Piece::Unread, Piece::Text(_)) | (Piece::DocumentEnd, Piece::DocumentEnd)
+        )));
     }
 
     #[test]

@@ -214,19 +214,22 @@ impl RowMaker {
                 if let Some(row) = ready.pop_front() {
                     return Ok(Some(row));
                 }
-                let Some(piece) = pieces.next_piece()? else {
+                // The next piece belongs to the unit being counted.
+                let keep = share.keeps(units.index);
+                let Some(piece) = pieces.next_piece(keep)? else {
                     return Ok(None);
                 };
-                let keep = share.keeps(units.index);
                 let mut out = |segment| ready.push_back(segment);
                 match piece {
+                    // Text comes only when kept.
                     Piece::Text(text) => {
-                        if keep {
-                            packer.push(&corpus.tokenizer.ids(&text)?, &mut out);
-                        }
-                        if units.text_line() && keep {
+                        packer.push(&corpus.tokenizer.ids(&text)?, &mut out);
+                        if units.text_line() {
                             packer.end_document(&mut out);
                         }
+                    }
+                    Piece::Unread => {
+                        units.text_line();
                     }
                     Piece::DocumentEnd => {
                         if keep {

@@ -14,8 +14,9 @@
 //!
 //! Lanes: each epoch's rows are split into [`LANES`] lanes, each read on its own.
 //! With at least as many shards as lanes, a lane reads every `LANES`-th shard;
-//! with fewer, every lane reads every shard and keeps every `LANES`-th document (the
-//! tokenising, the costly part, is split). A data-parallel replica reads only its own
+//! with fewer, every lane reads every shard and keeps every `LANES`-th document: it
+//! parses and tokenises only those (the costly parts are split; the lines are read by
+//! every lane, and a parquet shard's rows decoded, its text column alone). A data-parallel replica reads only its own
 //! lanes, and the trainer's chunks take rows from every lane in turn ([`chunks`]), so
 //! the global batches are the same for any number of replicas up to `LANES`.
 //!
