@@ -6,8 +6,8 @@
 #   3. the distillation step (BERT-base teacher + TinyBERT-4 student, batch 32, seq 128)
 #      and the student's inference (b1 and b32, seq 64) beside PyTorch on the same GPU,
 #      benches/distill.rs with BENCH_DEVICE=cuda:0 (BENCH_ROWS names other rows);
-#   4. a streamed general stage on the GPU against the CPU (on both the corpus is read
-#      ahead on a background thread), .ci/gpu-corpus-check.sh.
+#   4. a streamed general stage on the GPU (its corpus read ahead on a background thread)
+#      against the CPU (read inline), .ci/gpu-corpus-check.sh.
 # With cargo there it builds there. Without, it runs the binaries `.ci/gpu-build.sh
 # --bundle` made on the machine that sent it (carry target/gpu-bin.tar.xz), with the
 # CUDA libraries of the PyTorch installed there. Output goes to $OUT when set.

@@ -435,9 +435,11 @@ impl<'a> Trainer<'a> {
         let chunk_rows = chunk_batches * settings.batch_size;
         let (epoch, done) = (state.progress.epoch, state.progress.step_in_epoch);
         let (rank, world) = plan.parallel.map_or((0, 1), |p| (p.rank(), p.world_size()));
-        // Rows are read on a thread ahead of the steps (src/data/corpus/reader.rs).
+        // Read ahead on a thread only for a GPU: on the CPU the trainer's own pool keeps
+        // every core busy (src/data/corpus/reader.rs).
+        let ahead = !self.device.is_cpu();
         let waiting = Instant::now();
-        let mut stream = ChunkStream::open(corpus, epoch, (rank, world), true)?;
+        let mut stream = ChunkStream::open(corpus, epoch, (rank, world), ahead)?;
         let exchange = |table: Vec<f32>| self.exchange(plan, table);
         for _ in 0..done / chunk_batches {
             stream.next_chunk(chunk_rows, &exchange)?;

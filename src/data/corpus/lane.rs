@@ -332,10 +332,18 @@ impl Packer {
 
 /// A seeded shuffle of a stream in bounded memory: each arriving row takes the place
 /// of a random held one, which leaves. Capacity 0 or 1 keeps the order.
+///
+/// The buffer starts giving rows once an eighth full and fills as it gives (one row
+/// out for every two in), as webdataset's shuffle does: an epoch's first batches then
+/// wait for about a third of the rows a full buffer would hold (4,500 instead of 11,600
+/// for the first 50 batches of 32 with the default 10,000), and only its first rows are
+/// drawn from fewer.
 struct ShuffleBuffer<T> {
     capacity: usize,
     held: Vec<T>,
     rng: Rng,
+    /// While filling: the next row only comes in.
+    in_only: bool,
 }
 
 impl<T> ShuffleBuffer<T> {
@@ -344,6 +352,7 @@ impl<T> ShuffleBuffer<T> {
             capacity,
             held: Vec::new(),
             rng,
+            in_only: false,
         }
     }
 
@@ -358,7 +367,12 @@ impl<T> ShuffleBuffer<T> {
         }
         if self.held.len() < self.capacity {
             self.held.push(row);
-            return None;
+            self.in_only = !self.in_only;
+            if self.held.len() <= (self.capacity / 8).max(1) || self.in_only {
+                return None;
+            }
+            let i = self.rng.below(self.held.len());
+            return Some(self.held.swap_remove(i));
         }
         let i = self.rng.below(self.capacity);
         Some(std::mem::replace(&mut self.held[i], row))
@@ -368,5 +382,28 @@ impl<T> ShuffleBuffer<T> {
     fn drain(mut self) -> std::vec::IntoIter<T> {
         self.rng.shuffle(&mut self.held);
         self.held.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shuffle_buffer_gives_from_an_eighth_full_one_for_two_until_full() {
+        let mut buffer = ShuffleBuffer::new(32, Rng::new(7));
+        let given: Vec<Option<usize>> = (0..100).map(|row| buffer.push(row)).collect();
+        // Nothing until 4 rows (an eighth) are held...
+        assert!(given[..4].iter().all(Option::is_none), "{given:?}");
+        // ...then one out for every two in, until the 32 are held (after 60 rows)...
+        let out = |range: std::ops::Range<usize>| given[range].iter().flatten().count();
+        assert_eq!(out(4..60), 28);
+        assert_eq!(buffer.held.len(), 32.min(100 - out(0..100)));
+        // ...then one for one.
+        assert_eq!(out(60..100), 40);
+        let mut every: Vec<usize> = given.into_iter().flatten().chain(buffer.drain()).collect();
+        assert_ne!(every, (0..100).collect::<Vec<_>>(), "not shuffled");
+        every.sort_unstable();
+        assert_eq!(every, (0..100).collect::<Vec<_>>(), "each row once");
     }
 }

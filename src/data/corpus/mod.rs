@@ -1,6 +1,7 @@
 //! Corpora for general distillation, streamed: shards are read, tokenised and packed
-//! a bounded number of rows ahead of the trainer (on a background thread: see
-//! [`reader`]), so memory does not grow with the corpus.
+//! a bounded number of rows ahead of the trainer (by the trainer itself on the CPU, on
+//! a background thread for a GPU: see [`reader`]), so memory does not grow with the
+//! corpus.
 //!
 //! Packing: the text of a document (the lines of a text shard up to a blank line, one
 //! JSONL record, one parquet row) is tokenised and cut into contiguous segments of

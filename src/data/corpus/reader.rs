@@ -1,18 +1,18 @@
-//! Who reads a replica's lanes of a corpus epoch ([`LaneReader`]): one background
-//! thread reads them all ahead of the trainer into bounded queues, as training does on
-//! every device; or the caller's thread reads them when asked (the simpler reader, which
-//! the tests compare the threaded one with).
+//! Who reads a replica's lanes of a corpus epoch ([`LaneReader`]). Training on the CPU,
+//! the trainer reads them itself when it needs rows; on a GPU, where the CPU waits on
+//! the device, one background thread reads every lane ahead of the trainer into bounded
+//! queues (as PyTorch's DataLoader reads in the main process by default, and in workers
+//! when asked).
 //!
-//! Measured with benches/corpus.rs on 2 cores (README): reading ahead, the steps ran at
-//! 0.97-1.02 of the in-memory rate, reading inline at 0.86-0.96 (the tokenising then
-//! sits between the steps); same user time. Rows cross between the threads as tokens
-//! copied into and out of each lane's queue ([`RowRing`]), never as allocations made on
-//! one thread and freed on the other: with those, peak memory varied by a quarter from
-//! run to run (mimalloc keeps the pages of blocks freed from another thread). The
-//! reader's own allocator heap costs a fixed 30 MB or so (144 against 112 MB peak,
-//! whatever the corpus size): mimalloc backs a new thread's memory with transparent huge
-//! pages (112 MB with MIMALLOC_ALLOW_LARGE_OS_PAGES=0, which made batch-1 inference 9%
-//! slower, so it is not set).
+//! Why not a thread on the CPU too, measured with benches/corpus.rs on 2 cores (README):
+//! the trainer's pool already keeps both cores busy, so a reader thread took its time
+//! from the steps (0.86-0.99 of the in-memory rate either way, within the VM's noise),
+//! and its allocator heap made peak memory land anywhere from 112 to 144 MB from run to
+//! run (mimalloc backs a new thread's memory with transparent huge pages: always 112 MB
+//! with MIMALLOC_ALLOW_LARGE_OS_PAGES=0, which made batch-1 inference 9% slower, so it
+//! is not set). Read inline, 111-115 MB in every run. Rows cross between the threads as
+//! tokens copied through each lane's queue ([`RowRing`]), never as allocations made on
+//! one thread and freed on the other (which the allocator is slow to reuse).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,7 +33,7 @@ const REFILL_BELOW: usize = QUEUE_ROWS / 2;
 /// Some lanes of an epoch, asked for by their places in the list they were opened
 /// with.
 pub enum LaneReader {
-    /// Read by the caller's thread when asked.
+    /// Read by the trainer's thread when asked.
     Inline(Vec<Lane>),
     /// Read ahead on a thread of their own.
     Ahead(AheadReader),
