@@ -15,10 +15,11 @@
 //! Lanes: each epoch's rows are split into [`LANES`] lanes, each read on its own.
 //! With at least as many shards as lanes, a lane reads every `LANES`-th shard;
 //! with fewer, every lane reads every shard and keeps every `LANES`-th document: it
-//! parses and tokenises only those (the costly parts are split; the lines are read by
-//! every lane, and a parquet shard's rows decoded, its text column alone). A data-parallel replica reads only its own
-//! lanes, and the trainer's chunks take rows from every lane in turn ([`chunks`]), so
-//! the global batches are the same for any number of replicas up to `LANES`.
+//! parses and tokenises only those (the costly parts are split; every lane reads the
+//! lines, and decodes a parquet shard's rows, their text column alone). A data-parallel
+//! replica reads only its own lanes, and the trainer's chunks take rows from every lane
+//! in turn ([`chunks`]), so the global batches are the same for any number of replicas
+//! up to `LANES`.
 //!
 //! Order: each epoch reads the shards in a seeded order and passes each lane's
 //! segments through a seeded shuffle buffer of bounded size (the recipe's

@@ -8,9 +8,9 @@
 //! the trainer's pool already keeps both cores busy, so a reader thread took its time
 //! from the steps (0.86-0.99 of the in-memory rate either way, within the VM's noise),
 //! and its allocator heap made peak memory land anywhere from 112 to 144 MB from run to
-//! run (mimalloc backs a new thread's memory with transparent huge pages: always 112 MB
-//! with MIMALLOC_ALLOW_LARGE_OS_PAGES=0, which made batch-1 inference 9% slower, so it
-//! is not set). Read inline, 111-115 MB in every run. Rows cross between the threads as
+//! run (mimalloc backs a new thread's memory with transparent huge pages: 112 MB in a
+//! run with MIMALLOC_ALLOW_LARGE_OS_PAGES=0, which made batch-1 inference 9% slower, so
+//! it is not set). Read inline, 111-115 MB in every run. Rows cross between the threads as
 //! tokens copied through each lane's queue ([`RowRing`]), never as allocations made on
 //! one thread and freed on the other (which the allocator is slow to reuse).
 
