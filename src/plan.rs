@@ -300,43 +300,8 @@ fn stage_plan(
     if losses.needs_teacher() {
         check_compatible(&losses, models.student, models.teacher)?;
     }
-    let pairs = if losses.needs_hidden_states() || losses.needs_attention() {
-        let mut p = mapping::resolve(
-            &spec.layer_map,
-            student.num_hidden_layers,
-            teacher.num_hidden_layers,
-        )?;
-        if losses.embedding > 0.0 {
-            p.insert(0, (0, 0));
-        }
-        p
-    } else {
-        Vec::new()
-    };
-    let examples = match (&spec.data, &recipe.augment) {
-        // Not augmented yet: at most every variant of every text is new.
-        (StageData::Augmented { path: None, .. }, Some(a)) if !spec.data.is_streamed() => {
-            let columns = if data.task.is_pair() { 2 } else { 1 };
-            data.train.len() * (1 + columns * variants_per_text(a))
-        }
-        // Streamed: the shards or files must exist; the rows seen are what the steps take.
-        (streamed, _) if streamed.is_streamed() => {
-            match streamed {
-                StageData::Corpus { files, .. } => {
-                    crate::data::corpus::shards::resolve(files)?;
-                }
-                StageData::Unlabeled { path, .. }
-                | StageData::Augmented {
-                    path: Some(path), ..
-                } => {
-                    crate::data::corpus::existing_files(&[path.display().to_string()])?;
-                }
-                _ => {}
-            }
-            spec.max_steps.unwrap_or(0).saturating_mul(spec.batch_size)
-        }
-        _ => crate::pipeline::stage_dataset(spec, data)?.len(),
-    };
+    let pairs = layer_pairs(spec, &losses, models)?;
+    let examples = planned_examples(recipe, data, spec)?;
     let settings = spec.settings(recipe, i + 1 == recipe.stages.len());
     let per_epoch = examples.div_ceil(spec.batch_size);
     let steps = settings
@@ -368,6 +333,55 @@ fn stage_plan(
         eval_every: settings.eval_every,
         evaluations: evaluations(steps, per_epoch, settings.eval_every),
         schedule: schedule_text(&settings),
+    })
+}
+
+/// The (student, teacher) layer pairs of a stage's intermediate losses; the
+/// embeddings' pair (0, 0) first when they have a weight.
+fn layer_pairs(
+    spec: &StageSpec,
+    losses: &LossWeights,
+    models: &Models,
+) -> Result<Vec<(usize, usize)>> {
+    if !(losses.needs_hidden_states() || losses.needs_attention()) {
+        return Ok(Vec::new());
+    }
+    let mut pairs = mapping::resolve(
+        &spec.layer_map,
+        models.student.num_hidden_layers,
+        models.teacher.num_hidden_layers,
+    )?;
+    if losses.embedding > 0.0 {
+        pairs.insert(0, (0, 0));
+    }
+    Ok(pairs)
+}
+
+/// The examples a stage's epoch holds, as far as the plan can tell.
+fn planned_examples(recipe: &Recipe, data: &TaskData, spec: &StageSpec) -> Result<usize> {
+    Ok(match (&spec.data, &recipe.augment) {
+        // Not augmented yet: at most every variant of every text is new.
+        (StageData::Augmented { path: None, .. }, Some(a)) if !spec.data.is_streamed() => {
+            let columns = if data.task.is_pair() { 2 } else { 1 };
+            data.train.len() * (1 + columns * variants_per_text(a))
+        }
+        // Streamed: the shards or files must exist; the rows seen are what the steps take.
+        (streamed, _) if streamed.is_streamed() => {
+            match streamed {
+                StageData::Corpus { files, .. } => {
+                    crate::data::corpus::shards::resolve(files)?;
+                }
+                StageData::Unlabeled { path, .. }
+                | StageData::Augmented {
+                    path: Some(path), ..
+                } => {
+                    crate::data::corpus::existing_files(&[path.display().to_string()])?;
+                }
+                _ => {}
+            }
+            spec.max_steps.unwrap_or(0).saturating_mul(spec.batch_size)
+        }
+        _ => crate::pipeline::stage_dataset(spec, data)?.len(),
     })
 }
 
