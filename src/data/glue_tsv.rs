@@ -47,8 +47,6 @@ pub fn load(dir: &Path, task: Task, split: Split, options: &LoadOptions) -> Resu
 }
 
 /// Loads one GLUE TSV file of `task`.
-// Long on purpose: one pass over the rows, whose malformed-row reporting, column
-// lookup and label parsing share the state of the pass.
 pub fn load_file(path: &Path, task: Task, split: Split, options: &LoadOptions) -> Result<Dataset> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let origin = path.display().to_string();
@@ -73,38 +71,7 @@ pub fn load_file(path: &Path, task: Task, split: Split, options: &LoadOptions) -
         let (_, header) = lines
             .next()
             .ok_or_else(|| Error::invalid(&origin, "header", "the file is empty"))?;
-        let names: Vec<&str> = header.split('\t').map(str::trim).collect();
-        let find = |name: &str| names.iter().position(|n| *n == name);
-        let (text_names, label_name, id_name) = header_columns(task);
-        let text = text_names
-            .iter()
-            .map(|n| {
-                find(n).ok_or_else(|| {
-                    Error::invalid(
-                        format!("{origin}:1"),
-                        "header",
-                        format!("no `{n}` column in [{}]", names.join(", ")),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let label = find(label_name);
-        if label.is_none() && !split.is_test() {
-            return Err(Error::invalid(
-                format!("{origin}:1"),
-                "header",
-                format!(
-                    "no `{label_name}` column in [{}]; only test files may be unlabeled",
-                    names.join(", ")
-                ),
-            ));
-        }
-        let columns = Columns {
-            count: names.len(),
-            label,
-            id: find(id_name),
-        };
-        (columns, text)
+        header_layout(header, task, split, &origin)?
     };
 
     let data_start = usize::from(!headerless_cola);
@@ -155,6 +122,47 @@ pub fn load_file(path: &Path, task: Task, split: Split, options: &LoadOptions) -
         origin,
         skipped: errors.skipped,
     })
+}
+
+/// The columns a header names for `task`: their layout, and the text columns.
+fn header_layout(
+    header: &str,
+    task: Task,
+    split: Split,
+    origin: &str,
+) -> Result<(Columns, Vec<usize>)> {
+    let names: Vec<&str> = header.split('\t').map(str::trim).collect();
+    let find = |name: &str| names.iter().position(|n| *n == name);
+    let (text_names, label_name, id_name) = header_columns(task);
+    let text = text_names
+        .iter()
+        .map(|n| {
+            find(n).ok_or_else(|| {
+                Error::invalid(
+                    format!("{origin}:1"),
+                    "header",
+                    format!("no `{n}` column in [{}]", names.join(", ")),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let label = find(label_name);
+    if label.is_none() && !split.is_test() {
+        return Err(Error::invalid(
+            format!("{origin}:1"),
+            "header",
+            format!(
+                "no `{label_name}` column in [{}]; only test files may be unlabeled",
+                names.join(", ")
+            ),
+        ));
+    }
+    let columns = Columns {
+        count: names.len(),
+        label,
+        id: find(id_name),
+    };
+    Ok((columns, text))
 }
 
 fn parse_row(

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::record::Field;
+use parquet::record::{Field, Row};
 
 use super::dataset::{clean_text, Dataset, Example, Label, LoadOptions, RowErrors};
 use super::task::{Split, Task};
@@ -46,35 +46,11 @@ fn parquet_err(origin: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Reads a parquet file with the hub's GLUE columns for `task`.
-// Long on purpose: one pass over the row groups, as `glue_tsv::load_file` does over
-// lines, with the same reporting of malformed rows.
 pub fn load_file(path: &Path, task: Task, split: Split, options: &LoadOptions) -> Result<Dataset> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(|e| parquet_err(&origin, e))?;
-    let schema = reader.metadata().file_metadata().schema_descr();
-    let names: Vec<String> = schema
-        .columns()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
-    for needed in task.hub_text_columns() {
-        if !names.iter().any(|n| n == needed) {
-            return Err(Error::invalid(
-                &origin,
-                "columns",
-                format!("no `{needed}` column for {task} in [{}]", names.join(", ")),
-            ));
-        }
-    }
-    let has_label = names.iter().any(|n| n == "label");
-    if !has_label && !split.is_test() {
-        return Err(Error::invalid(
-            &origin,
-            "columns",
-            format!("no `label` column in [{}]", names.join(", ")),
-        ));
-    }
+    check_columns(&reader, task, split, &origin)?;
 
     let label_names: Vec<String> = task.label_names().iter().map(|s| s.to_string()).collect();
     let mut errors = RowErrors::new(options);
@@ -87,36 +63,8 @@ pub fn load_file(path: &Path, task: Task, split: Split, options: &LoadOptions) -
             break;
         }
         let row = row.map_err(|e| parquet_err(&origin, e))?;
-        let get = |name: &str| {
-            row.get_column_iter()
-                .find(|(n, _)| n.as_str() == name)
-                .map(|(_, f)| f)
-        };
         let at = format!("{origin}: row {i}");
-        let parsed = (|| -> std::result::Result<Example, String> {
-            let mut texts = task.hub_text_columns().iter().map(|c| match get(c) {
-                Some(Field::Str(s)) => clean_text(s).ok_or(format!("empty `{c}`")),
-                Some(other) => Err(format!("`{c}` is not a string: {other}")),
-                None => Err(format!("no `{c}`")),
-            });
-            let text_a = texts.next().ok_or("no text column")??;
-            let text_b = texts.next().transpose()?;
-            let label = match get("label") {
-                None | Some(Field::Null) => Label::Unlabeled,
-                Some(field) => label_of(field, task, label_names.len())?,
-            };
-            let idx = match get("idx") {
-                Some(Field::Int(v)) if *v >= 0 => *v as usize,
-                Some(Field::Long(v)) if *v >= 0 => *v as usize,
-                _ => i,
-            };
-            Ok(Example {
-                idx,
-                text_a,
-                text_b,
-                label,
-            })
-        })();
+        let parsed = example_of(&row, i, task, label_names.len());
         match parsed {
             Ok(example) => examples.push(example),
             Err(message) => errors.bad(&at, message)?,
@@ -134,6 +82,75 @@ pub fn load_file(path: &Path, task: Task, split: Split, options: &LoadOptions) -
         examples,
         origin,
         skipped: errors.skipped,
+    })
+}
+
+/// Refuses a file without `task`'s text columns, or without labels outside a test split.
+fn check_columns(
+    reader: &SerializedFileReader<std::fs::File>,
+    task: Task,
+    split: Split,
+    origin: &str,
+) -> Result<()> {
+    let schema = reader.metadata().file_metadata().schema_descr();
+    let names: Vec<String> = schema
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    for needed in task.hub_text_columns() {
+        if !names.iter().any(|n| n == needed) {
+            return Err(Error::invalid(
+                origin,
+                "columns",
+                format!("no `{needed}` column for {task} in [{}]", names.join(", ")),
+            ));
+        }
+    }
+    let has_label = names.iter().any(|n| n == "label");
+    if !has_label && !split.is_test() {
+        return Err(Error::invalid(
+            origin,
+            "columns",
+            format!("no `label` column in [{}]", names.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+/// The example of row `i`, or what is wrong with it.
+fn example_of(
+    row: &Row,
+    i: usize,
+    task: Task,
+    classes: usize,
+) -> std::result::Result<Example, String> {
+    let get = |name: &str| {
+        row.get_column_iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, f)| f)
+    };
+    let mut texts = task.hub_text_columns().iter().map(|c| match get(c) {
+        Some(Field::Str(s)) => clean_text(s).ok_or(format!("empty `{c}`")),
+        Some(other) => Err(format!("`{c}` is not a string: {other}")),
+        None => Err(format!("no `{c}`")),
+    });
+    let text_a = texts.next().ok_or("no text column")??;
+    let text_b = texts.next().transpose()?;
+    let label = match get("label") {
+        None | Some(Field::Null) => Label::Unlabeled,
+        Some(field) => label_of(field, task, classes)?,
+    };
+    let idx = match get("idx") {
+        Some(Field::Int(v)) if *v >= 0 => *v as usize,
+        Some(Field::Long(v)) if *v >= 0 => *v as usize,
+        _ => i,
+    };
+    Ok(Example {
+        idx,
+        text_a,
+        text_b,
+        label,
     })
 }
 
