@@ -92,12 +92,7 @@ fn check_columns(
     split: Split,
     origin: &str,
 ) -> Result<()> {
-    let schema = reader.metadata().file_metadata().schema_descr();
-    let names: Vec<String> = schema
-        .columns()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
+    let names = column_names(reader);
     for needed in task.hub_text_columns() {
         if !names.iter().any(|n| n == needed) {
             return Err(Error::invalid(
@@ -116,6 +111,16 @@ fn check_columns(
         ));
     }
     Ok(())
+}
+
+/// The names of a parquet file's (leaf) columns.
+pub(crate) fn column_names(reader: &impl FileReader) -> Vec<String> {
+    let schema = reader.metadata().file_metadata().schema_descr();
+    schema
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect()
 }
 
 /// The example of row `i`, or what is wrong with it.

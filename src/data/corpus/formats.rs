@@ -315,12 +315,8 @@ fn parquet_rows(path: &Path, text_field: &str) -> Result<PieceSource> {
     let bad = |e: parquet::errors::ParquetError| Error::invalid(&origin, "parquet", e);
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(bad)?;
+    let columns = crate::data::parquet::column_names(&reader);
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let columns: Vec<String> = schema
-        .columns()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
     if !columns.iter().any(|c| c == text_field) {
         return Err(Error::invalid(
             &origin,
