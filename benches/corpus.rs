@@ -119,9 +119,12 @@ fn median(runs: &mut [Row]) -> &Row {
 
 fn print_row(n: usize, path: &str, runs: &mut [Row], in_memory: Option<f64>) {
     let peak = runs.iter().map(|r| r.peak_mb).fold(0.0, f64::max);
-    median(runs);
-    let (low, high) = (runs[0].rows_per_s, runs[runs.len() - 1].rows_per_s);
-    let row = &runs[runs.len() / 2];
+    let low = runs
+        .iter()
+        .map(|r| r.rows_per_s)
+        .fold(f64::INFINITY, f64::min);
+    let high = runs.iter().map(|r| r.rows_per_s).fold(0.0, f64::max);
+    let row = median(runs);
     let versus = in_memory.map_or("-".into(), |m| format!("{:.2}", row.rows_per_s / m));
     println!(
         "{n:>10} {path:<9} {:>8.1} {:>7.0} {:>11} {:>9} {:>9} {:>9.0} {:>12} {:>7}",

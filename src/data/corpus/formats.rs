@@ -381,10 +381,11 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn read_all(path: &Path, field: &str) -> Result<Vec<Piece<'static>>> {
+    /// Every piece of a shard, its lines and records wanted or not.
+    fn read_pieces(path: &Path, field: &str, wanted: bool) -> Result<Vec<Piece<'static>>> {
         let mut reader = PieceReader::open(path, field)?;
         let mut out = Vec::new();
-        while let Some(piece) = reader.next_piece(true)? {
+        while let Some(piece) = reader.next_piece(wanted)? {
             out.push(match piece {
                 Piece::Text(t) => Piece::Text(Cow::Owned(t.into_owned())),
                 Piece::Unread => Piece::Unread,
@@ -392,6 +393,10 @@ mod tests {
             });
         }
         Ok(out)
+    }
+
+    fn read_all(path: &Path, field: &str) -> Result<Vec<Piece<'static>>> {
+        read_pieces(path, field, true)
     }
 
     fn pieces(path: &Path, field: &str) -> Vec<Piece<'static>> {
@@ -467,17 +472,11 @@ mod tests {
         assert!(err.to_string().contains("no `text` column in ["), "{err}");
     }
 
-    /// Every piece of a shard, none of its lines or records wanted.
+    /// Every piece of a shard, none of its lines or records wanted: no text comes.
     fn unwanted(path: &Path, field: &str) -> Vec<Piece<'static>> {
-        let mut reader = PieceReader::open(path, field).unwrap();
-        let mut out = Vec::new();
-        while let Some(piece) = reader.next_piece(false).unwrap() {
-            out.push(match piece {
-                Piece::Text(t) => panic!("text {t:?} read though not wanted"),
-                Piece::Unread => Piece::Unread,
-                Piece::DocumentEnd => Piece::DocumentEnd,
-            });
-        }
+        let out = read_pieces(path, field, false).unwrap();
+        let read = out.iter().find(|p| matches!(p, Piece::Text(_)));
+        assert!(read.is_none(), "{read:?} read though not wanted");
         out
     }
 
