@@ -144,6 +144,13 @@ fn every_family_matches_transformers_with_padding() {
         );
         let e_logits = rel_err(&vec(&out.logits), &vec(&reference["logits"]));
         assert!(e_logits < TOL, "{name}: logits, relative error {e_logits}");
+        // `logits` runs the last layer for the first token alone.
+        let first_only = built.model.logits(&batch(&reference, family)).unwrap();
+        let e_first = rel_err(&vec(&first_only), &vec(&out.logits));
+        assert!(
+            e_first < 1e-5,
+            "{name}: first-token logits, relative error {e_first}"
+        );
         eprintln!(
             "{name}: relative errors against transformers: hidden states {e_hidden:.1e}, \
              attention {e_attention:.1e}, logits {e_logits:.1e}"
