@@ -100,6 +100,60 @@ fn classification_loss_reaches_every_tensor() {
 }
 
 #[test]
+fn the_first_token_path_gives_the_full_passs_logits_and_gradients() {
+    // Logits alone run the last layer for the first token; asking for the hidden
+    // states runs it for every token. Without dropout both give the same loss and
+    // the same gradient on every tensor, the last layer's included.
+    let dev = Device::Cpu;
+    let config = tiny_config(32, 2, 4, 64);
+    let built = build_classifier(
+        "tiny",
+        &config,
+        Default::default(),
+        &BuildOptions::random(&dev, 1),
+    )
+    .unwrap();
+    let input = batch(&dev);
+    let labels = Tensor::new(&[1u32, 0], &dev).unwrap();
+    let full = Outputs {
+        hidden_states: true,
+        attention_scores: false,
+    };
+    let loss_of = |want: Outputs| {
+        let out = built.model.forward(&input, want, None).unwrap();
+        cross_entropy(&out.logits, &labels).unwrap()
+    };
+    let (first, every) = (loss_of(Outputs::default()), loss_of(full));
+    let (a, b) = (
+        first.to_scalar::<f32>().unwrap(),
+        every.to_scalar::<f32>().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-6, "losses {a} and {b}");
+    let (g_first, g_every) = (first.backward().unwrap(), every.backward().unwrap());
+    let vars = built.varmap.as_ref().unwrap().data().lock().unwrap();
+    assert_eq!(vars.len(), 5 + 16 * 2 + 4);
+    for (name, var) in vars.iter() {
+        let (x, y) = (
+            g_first.get(var.as_tensor()).unwrap(),
+            g_every.get(var.as_tensor()).unwrap(),
+        );
+        let scale = y
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        assert!(
+            diff <= 1e-5 * scale.max(1e-3),
+            "{name}: gradients differ by {diff} (largest {scale})"
+        );
+    }
+}
+
+#[test]
 fn masked_lm_loss_reaches_every_tensor() {
     let dev = Device::Cpu;
     let config = tiny_config(32, 2, 4, 64);

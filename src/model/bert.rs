@@ -54,6 +54,8 @@ pub type Train<'a> = Option<&'a mut Rng>;
 
 #[derive(Debug, Clone)]
 pub struct BertOutput {
+    /// (batch, seq, hidden); (batch, 1, hidden), the first token's, from a classifier's
+    /// forward pass that wants no other outputs (`BertModel::first_token_state`).
     pub last_hidden_state: Tensor,
     /// num_layers + 1 tensors when requested; index 0 is the embedding output.
     pub hidden_states: Vec<Tensor>,
@@ -371,9 +373,10 @@ impl SelfAttention {
         Ok((scores, context))
     }
 
-    /// The block's output at the first token alone, (batch, 1, hidden), without dropout:
-    /// keys and values for every token, the query, output and norm for the first.
-    fn forward_first(&self, x: &Tensor, mask: &Mask) -> Result<Tensor> {
+    /// The block's output at the first token alone, (batch, 1, hidden): keys and values
+    /// for every token, the query, output and norm for the first. Dropout draws its
+    /// seeds as `forward` does, so the layers after see the same generator state.
+    fn forward_first(&self, x: &Tensor, mask: &Mask, train: &mut Train) -> Result<Tensor> {
         let (b, _, h) = x.dims3()?;
         let first = x.narrow(1, 0, 1)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -386,9 +389,12 @@ impl SelfAttention {
         if let Some(bias) = &mask.relative_bias {
             scores = scores.broadcast_add(&bias.narrow(2, 0, 1)?)?;
         }
-        let probs = ops::softmax_last_dim(&scores)?;
+        let mut probs = ops::softmax_last_dim(&scores)?;
+        if let Some(rng) = train {
+            probs = ops::seeded_dropout(&probs, self.attention_dropout, rng.next_u64())?;
+        }
         let context = ops::matmul(&probs, &v)?.reshape((b, 1, h))?;
-        let out = self.output.forward(&context)?;
+        let out = dropout(&self.output.forward(&context)?, self.hidden_dropout, train)?;
         self.layer_norm.forward(&(out + first)?)
     }
 }
@@ -435,11 +441,11 @@ impl BertLayer {
         Ok((out, scores))
     }
 
-    /// The layer's output at the first token alone, (batch, 1, hidden), without dropout.
-    fn forward_first(&self, x: &Tensor, mask: &Mask) -> Result<Tensor> {
-        let attended = self.attention.forward_first(x, mask)?;
+    /// The layer's output at the first token alone, (batch, 1, hidden).
+    fn forward_first(&self, x: &Tensor, mask: &Mask, train: &mut Train) -> Result<Tensor> {
+        let attended = self.attention.forward_first(x, mask, train)?;
         let inner = activation(&self.intermediate.forward(&attended)?, self.act)?;
-        let out = self.output.forward(&inner)?;
+        let out = dropout(&self.output.forward(&inner)?, self.dropout, train)?;
         self.layer_norm.forward(&(out + attended)?)
     }
 }
@@ -517,12 +523,6 @@ impl BertModel {
         want: Outputs,
         mut train: Train,
     ) -> Result<BertOutput> {
-        let device = input.input_ids.device();
-        if let (Some(rng), false) = (train.as_deref_mut(), device.is_cpu()) {
-            // GPU dropout masks come from the device's generator (`ops::dropout`):
-            // seeded here, once a pass, from the run's generator.
-            device.set_seed(rng.next_u64())?;
-        }
         let (mut x, mask) = self.embed(input, &mut train)?;
         let mut hidden_states = Vec::new();
         let mut attention_scores = Vec::new();
@@ -548,6 +548,12 @@ impl BertModel {
 
     /// The embedding output (projected to the hidden width) and the layers' mask.
     fn embed(&self, input: &BertInput, train: &mut Train) -> Result<(Tensor, Mask)> {
+        let device = input.input_ids.device();
+        if let (Some(rng), false) = (train.as_deref_mut(), device.is_cpu()) {
+            // GPU dropout masks come from the device's generator (`ops::dropout`):
+            // seeded here, once a pass, from the run's generator.
+            device.set_seed(rng.next_u64())?;
+        }
         let mut x = self.embeddings.forward(input, train)?;
         if let Some(project) = &self.embeddings_project {
             x = project.forward(&x)?;
@@ -559,21 +565,21 @@ impl BertModel {
         Ok((x, mask))
     }
 
-    /// The last layer's output at the first token, (batch, 1, hidden), without dropout:
-    /// all a classification head reads. The last layer computes keys and values for
-    /// every token, and its query, feed-forward and norms for the first token alone,
-    /// which leaves out about a fifth of a 4-layer student's inference (README,
-    /// Benchmarks). Equal to `forward`'s last hidden state at token 0 within float
-    /// rounding.
-    pub fn first_token_state(&self, input: &BertInput) -> Result<Tensor> {
-        let (mut x, mask) = self.embed(input, &mut None)?;
+    /// The last layer's output at the first token, (batch, 1, hidden): all a
+    /// classification head reads. The last layer computes keys and values for every
+    /// token, and its query, feed-forward and norms for the first token alone, which
+    /// leaves out about a fifth of a 4-layer student's work (README, Benchmarks).
+    /// Without dropout, equal to `forward`'s last hidden state at token 0 within float
+    /// rounding; with dropout, the last layer's masks are drawn for these shapes.
+    pub fn first_token_state(&self, input: &BertInput, mut train: Train) -> Result<Tensor> {
+        let (mut x, mask) = self.embed(input, &mut train)?;
         let Some((last, layers)) = self.layers.split_last() else {
             return x.narrow(1, 0, 1);
         };
         for layer in layers {
-            x = layer.forward(&x, &mask, &mut None)?.0;
+            x = layer.forward(&x, &mask, &mut train)?.0;
         }
-        last.forward_first(&x, &mask)
+        last.forward_first(&x, &mask, &mut train)
     }
 
     /// MPNet's relative position bias for `seq` tokens, (1, heads, seq, seq): the
@@ -679,7 +685,16 @@ impl BertForSequenceClassification {
         want: Outputs,
         mut train: Train,
     ) -> Result<ClassifierOutput> {
-        let encoder = self.bert.forward(input, want, train.as_deref_mut())?;
+        // With nothing but the logits wanted, the last layer runs for the first token.
+        let encoder = if want == Outputs::default() {
+            BertOutput {
+                last_hidden_state: self.bert.first_token_state(input, train.as_deref_mut())?,
+                hidden_states: Vec::new(),
+                attention_scores: Vec::new(),
+            }
+        } else {
+            self.bert.forward(input, want, train.as_deref_mut())?
+        };
         let (pooled, logits) = self.head(&encoder.last_hidden_state, &mut train)?;
         Ok(ClassifierOutput {
             logits,
@@ -722,8 +737,7 @@ impl BertForSequenceClassification {
     /// Logits only, no intermediate outputs kept, no dropout; the last layer runs for
     /// the first token alone (`BertModel::first_token_state`).
     pub fn logits(&self, input: &BertInput) -> Result<Tensor> {
-        let first = self.bert.first_token_state(input)?;
-        Ok(self.head(&first, &mut None)?.1)
+        Ok(self.forward(input, Outputs::default(), None)?.logits)
     }
 }
 
