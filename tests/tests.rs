@@ -8,6 +8,7 @@
 
 mod common;
 
+mod allocator;
 mod augment_cli;
 mod augment_marian;
 mod augment_mlm;
