@@ -3,9 +3,12 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_distill::model::bert::cross_entropy;
-use candle_distill::model::{build_classifier, build_masked_lm, BertInput, BuildOptions, Outputs};
+use candle_distill::model::{
+    build_classifier, build_masked_lm, BertForSequenceClassification, BertInput, BuildOptions,
+    Built, Outputs,
+};
 use candle_distill::rng::Rng;
-use candle_distill::testing::tiny_config;
+use candle_distill::testing::{max_abs_diff, tiny_config};
 use candle_nn::{Optimizer, VarMap};
 
 fn batch(dev: &Device) -> BertInput {
@@ -15,6 +18,18 @@ fn batch(dev: &Device) -> BertInput {
         token_type_ids: Tensor::new(&[[0u32, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dev).unwrap(),
         attention_mask: Tensor::new(&[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dev).unwrap(),
     }
+}
+
+/// A random 2-layer, 32-wide classifier drawn from `seed`.
+fn tiny_classifier(dev: &Device, seed: u64) -> Built<BertForSequenceClassification> {
+    let config = tiny_config(32, 2, 4, 64);
+    build_classifier(
+        "tiny",
+        &config,
+        Default::default(),
+        &BuildOptions::random(dev, seed),
+    )
+    .unwrap()
 }
 
 fn snapshot(varmap: &VarMap) -> Vec<(String, Tensor)> {
@@ -80,14 +95,7 @@ pub fn assert_all_trained(varmap: &VarMap, loss: &Tensor, expected_tensors: usiz
 #[test]
 fn classification_loss_reaches_every_tensor() {
     let dev = Device::Cpu;
-    let config = tiny_config(32, 2, 4, 64);
-    let built = build_classifier(
-        "tiny",
-        &config,
-        Default::default(),
-        &BuildOptions::random(&dev, 1),
-    )
-    .unwrap();
+    let built = tiny_classifier(&dev, 1);
     let input = batch(&dev);
     let mut rng = Rng::new(5);
     let out = built
@@ -105,14 +113,7 @@ fn the_first_token_path_gives_the_full_passs_logits_and_gradients() {
     // states runs it for every token. Without dropout both give the same loss and
     // the same gradient on every tensor, the last layer's included.
     let dev = Device::Cpu;
-    let config = tiny_config(32, 2, 4, 64);
-    let built = build_classifier(
-        "tiny",
-        &config,
-        Default::default(),
-        &BuildOptions::random(&dev, 1),
-    )
-    .unwrap();
+    let built = tiny_classifier(&dev, 1);
     let input = batch(&dev);
     let labels = Tensor::new(&[1u32, 0], &dev).unwrap();
     let full = Outputs {
@@ -137,15 +138,8 @@ fn the_first_token_path_gives_the_full_passs_logits_and_gradients() {
             g_first.get(var.as_tensor()).unwrap(),
             g_every.get(var.as_tensor()).unwrap(),
         );
-        let scale = y
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
-        let diff = diff.to_scalar::<f32>().unwrap();
+        let scale = max_abs_diff(y, &y.zeros_like().unwrap());
+        let diff = max_abs_diff(x, y);
         assert!(
             diff <= 1e-5 * scale.max(1e-3),
             "{name}: gradients differ by {diff} (largest {scale})"
@@ -177,14 +171,7 @@ fn masked_lm_loss_reaches_every_tensor() {
 fn intermediate_outputs_reach_every_encoder_tensor() {
     // Distillation trains on hidden states and attention scores, not logits.
     let dev = Device::Cpu;
-    let config = tiny_config(32, 2, 4, 64);
-    let built = build_classifier(
-        "tiny",
-        &config,
-        Default::default(),
-        &BuildOptions::random(&dev, 3),
-    )
-    .unwrap();
+    let built = tiny_classifier(&dev, 3);
     let out = built
         .model
         .forward(&batch(&dev), Outputs::ALL, None)

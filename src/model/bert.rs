@@ -351,17 +351,30 @@ impl SelfAttention {
             let context = attention::context(&scores, &v, self.heads, dropout)?;
             return Ok((scores, context));
         }
-        let (b, s, h) = x.dims3()?;
+        self.attend_composed(x, x, &mask.additive, bias, train)
+    }
+
+    /// Scores and merged context as candle ops: the queries of `rows` (every token of
+    /// `x`, or its first alone) against the keys and values of every token of `x`.
+    /// `bias` holds a row for each query.
+    fn attend_composed(
+        &self,
+        x: &Tensor,
+        rows: &Tensor,
+        additive_mask: &Tensor,
+        bias: Option<&Tensor>,
+        train: &mut Train,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, n, h) = rows.dims3()?;
         // Scaling the queries, not the (seq x seq) scores, saves a pass over the scores.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = self.split_heads(&(self.query.forward(x)? * scale)?)?;
+        let q = self.split_heads(&(self.query.forward(rows)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
-        let scores = ops::matmul(&q, &k.t()?)?.broadcast_add(&mask.additive)?;
-        let scores = match bias {
-            Some(bias) => scores.broadcast_add(bias)?,
-            None => scores,
-        };
+        let mut scores = ops::matmul(&q, &k.t()?)?.broadcast_add(additive_mask)?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
         let mut probs = ops::softmax_last_dim(&scores)?;
         if let Some(rng) = train {
             probs = ops::seeded_dropout(&probs, self.attention_dropout, rng.next_u64())?;
@@ -369,7 +382,7 @@ impl SelfAttention {
         let context = ops::matmul(&probs, &v)?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, s, h))?;
+            .reshape((b, n, h))?;
         Ok((scores, context))
     }
 
@@ -377,23 +390,11 @@ impl SelfAttention {
     /// for every token, the query, output and norm for the first. Dropout draws its
     /// seeds as `forward` does, so the layers after see the same generator state.
     fn forward_first(&self, x: &Tensor, mask: &Mask, train: &mut Train) -> Result<Tensor> {
-        let (b, _, h) = x.dims3()?;
         let first = x.narrow(1, 0, 1)?.contiguous()?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // With one query (batch, 1, heads * width) is already (batch, heads, 1, width).
-        let q =
-            (self.query.forward(&first)? * scale)?.reshape((b, self.heads, 1, self.head_dim))?;
-        let k = self.split_heads(&self.key.forward(x)?)?;
-        let v = self.split_heads(&self.value.forward(x)?)?;
-        let mut scores = ops::matmul(&q, &k.t()?)?.broadcast_add(&mask.additive)?;
-        if let Some(bias) = &mask.relative_bias {
-            scores = scores.broadcast_add(&bias.narrow(2, 0, 1)?)?;
-        }
-        let mut probs = ops::softmax_last_dim(&scores)?;
-        if let Some(rng) = train {
-            probs = ops::seeded_dropout(&probs, self.attention_dropout, rng.next_u64())?;
-        }
-        let context = ops::matmul(&probs, &v)?.reshape((b, 1, h))?;
+        let bias = (mask.relative_bias.as_ref())
+            .map(|bias| bias.narrow(2, 0, 1))
+            .transpose()?;
+        let (_, context) = self.attend_composed(x, &first, &mask.additive, bias.as_ref(), train)?;
         let out = dropout(&self.output.forward(&context)?, self.hidden_dropout, train)?;
         self.layer_norm.forward(&(out + first)?)
     }
