@@ -10,15 +10,18 @@ use candle_distill::bench::{bench, BenchOptions};
 use candle_distill::export::{export_classifier, ExportOptions, ExportSource};
 use candle_distill::model::bert::cross_entropy;
 use candle_distill::model::{
-    build_classifier, BertConfig, BertInput, BuildOptions, Family, ModelFiles, Outputs,
+    build_classifier, BertConfig, BertForSequenceClassification, BertInput, BuildOptions, Built,
+    Family, ModelFiles, Outputs,
 };
 use candle_distill::rng::Rng;
-use candle_distill::testing::{tiny_family_config, write_random_classifier, write_tiny_student};
+use candle_distill::testing::{
+    max_abs_diff, tiny_family_config, write_random_classifier, write_tiny_student,
+};
 
 use super::common::reference::vec;
 use super::common::tiny_run::{cli, recipe, write_sst2};
 use super::common::{mpnet_dir, read_json, rel_err, repo_root, succeed};
-use super::model_gradients::assert_all_trained;
+use super::model_gradients::{assert_all_trained, assert_first_token_path_matches};
 
 const TOL: f32 = 1e-4;
 
@@ -53,6 +56,26 @@ fn load_fixture(name: &str) -> Fixture {
     }
 }
 
+/// A fixture's model built with `options`, transformers' reference batch and outputs,
+/// and the number of tensors in its checkpoint.
+fn build_fixture(
+    name: &str,
+    options: &BuildOptions,
+) -> (
+    Built<BertForSequenceClassification>,
+    HashMap<String, Tensor>,
+    usize,
+) {
+    let Fixture {
+        config,
+        tensors,
+        reference,
+    } = load_fixture(name);
+    let count = tensors.len();
+    let built = build_classifier(name, &config, tensors, options).unwrap();
+    (built, reference, count)
+}
+
 /// The reference batch; families that ignore token types get ones in row 0 anyway,
 /// which must change nothing.
 fn batch(reference: &HashMap<String, Tensor>, family: Family) -> BertInput {
@@ -76,14 +99,20 @@ fn batch(reference: &HashMap<String, Tensor>, family: Family) -> BertInput {
 const TINY_STUDENT: &str =
     "from = \"random\"\nlayers = 2\nhidden = 16\nheads = 4\nintermediate = 32";
 
-/// `plan`, then `run`, of the tiny recipe in `dir` (teacher in `dir/teacher`, GLUE
-/// data in `dir/glue`) with `student` as its student section; the plan's text and the
-/// run's report.
-fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> (String, serde_json::Value) {
+/// The tiny recipe in `dir` with `student` as its student section, written beside it.
+fn tiny_recipe_with_student(dir: &std::path::Path, student: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(recipe(dir)).unwrap();
     assert!(text.contains(TINY_STUDENT), "the tiny recipe changed");
     let recipe_path = dir.join("family.toml");
     std::fs::write(&recipe_path, text.replace(TINY_STUDENT, student)).unwrap();
+    recipe_path
+}
+
+/// `plan`, then `run`, of the tiny recipe in `dir` (teacher in `dir/teacher`, GLUE
+/// data in `dir/glue`) with `student` as its student section; the plan's text and the
+/// run's report.
+fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> (String, serde_json::Value) {
+    let recipe_path = tiny_recipe_with_student(dir, student);
     let plan = succeed(cli().arg("plan").arg(&recipe_path), "plan");
     succeed(
         cli()
@@ -100,19 +129,8 @@ fn plan_and_run_tiny_recipe(dir: &std::path::Path, student: &str) -> (String, se
 #[test]
 fn every_family_matches_transformers_with_padding() {
     for (name, family) in FAMILIES {
-        let Fixture {
-            config,
-            tensors,
-            reference,
-        } = load_fixture(name);
-        assert_eq!(config.family(), family, "{name}");
-        let built = build_classifier(
-            name,
-            &config,
-            tensors,
-            &BuildOptions::inference(&Device::Cpu),
-        )
-        .unwrap();
+        let (built, reference, _) = build_fixture(name, &BuildOptions::inference(&Device::Cpu));
+        assert_eq!(built.model.config().family(), family, "{name}");
         // Every tensor of the checkpoint is used; none is made up.
         assert!(
             built.report.created.is_empty(),
@@ -163,19 +181,8 @@ fn every_family_trains_every_tensor() {
     // The classification loss and the distillation outputs (every hidden state and
     // attention score) reach every tensor of each family, dropout on.
     for (name, family) in FAMILIES {
-        let Fixture {
-            config,
-            tensors,
-            reference,
-        } = load_fixture(name);
-        let count = tensors.len();
-        let built = build_classifier(
-            name,
-            &config,
-            tensors,
-            &BuildOptions::training(&Device::Cpu, 1),
-        )
-        .unwrap();
+        let options = BuildOptions::training(&Device::Cpu, 1);
+        let (built, reference, count) = build_fixture(name, &options);
         let mut rng = Rng::new(3);
         let out = built
             .model
@@ -192,6 +199,16 @@ fn every_family_trains_every_tensor() {
             loss = (loss + t.sqr().unwrap().mean_all().unwrap()).unwrap();
         }
         assert_all_trained(built.varmap.as_ref().unwrap(), &loss, count);
+    }
+}
+
+#[test]
+fn every_familys_first_token_path_gives_the_full_passs_gradients() {
+    // Fine-tuning and prediction stages train through the first-token path.
+    for (name, family) in FAMILIES {
+        let (built, reference, _) = build_fixture(name, &BuildOptions::training(&Device::Cpu, 1));
+        let labels = Tensor::new(&[2u32, 0, 1], &Device::Cpu).unwrap();
+        assert_first_token_path_matches(&built, &batch(&reference, family), &labels);
     }
 }
 
@@ -242,6 +259,45 @@ fn every_family_exports_in_its_own_layout() {
         let logits = built.model.logits(&batch(&reference, family)).unwrap();
         let e = rel_err(&vec(&logits), &vec(&reference["logits"]));
         assert!(e < TOL, "{name}: exported logits, relative error {e}");
+    }
+}
+
+#[test]
+fn every_familys_export_is_the_folder_transformers_loaded() {
+    // tests/scripts/check_family_exports.py loaded each fixture's export in transformers
+    // (AutoModelForSequenceClassification, AutoTokenizer) and recorded what it was
+    // shown: the export today must be that folder (the same tensors, dtypes and shapes,
+    // the same config.json), and transformers must have loaded it with no missing,
+    // unexpected or mismatched keys and transformers' own logits.
+    for (name, family) in FAMILIES {
+        let record = read_json(&fixture(name).join("transformers_load.json"));
+        let out = tempfile::tempdir().unwrap();
+        let exported = out.path().join("export");
+        let source = ExportSource::from_checkpoint(fixture(name).to_str().unwrap()).unwrap();
+        export_classifier(&source, &exported, &ExportOptions::default()).unwrap();
+
+        let file = std::fs::read(exported.join("model.safetensors")).unwrap();
+        let header = safetensors::SafeTensors::deserialize(&file).unwrap();
+        let mut ours: Vec<serde_json::Value> = header
+            .tensors()
+            .into_iter()
+            .map(|(n, view)| serde_json::json!([n, format!("{:?}", view.dtype()), view.shape()]))
+            .collect();
+        ours.sort_by_key(|v| v[0].as_str().unwrap().to_string());
+        assert_eq!(
+            serde_json::Value::Array(ours),
+            record["tensors"],
+            "{name}: the export's tensors are not what transformers loaded; rerun the script"
+        );
+        assert_eq!(
+            read_json(&exported.join("config.json")),
+            record["config"],
+            "{name}: the export's config.json is not what transformers loaded; rerun the script"
+        );
+        assert_eq!(record["model_class"], family.classifier_architecture());
+        assert_eq!(record["loading_problems"], serde_json::json!({}), "{name}");
+        let error = record["logits_rel_error"].as_f64().unwrap();
+        assert!(error < 1e-4, "{name}: transformers' logits off by {error}");
     }
 }
 
@@ -306,6 +362,100 @@ fn a_run_distils_a_teacher_of_every_family_into_students_of_its_family() {
 }
 
 #[test]
+fn random_distilberts_get_transformers_sinusoidal_positions_and_keep_them() {
+    // With sinusoidal_pos_embds a random DistilBERT's position table is the one
+    // transformers computes (tests/scripts/sinusoidal_reference.py), not random
+    // numbers; and no stage trains it: the teacher (32 wide) after its fine-tuning and
+    // the random student (16 wide) after both distillation stages, AdamW's weight decay
+    // included, still hold transformers' tables.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_family_config(Family::DistilBert, 32, 2, 4, 64);
+    config
+        .extra
+        .insert("sinusoidal_pos_embds".into(), true.into());
+    write_random_classifier(&dir.path().join("teacher"), &config, 1).unwrap();
+    write_sst2(&dir.path().join("glue"));
+    let recipe_path = tiny_recipe_with_student(dir.path(), TINY_STUDENT);
+    let run = dir.path().join("run");
+    // Fixed positions of magnitude 1 beside word vectors 0.02 wide: this tiny teacher
+    // learns little, and the test is about the table, not accuracy.
+    succeed(
+        cli()
+            .arg("run")
+            .arg(&recipe_path)
+            .args(["--set", "teacher.allow_weak_teacher=true", "--out"])
+            .arg(&run),
+        "run",
+    );
+
+    let reference = candle_core::safetensors::load(
+        repo_root().join("tests/fixtures/distilbert_sinusoidal.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let table = |model: &std::path::Path| {
+        let tensors =
+            candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
+        tensors["distilbert.embeddings.position_embeddings.weight"].clone()
+    };
+    for (model, width) in [
+        (dir.path().join("teacher"), 32),
+        (run.join("teacher-finetune/checkpoints/best"), 32),
+        (run.join("student"), 16),
+    ] {
+        let want = &reference[&format!("width_{width}")];
+        let diff = max_abs_diff(&table(&model), want);
+        assert!(
+            diff < 1e-6,
+            "{}: position table off by {diff}",
+            model.display()
+        );
+    }
+}
+
+#[test]
+fn runs_take_byte_level_bpe_and_unigram_tokenizers_with_pad_id_1() {
+    // The other family tests use the tiny WordPiece vocabulary (pad id 0). Here the
+    // teacher carries the RoBERTa fixture's byte-level BPE or XLM-R's Unigram tokenizer
+    // and pad id 1, where positions start at 2: fine-tuning, both stages and the export
+    // run on ids from those tokenizers.
+    for (name, family) in [
+        ("roberta", Family::Roberta),
+        ("xlm-roberta", Family::XlmRoberta),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().join("teacher");
+        let theirs = read_json(&fixture(name).join("config.json"));
+        let mut config = tiny_family_config(family, 32, 2, 4, 64);
+        config.vocab_size = theirs["vocab_size"].as_u64().unwrap() as usize;
+        config.pad_token_id = 1;
+        write_random_classifier(&teacher, &config, 1).unwrap();
+        for file in ["vocab.txt", "tokenizer.json", "tokenizer_config.json"] {
+            let _ = std::fs::remove_file(teacher.join(file));
+        }
+        for file in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(fixture(name).join(file), teacher.join(file)).unwrap();
+        }
+        write_sst2(&dir.path().join("glue"));
+        let (_, report) = plan_and_run_tiny_recipe(dir.path(), TINY_STUDENT);
+        let teacher_acc = report["teacher"]["dev"]["accuracy"].as_f64().unwrap();
+        let student_acc = report["student"]["dev"]["accuracy"].as_f64().unwrap();
+        assert!(teacher_acc > 0.8, "{name}: teacher {teacher_acc}");
+        assert!(student_acc > 0.7, "{name}: student {student_acc}");
+        let exported = dir.path().join("run/student");
+        let config = read_json(&exported.join("config.json"));
+        assert_eq!(config["pad_token_id"], 1, "{name}");
+        let tokenizer = read_json(&exported.join("tokenizer.json"));
+        let original = read_json(&fixture(name).join("tokenizer.json"));
+        assert_eq!(
+            tokenizer["model"]["type"], original["model"]["type"],
+            "{name}"
+        );
+        eprintln!("{name}: teacher {teacher_acc:.3}, student {student_acc:.3}");
+    }
+}
+
+#[test]
 fn a_bert_student_learns_from_a_distilbert_teacher_with_the_same_vocabulary() {
     let dir = tempfile::tempdir().unwrap();
     // The tiny student is 32 wide with a projection to 48: the teacher's width.
@@ -330,6 +480,39 @@ fn a_bert_student_learns_from_a_distilbert_teacher_with_the_same_vocabulary() {
     let config = read_json(&dir.path().join("run/student/config.json"));
     assert_eq!(config["model_type"], "bert");
     assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+}
+
+#[test]
+fn a_student_checkpoint_with_another_vocabulary_is_refused() {
+    // The RoBERTa fixture's byte-level BPE vocabulary against a teacher with the tiny
+    // WordPiece one: `plan` and `run` both stop before any work, naming the checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = tiny_family_config(Family::DistilBert, 32, 2, 4, 64);
+    write_random_classifier(&dir.path().join("teacher"), &teacher, 1).unwrap();
+    write_sst2(&dir.path().join("glue"));
+    let student = fixture("roberta");
+    let recipe_path = tiny_recipe_with_student(
+        dir.path(),
+        &format!("from = \"checkpoint\"\nmodel = \"{}\"", student.display()),
+    );
+    let run = dir.path().join("run");
+    for command in ["plan", "run"] {
+        let mut line = cli();
+        line.arg(command).arg(&recipe_path);
+        if command == "run" {
+            line.arg("--out").arg(&run);
+        }
+        let out = line.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains("has a different vocabulary from the teacher"),
+            "{command}: {stderr}"
+        );
+        let named = format!("`{}`", student.display());
+        assert_eq!(stderr.matches(&named).count(), 1, "{command}: {stderr}");
+        assert!(!run.join("teacher").exists(), "{command} did work first");
+    }
 }
 
 #[test]

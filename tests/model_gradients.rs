@@ -109,20 +109,32 @@ fn classification_loss_reaches_every_tensor() {
 
 #[test]
 fn the_first_token_path_gives_the_full_passs_logits_and_gradients() {
-    // Logits alone run the last layer for the first token; asking for the hidden
-    // states runs it for every token. Without dropout both give the same loss and
-    // the same gradient on every tensor, the last layer's included.
     let dev = Device::Cpu;
     let built = tiny_classifier(&dev, 1);
-    let input = batch(&dev);
+    assert_eq!(
+        built.varmap.as_ref().unwrap().data().lock().unwrap().len(),
+        5 + 16 * 2 + 4
+    );
     let labels = Tensor::new(&[1u32, 0], &dev).unwrap();
+    assert_first_token_path_matches(&built, &batch(&dev), &labels);
+}
+
+/// Logits alone run the last layer for the first token; asking for the hidden states
+/// runs it for every token. Without dropout both must give the same loss and the same
+/// gradient on every tensor, the last layer's included. (tests/families.rs runs this
+/// for every family.)
+pub fn assert_first_token_path_matches(
+    built: &Built<BertForSequenceClassification>,
+    input: &BertInput,
+    labels: &Tensor,
+) {
     let full = Outputs {
         hidden_states: true,
         attention_scores: false,
     };
     let loss_of = |want: Outputs| {
-        let out = built.model.forward(&input, want, None).unwrap();
-        cross_entropy(&out.logits, &labels).unwrap()
+        let out = built.model.forward(input, want, None).unwrap();
+        cross_entropy(&out.logits, labels).unwrap()
     };
     let (first, every) = (loss_of(Outputs::default()), loss_of(full));
     let (a, b) = (
@@ -132,7 +144,6 @@ fn the_first_token_path_gives_the_full_passs_logits_and_gradients() {
     assert!((a - b).abs() < 1e-6, "losses {a} and {b}");
     let (g_first, g_every) = (first.backward().unwrap(), every.backward().unwrap());
     let vars = built.varmap.as_ref().unwrap().data().lock().unwrap();
-    assert_eq!(vars.len(), 5 + 16 * 2 + 4);
     for (name, var) in vars.iter() {
         let (x, y) = (
             g_first.get(var.as_tensor()).unwrap(),

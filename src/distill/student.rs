@@ -208,7 +208,7 @@ pub fn build_student(
     let init = &spec.init;
     let Start {
         mut config,
-        tensors,
+        mut tensors,
         tokenizer,
         description,
     } = starting_point(init, teacher)?;
@@ -223,7 +223,11 @@ pub fn build_student(
             format!("student ({description})"),
             Fresh::TaskAdditions { seed },
         ),
-        StudentInit::Random { .. } => ("student".to_string(), Fresh::Anything { seed }),
+        StudentInit::Random { .. } => {
+            // DistilBERT's sinusoidal positions are computed, not drawn.
+            config.add_formula_tensors(&mut tensors)?;
+            ("student".to_string(), Fresh::Anything { seed })
+        }
     };
     let source = Arc::new(ParamSource::new(&origin, tensors, true, fresh));
     let vb = var_builder(&source, DType::F32, device);
@@ -262,6 +266,26 @@ pub fn build_student(
     })
 }
 
+/// Refuses a student checkpoint whose vocabulary is not the teacher's: the losses and
+/// the cached teacher outputs line the two models up token by token.
+pub fn check_shared_vocabulary(
+    model: &str,
+    student: &TextTokenizer,
+    teacher: &TextTokenizer,
+) -> Result<()> {
+    if student.vocab_hash() == teacher.vocab_hash() {
+        return Ok(());
+    }
+    Err(Error::msg(format!(
+        "the student checkpoint `{model}` has a different vocabulary from the teacher \
+         ({} vs {} tokens, sha256 {} vs {}); student and teacher must share one tokenizer",
+        student.vocab_size(),
+        teacher.vocab_size(),
+        &student.vocab_hash()[..12],
+        &teacher.vocab_hash()[..12]
+    )))
+}
+
 /// What a student starts from, before its head and projections: configuration,
 /// tensors, tokenizer, and a description for plans and reports.
 struct Start {
@@ -277,16 +301,7 @@ fn starting_point(init: &StudentInit, teacher: &TeacherParts) -> Result<Start> {
             let files = ModelFiles::resolve(model)?;
             let config = files.read_config()?;
             let tokenizer = files.read_tokenizer()?;
-            if tokenizer.vocab_hash() != teacher.tokenizer.vocab_hash() {
-                return Err(Error::msg(format!(
-                    "the student checkpoint `{model}` has a different vocabulary from the teacher \
-                     ({} vs {} tokens, sha256 {} vs {}); student and teacher must share one tokenizer",
-                    tokenizer.vocab_size(),
-                    teacher.tokenizer.vocab_size(),
-                    &tokenizer.vocab_hash()[..12],
-                    &teacher.tokenizer.vocab_hash()[..12]
-                )));
-            }
+            check_shared_vocabulary(model, &tokenizer, teacher.tokenizer)?;
             let mut tensors = files.read_weights()?;
             // A general checkpoint's head (MLM, NSP) or another task's classifier is not ours.
             tensors.retain(|k, _| !k.starts_with("classifier.") && !k.starts_with("cls."));

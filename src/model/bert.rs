@@ -144,6 +144,21 @@ fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     }
 }
 
+/// DistilBERT's fixed position table (`sinusoidal_pos_embds`), as transformers'
+/// `create_sinusoidal_embeddings` computes it: angle `pos / 10000^(2 * (j / 2) / width)`,
+/// its sine in even columns and its cosine in odd ones, in f64 and then rounded to f32.
+pub fn sinusoidal_positions(positions: usize, width: usize) -> Result<Tensor> {
+    let mut table = Vec::with_capacity(positions * width);
+    for pos in 0..positions {
+        for j in 0..width {
+            let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / width as f64);
+            let value = if j % 2 == 0 { angle.sin() } else { angle.cos() };
+            table.push(value as f32);
+        }
+    }
+    Tensor::from_vec(table, (positions, width), &candle_core::Device::Cpu)
+}
+
 fn embedding(vb: VarBuilder, rows: usize, dim: usize) -> Result<Tensor> {
     vb.get_with_hints(
         (rows, dim),

@@ -10,6 +10,9 @@ use super::family::Family;
 
 use crate::{Error, Result};
 
+/// The position table's canonical name.
+const POSITION_TABLE: &str = "bert.embeddings.position_embeddings.weight";
+
 fn default_act() -> String {
     "gelu".into()
 }
@@ -176,10 +179,27 @@ impl BertConfig {
     /// transformers freezes too.
     pub fn frozen_tensors(&self) -> Vec<&'static str> {
         if self.fixed_positions() {
-            vec!["bert.embeddings.position_embeddings.weight"]
+            vec![POSITION_TABLE]
         } else {
             Vec::new()
         }
+    }
+
+    /// Adds the tensors this config defines by formula when `tensors` lacks them (a
+    /// random student, a model written at random): DistilBERT's sinusoidal position
+    /// table, which transformers computes too when it builds such a model.
+    pub fn add_formula_tensors(
+        &self,
+        tensors: &mut std::collections::HashMap<String, candle_core::Tensor>,
+    ) -> Result<()> {
+        if self.fixed_positions() && !tensors.contains_key(POSITION_TABLE) {
+            let table = super::bert::sinusoidal_positions(
+                self.max_position_embeddings,
+                self.embedding_size(),
+            )?;
+            tensors.insert(POSITION_TABLE.into(), table);
+        }
+        Ok(())
     }
 
     /// Whether the position table is fixed (DistilBERT's `sinusoidal_pos_embds`).
@@ -262,6 +282,7 @@ impl BertConfig {
             "relative_attention_num_buckets",
             "classifier_dropout",
             "seq_classif_dropout",
+            "sinusoidal_pos_embds",
         ] {
             if let Some(v) = self.extra.get(key) {
                 c.extra.insert(key.into(), v.clone());

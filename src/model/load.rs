@@ -166,6 +166,11 @@ fn build<M>(
     options: &BuildOptions,
     make: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<M>,
 ) -> Result<Built<M>> {
+    let mut tensors = tensors;
+    if let Fresh::Anything { .. } = options.fresh {
+        // A random model gets what transformers would compute, not random numbers.
+        config.add_formula_tensors(&mut tensors)?;
+    }
     let source = Arc::new(ParamSource::new(
         origin,
         tensors,

@@ -8,6 +8,13 @@ fixture's reference batch and compares the logits with the ones transformers com
 from the original checkpoint (norm-relative error within 1e-4). Prints a line per
 family; exits 1 on any failure.
 
+It records what it loaded in tests/fixtures/families/<family>/transformers_load.json:
+the export's tensors (name, dtype, shape) and config.json, the classes transformers
+chose, the loading problems and the logits' error. The test
+`families::every_familys_export_is_the_folder_transformers_loaded` exports the fixture
+again and requires the same tensors and config, so CI (without torch) fails when the
+export's layout drifts from what transformers was shown; rerun this script then.
+
 Usage:
   for f in roberta xlm-roberta electra distilbert mpnet; do
     cargo run -- export --from tests/fixtures/families/$f --out /tmp/exports/$f
@@ -19,10 +26,31 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 FAMILIES = ["roberta", "xlm-roberta", "electra", "distilbert", "mpnet"]
+
+
+def record_load(path, export, model, tokenizer, problems, err):
+    with safe_open(str(export / "model.safetensors"), framework="pt") as f:
+        tensors = []
+        for name in sorted(f.keys()):
+            t = f.get_slice(name)
+            tensors.append([name, t.get_dtype(), list(t.get_shape())])
+    record = {
+        "transformers": transformers.__version__,
+        "model_class": type(model).__name__,
+        "tokenizer_class": type(tokenizer).__name__,
+        "loading_problems": {k: v if isinstance(v, str) else sorted(map(str, v))
+                             for k, v in problems.items()},
+        "logits_rel_error": err,
+        "tensors": tensors,
+        "config": json.loads((export / "config.json").read_text()),
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def main():
@@ -50,6 +78,8 @@ def main():
             if got != want["input_ids"]:
                 problems["tokenization"] = "ids differ from the original tokenizer's"
         ok = not problems and err < 1e-4
+        record_load(fixtures / name / "transformers_load.json", exports / name, model, tokenizer,
+                    problems, err)
         failed |= not ok
         print(f"{name:12} {type(model).__name__:40} {type(tokenizer).__name__:28} "
               f"loading problems: {problems or 'none'}; logits rel. error {err:.1e} "
