@@ -25,14 +25,14 @@ use std::time::Instant;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_distill::data::{inference_order, EncodedDataset, Label};
 use candle_distill::distill::objective::{BatchLoss, TokenShare};
-use candle_distill::distill::{LossWeights, Normalise};
+use candle_distill::distill::{LossWeights, Normalise, TrainSettings};
 use candle_distill::model::bert::Linear;
 use candle_distill::model::{
     build_classifier, BertConfig, BertForSequenceClassification, BertInput, BuildOptions,
     ClassifierOutput, ModelFiles, Outputs,
 };
 use candle_distill::rng::Rng;
-use candle_distill::train::optim::{AdamW, AdamWConfig};
+use candle_distill::train::optim::AdamW;
 use candle_nn::{VarBuilder, VarMap};
 use common::{peak_rss_mb, Usage};
 
@@ -146,7 +146,8 @@ impl Student {
             let data = map.data().lock().expect("varmap lock");
             vars.extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        let opt = AdamW::new(vars, AdamWConfig::default())
+        // The AdamW of a prediction stage at the defaults, as the trainer builds it.
+        let opt = AdamW::new(vars, TrainSettings::default().adamw())
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Student {
             model,

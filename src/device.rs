@@ -30,9 +30,10 @@ macro_rules! text_serde {
     };
 }
 
-/// One device as a user names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One device as a user names it; the CPU unless a recipe or a flag says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeviceSpec {
+    #[default]
     Cpu,
     Cuda(usize),
     Metal(usize),
@@ -137,7 +138,7 @@ pub struct DeviceList(Vec<DeviceSpec>);
 
 impl Default for DeviceList {
     fn default() -> Self {
-        DeviceList(vec![DeviceSpec::Cpu])
+        DeviceList(vec![DeviceSpec::default()])
     }
 }
 

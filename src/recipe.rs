@@ -68,8 +68,7 @@ pub struct Variant {
     pub recipe: Recipe,
 }
 
-/// The seed of a recipe that gives none, and of the commands' `--seed`.
-pub const DEFAULT_SEED: u64 = 42;
+pub use crate::rng::DEFAULT_SEED;
 
 fn default_seed() -> u64 {
     DEFAULT_SEED
@@ -145,8 +144,11 @@ pub struct TaskSpec {
     pub skip_malformed: bool,
 }
 
+/// A task's data when a recipe or a command names none: the hub's `nyu-mll/glue`.
+pub const DEFAULT_DATA: &str = "hub";
+
 fn default_data() -> String {
-    "hub".into()
+    DEFAULT_DATA.into()
 }
 
 impl TaskSpec {
@@ -192,8 +194,12 @@ impl Default for EvalSpec {
     }
 }
 
+/// Examples per batch where only forward passes run (dev evaluation, the teacher's
+/// logits): a recipe's `[eval] batch_size` and the `eval` command's default.
+pub const EVAL_BATCH_SIZE: usize = 64;
+
 fn default_eval_batch() -> usize {
-    64
+    EVAL_BATCH_SIZE
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -345,8 +351,9 @@ pub struct StageSpec {
     pub normalise: Normalise,
 }
 
-// A stage's defaults are `TrainSettings::DEFAULT`'s.
-const STAGE: TrainSettings = TrainSettings::DEFAULT;
+// A stage's defaults are `TrainSettings::for_stage`'s; those that do not depend on
+// the stage's kind (all but warm-up and schedule) are read from any kind's.
+const STAGE: TrainSettings = TrainSettings::for_stage(StageKind::Intermediate);
 fn default_epochs() -> usize {
     STAGE.epochs
 }
@@ -420,24 +427,23 @@ impl StageSpec {
     /// constant LR for intermediate stages (TinyBERT), 10% warm-up + linear decay otherwise.
     pub fn settings(&self, recipe: &Recipe, is_final: bool) -> TrainSettings {
         let eval = &recipe.eval;
+        let defaults = TrainSettings::for_stage(self.kind);
         TrainSettings {
             epochs: self.epochs,
             max_steps: self.max_steps,
             learning_rate: self.learning_rate,
             batch_size: self.batch_size,
-            warmup_ratio: self
-                .warmup_ratio
-                .unwrap_or(self.kind.default_warmup_ratio()),
-            schedule: self.schedule.unwrap_or(self.kind.default_schedule()),
+            warmup_ratio: self.warmup_ratio.unwrap_or(defaults.warmup_ratio),
+            schedule: self.schedule.unwrap_or(defaults.schedule),
             weight_decay: self.weight_decay,
             max_grad_norm: self.max_grad_norm,
             eval_every: self.eval_every.unwrap_or(eval.every),
             patience: if is_final { eval.patience } else { None },
             group_by_length: self.group_by_length,
             checkpoint_every: self.checkpoint_every,
-            log_every: STAGE.log_every,
+            log_every: defaults.log_every,
             precision: self.precision.unwrap_or(recipe.precision),
-            initial_loss_scale: STAGE.initial_loss_scale,
+            initial_loss_scale: defaults.initial_loss_scale,
             normalise: self.normalise,
             pad_to: self.pad_to(recipe),
         }
@@ -812,7 +818,7 @@ epochs = 2
     }
 
     /// The defaults are written once: a stage table holding only `kind`, the code's
-    /// `StageSpec::new` and the trainer's `TrainSettings::DEFAULT` agree.
+    /// `StageSpec::new` and the trainer's `TrainSettings::for_stage` agree.
     #[test]
     fn one_set_of_stage_defaults() {
         let r = Recipe::parse(MINIMAL, "r.toml", &[]).unwrap();
@@ -825,7 +831,7 @@ epochs = 2
         .unwrap();
         assert_eq!(finetune.stages[1], StageSpec::new(StageKind::Finetune));
         let settings = StageSpec::new(StageKind::Finetune).settings(&r, true);
-        assert_eq!(settings, TrainSettings::DEFAULT);
+        assert_eq!(settings, TrainSettings::for_stage(StageKind::Finetune));
         let recipe = Recipe::new(
             TeacherSpec::new("bert-base-uncased"),
             TaskSpec::new(Task::Sst2, "hub"),

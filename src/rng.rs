@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The seed of a recipe that gives none, and of the commands' `--seed`.
+pub const DEFAULT_SEED: u64 = 42;
+
 /// SplitMix64's increment, 2^64 / golden ratio.
 pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 

@@ -89,13 +89,7 @@ impl TinyDistillation {
             })?;
         let (teacher_config, teacher) = tiny_teacher(device, 5)?;
         let examples = tiny_train_examples(&tokenizer, rows, 9)?;
-        let logits = crate::distill::cache::model_logits(
-            &teacher,
-            &examples.encoded(),
-            16,
-            tokenizer.pad_id(),
-            device,
-        )?;
+        let logits = crate::distill::cache::model_logits(&teacher, &examples, 16, device)?;
         Ok(TinyDistillation {
             tokenizer,
             teacher_config,

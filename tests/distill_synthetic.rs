@@ -69,7 +69,7 @@ fn dataset(tok: &TextTokenizer, n: usize, seed: u64) -> EncodedDataset {
 }
 
 fn predictions(model: &BertForSequenceClassification, data: &EncodedDataset) -> Vec<u32> {
-    let logits = model_logits(model, &data.encoded(), 64, data.pad_id, &Device::Cpu).unwrap();
+    let logits = model_logits(model, data, 64, &Device::Cpu).unwrap();
     logits.argmax(1).unwrap().to_vec1().unwrap()
 }
 
@@ -258,7 +258,7 @@ fn student_agrees_with_teacher_on_held_out_inputs() {
         )
         .unwrap();
     assert!(summary.final_loss.is_finite());
-    let logits = model_logits(&teacher, &unlabeled.encoded(), 64, unlabeled.pad_id, &dev).unwrap();
+    let logits = model_logits(&teacher, &unlabeled, 64, &dev).unwrap();
     let pred = settings(4, 3e-3, 32);
     let summary = trainer
         .run_stage(

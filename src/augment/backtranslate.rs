@@ -20,16 +20,7 @@ pub struct BacktranslateConfig {
 
 impl Default for BacktranslateConfig {
     fn default() -> Self {
-        BacktranslateConfig {
-            sampling: Sampling::TopP {
-                temperature: 0.8,
-                top_p: 0.9,
-            },
-            samples: 1,
-            max_len: 256,
-            batch_size: 32,
-            seed: 42,
-        }
+        super::job::AugmentSettings::default().backtranslate_config(crate::rng::DEFAULT_SEED)
     }
 }
 

@@ -71,12 +71,7 @@ pub struct MlmConfig {
 
 impl Default for MlmConfig {
     fn default() -> Self {
-        MlmConfig {
-            p_t: 0.4,
-            top_k: 15,
-            n_aug: 20,
-            seed: 42,
-        }
+        super::job::AugmentSettings::default().mlm_config(crate::rng::DEFAULT_SEED)
     }
 }
 

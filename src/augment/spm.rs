@@ -215,6 +215,8 @@ impl SpmModel {
         Ok(model)
     }
 
+    /// A piece's id in the model's own order (tests compare it with a vocabulary's).
+    #[cfg(any(test, feature = "testing"))]
     pub fn piece_to_id(&self, piece: &str) -> Option<usize> {
         self.pieces.iter().position(|p| p.piece == piece)
     }

@@ -9,11 +9,26 @@ use candle_distill::augment::job::{augment_cached, AugmentSettings, JobContext, 
 use candle_distill::data::{load_dataset, DataSource, LoadOptions, Split, Task};
 use candle_distill::device::DeviceSpec;
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MethodArg {
     Mlm,
     Backtranslate,
     Both,
+}
+
+impl From<Methods> for MethodArg {
+    fn from(methods: Methods) -> Self {
+        match methods {
+            Methods::Mlm => MethodArg::Mlm,
+            Methods::Backtranslate => MethodArg::Backtranslate,
+            Methods::Both => MethodArg::Both,
+        }
+    }
+}
+
+/// The flags' defaults are a recipe's `[augment]` defaults.
+fn defaults() -> AugmentSettings {
+    AugmentSettings::default()
 }
 
 #[derive(clap::Args)]
@@ -22,11 +37,11 @@ pub struct Args {
     /// (`<task>.<method>.<key>.jsonl`), with --input too.
     #[arg(long)]
     pub task: Task,
-    #[arg(long, value_enum, default_value = "mlm")]
+    #[arg(long, value_enum, default_value_t = MethodArg::from(defaults().method))]
     pub method: MethodArg,
     /// The task's data: `hub` (nyu-mll/glue), a folder in the GLUE TSV layout, or a hub
     /// dataset in nyu-mll/glue's parquet layout (org/name[@revision]).
-    #[arg(long, default_value = "hub")]
+    #[arg(long, default_value = candle_distill::recipe::DEFAULT_DATA)]
     pub data: String,
     /// Augment only the first N training rows.
     #[arg(long)]
@@ -44,58 +59,58 @@ pub struct Args {
     #[arg(long, default_value = "augmented")]
     pub out: PathBuf,
     /// Masked LM (folder or hub id).
-    #[arg(long, default_value = "bert-base-uncased")]
+    #[arg(long, default_value_t = defaults().mlm_model)]
     pub mlm_model: String,
     /// GloVe vectors for words of several WordPieces (otherwise they stay): a file
     /// (text, or a .zip of it) or hf://datasets/org/name[@revision]/path.
     #[arg(long)]
     pub glove: Option<String>,
     /// GloVe rows to load (the reference used the first 100,000).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = defaults().glove_words)]
     pub glove_words: usize,
     /// Replacement probability p_t.
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = defaults().p_t)]
     pub p_t: f64,
     /// Predictions (or neighbours) per word, K.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = defaults().top_k)]
     pub top_k: usize,
     /// Rounds per text, N_a.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = defaults().n_aug)]
     pub n_aug: usize,
     /// Translation into the pivot language.
-    #[arg(long, default_value = "Helsinki-NLP/opus-mt-en-de")]
+    #[arg(long, default_value_t = defaults().mt_forward)]
     pub mt_forward: String,
     /// Translation back from the pivot language.
-    #[arg(long, default_value = "Helsinki-NLP/opus-mt-de-en")]
+    #[arg(long, default_value_t = defaults().mt_backward)]
     pub mt_backward: String,
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = defaults().temperature)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = defaults().top_p)]
     pub top_p: f64,
     /// Greedy decoding instead of sampling.
     #[arg(long)]
     pub greedy: bool,
     /// Round trips per text.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults().samples)]
     pub samples: usize,
     /// Most tokens per translation.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults().max_len)]
     pub max_len: usize,
     /// Sentences per translation batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = defaults().batch_size)]
     pub batch_size: usize,
     /// Input rows per resumable chunk.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults().chunk_rows)]
     pub chunk_rows: usize,
     #[arg(long, default_value_t = candle_distill::recipe::DEFAULT_SEED)]
     pub seed: u64,
     /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = DeviceSpec::default())]
     pub device: DeviceSpec,
 }
 
 impl Args {
-    fn settings(&self) -> AugmentSettings {
+    pub(super) fn settings(&self) -> AugmentSettings {
         AugmentSettings {
             method: match self.method {
                 MethodArg::Mlm => Methods::Mlm,

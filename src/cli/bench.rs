@@ -4,6 +4,11 @@ use anyhow::Context;
 use candle_distill::bench::{bench, BenchOptions};
 use candle_distill::device::{DeviceSpec, FloatType};
 
+/// The flags' defaults are the library's.
+fn defaults() -> BenchOptions {
+    BenchOptions::default()
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A model folder or hub id; repeat to compare (the first is the baseline of the
@@ -11,22 +16,22 @@ pub struct Args {
     #[arg(long = "model", required = true)]
     pub models: Vec<String>,
     /// Sequence lengths, comma-separated.
-    #[arg(long = "seq-len", value_delimiter = ',', default_value = "32,64,128")]
+    #[arg(long = "seq-len", value_delimiter = ',', default_values_t = defaults().seq_lens)]
     pub seq_lens: Vec<usize>,
     /// Batch sizes, comma-separated.
-    #[arg(long = "batch", value_delimiter = ',', default_value = "1,8,32")]
+    #[arg(long = "batch", value_delimiter = ',', default_values_t = defaults().batches)]
     pub batches: Vec<usize>,
     /// Timed forward passes per shape.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults().iters)]
     pub iters: usize,
     /// Untimed forward passes per shape before timing.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = defaults().warmup)]
     pub warmup: usize,
     /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = DeviceSpec::default())]
     pub device: DeviceSpec,
     /// Compute dtype: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = FloatType::default())]
     pub dtype: FloatType,
     /// Print JSON instead of the table.
     #[arg(long)]

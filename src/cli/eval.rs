@@ -27,15 +27,15 @@ pub struct Args {
     /// The task's data: `hub` (nyu-mll/glue), a folder in the GLUE TSV layout
     /// (SST-2/dev.tsv, ...), or a hub dataset in nyu-mll/glue's parquet layout
     /// (org/name[@revision]).
-    #[arg(long, default_value = "hub")]
+    #[arg(long, default_value = candle_distill::recipe::DEFAULT_DATA)]
     pub data: String,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = candle_distill::recipe::EVAL_BATCH_SIZE)]
     pub batch_size: usize,
     /// Tokens per example after truncation (default: 64 for single sentences, 128 for pairs).
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = DeviceSpec::default())]
     pub device: DeviceSpec,
     /// Leave out malformed rows (and say how many) instead of stopping.
     #[arg(long)]

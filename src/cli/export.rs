@@ -10,14 +10,15 @@ use candle_distill::export::{export_classifier, read_examples, ExportOptions, Ex
 #[derive(clap::Args)]
 pub struct Args {
     /// Checkpoint to export: a folder in Hugging Face layout (training-only tensors
-    /// such as `fit_denses.*` are left out) or a hub id.
-    #[arg(long)]
+    /// such as `fit_denses.*` are left out) or a hub id. (`--model`, as the other
+    /// commands call it, is the same flag.)
+    #[arg(long, visible_alias = "model")]
     pub from: String,
     /// Destination folder; must be absent or empty unless --force.
     #[arg(long)]
     pub out: PathBuf,
     /// Storage dtype of the weights: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = FloatType::default())]
     pub dtype: FloatType,
     /// Replace an existing non-empty destination.
     #[arg(long)]

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_distill::data::Task;
 use candle_distill::device::DeviceList;
-use candle_distill::distill::{StudentInit, StudentSpec, TrainSettings};
+use candle_distill::distill::{StageKind, StudentInit, StudentSpec, TrainSettings};
 use candle_distill::recipe::{Recipe, TaskSpec, TeacherSpec};
 use candle_distill::train::Precision;
 
-// The flags' defaults are a recipe's (`TrainSettings::DEFAULT`).
-const STAGE: TrainSettings = TrainSettings::DEFAULT;
+// The flags' defaults are a recipe's finetune stage's.
+const STAGE: TrainSettings = TrainSettings::for_stage(StageKind::Finetune);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,7 +25,7 @@ pub struct Args {
     pub out: PathBuf,
     /// The task's data: `hub` (nyu-mll/glue), a folder in the GLUE TSV layout, or a hub
     /// dataset in nyu-mll/glue's parquet layout (org/name[@revision]).
-    #[arg(long, default_value = "hub")]
+    #[arg(long, default_value = candle_distill::recipe::DEFAULT_DATA)]
     pub data: String,
     #[arg(long, default_value_t = STAGE.epochs)]
     pub epochs: usize,
@@ -51,15 +51,19 @@ pub struct Args {
     /// Use only the first N training rows.
     #[arg(long)]
     pub train_limit: Option<usize>,
+    /// Leave out malformed rows (and say how many) instead of stopping, as a recipe's
+    /// `task.skip_malformed`.
+    #[arg(long)]
+    pub skip_malformed: bool,
     #[arg(long, default_value_t = candle_distill::recipe::DEFAULT_SEED)]
     pub seed: u64,
     /// cpu, cuda:1, metal, auto, or a list (cuda:0,cuda:1): one data-parallel replica
     /// on each.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value_t = DeviceList::default())]
     pub device: DeviceList,
     /// Compute dtype of the training steps: f32, bf16 or f16 (weights stay in f32;
     /// f16 uses dynamic loss scaling).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = Precision::default())]
     pub precision: Precision,
     /// Overwrite a non-empty output folder.
     #[arg(long)]
@@ -76,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The recipe these flags stand for: the model as teacher and student, one
 /// `finetune` stage.
-fn finetune_recipe(args: &Args) -> anyhow::Result<Recipe> {
+pub(super) fn finetune_recipe(args: &Args) -> anyhow::Result<Recipe> {
     let mut stage = candle_distill::pipeline::default_finetune_stage();
     stage.epochs = args.epochs;
     stage.learning_rate = args.lr;
@@ -89,6 +93,7 @@ fn finetune_recipe(args: &Args) -> anyhow::Result<Recipe> {
     let task = TaskSpec {
         max_seq_len: args.max_seq_len,
         train_limit: args.train_limit,
+        skip_malformed: args.skip_malformed,
         ..TaskSpec::new(args.task, &args.data)
     };
     let student = StudentSpec::from(StudentInit::Checkpoint {

@@ -86,3 +86,106 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_distill::augment::job::AugmentSettings;
+    use candle_distill::bench::BenchOptions;
+    use candle_distill::data::Task;
+    use candle_distill::device::{DeviceList, DeviceSpec, FloatType};
+    use candle_distill::recipe::{TaskSpec, DEFAULT_DATA, DEFAULT_SEED, EVAL_BATCH_SIZE};
+    use candle_distill::train::Precision;
+
+    fn parse(args: &[&str]) -> Command {
+        let line = std::iter::once("candle-distill").chain(args.iter().copied());
+        Cli::try_parse_from(line)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    /// Each flag left out takes the library's default, written once there.
+    #[test]
+    fn flags_default_to_the_librarys_defaults() {
+        let Command::Finetune(args) =
+            parse(&["finetune", "--model", "m", "--task", "sst2", "--out", "o"])
+        else {
+            panic!("not finetune")
+        };
+        assert_eq!(args.precision, Precision::default());
+        let recipe = finetune::finetune_recipe(&args).unwrap();
+        // The settings the stage trains with are a recipe's finetune stage's.
+        let default_stage = candle_distill::pipeline::default_finetune_stage();
+        assert_eq!(recipe.stages.len(), 1);
+        assert_eq!(
+            recipe.stages[0].settings(&recipe, true),
+            default_stage.settings(&recipe, true)
+        );
+        assert_eq!(recipe.task, TaskSpec::new(Task::Sst2, DEFAULT_DATA));
+        assert_eq!(recipe.device, DeviceList::default());
+        assert_eq!(recipe.seed, DEFAULT_SEED);
+
+        let Command::Augment(args) = parse(&["augment", "--task", "sst2"]) else {
+            panic!("not augment")
+        };
+        assert_eq!(args.settings(), AugmentSettings::default());
+        assert_eq!(
+            (args.data.as_str(), args.device),
+            (DEFAULT_DATA, DeviceSpec::default())
+        );
+
+        let Command::Eval(args) = parse(&["eval", "--model", "m", "--task", "sst2"]) else {
+            panic!("not eval")
+        };
+        assert_eq!(args.batch_size, EVAL_BATCH_SIZE);
+        assert_eq!(
+            (args.data.as_str(), args.device),
+            (DEFAULT_DATA, DeviceSpec::default())
+        );
+
+        let Command::Bench(args) = parse(&["bench", "--model", "m"]) else {
+            panic!("not bench")
+        };
+        let library = BenchOptions::default();
+        assert_eq!(
+            (args.seq_lens, args.batches, args.iters, args.warmup),
+            (
+                library.seq_lens,
+                library.batches,
+                library.iters,
+                library.warmup
+            )
+        );
+        assert_eq!(
+            (args.device, args.dtype),
+            (DeviceSpec::default(), FloatType::default())
+        );
+    }
+
+    #[test]
+    fn finetune_skips_malformed_rows_when_asked_and_export_takes_model() {
+        let line = [
+            "finetune",
+            "--model",
+            "m",
+            "--task",
+            "sst2",
+            "--out",
+            "o",
+            "--skip-malformed",
+        ];
+        let Command::Finetune(args) = parse(&line) else {
+            panic!("not finetune")
+        };
+        assert!(
+            finetune::finetune_recipe(&args)
+                .unwrap()
+                .task
+                .skip_malformed
+        );
+        let Command::Export(args) = parse(&["export", "--model", "ckpt", "--out", "o"]) else {
+            panic!("not export")
+        };
+        assert_eq!(args.from, "ckpt");
+    }
+}

@@ -7,36 +7,33 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
+use crate::data::{inference_order, EncodedDataset};
 use crate::model::BertForSequenceClassification;
-use crate::tokenizer::{pad_batch, Encoded};
+use crate::tokenizer::Encoded;
 use crate::Result;
 
-/// Logits of `model` for every example, in order, on the CPU, in f32. Batches are
-/// formed from examples of similar length so little compute goes to padding.
+/// Logits of `model` for every example, in order, on the CPU, in f32, batched as
+/// evaluation batches (`data::inference_order`: examples of similar length together).
 pub fn model_logits(
     model: &BertForSequenceClassification,
-    examples: &[&Encoded],
+    examples: &EncodedDataset,
     batch_size: usize,
-    pad_id: u32,
     device: &Device,
 ) -> Result<Tensor> {
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| examples[i].ids.len());
     let labels = model.config().num_labels();
     let mut rows = vec![0f32; examples.len() * labels];
     let bar = crate::progress::bar(examples.len() as u64, "teacher");
-    for chunk in order.chunks(batch_size.max(1)) {
-        let batch: Vec<&Encoded> = chunk.iter().map(|&i| examples[i]).collect();
-        let input = pad_batch(&batch, pad_id, device)?;
+    for indices in inference_order(&examples.lengths(), batch_size) {
+        let batch = examples.batch(&indices, device)?;
         let logits: Vec<Vec<f32>> = model
-            .logits(&input)?
+            .logits(&batch.input)?
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?
             .to_vec2()?;
-        for (&i, row) in chunk.iter().zip(logits) {
+        for (&i, row) in indices.iter().zip(logits) {
             rows[i * labels..(i + 1) * labels].copy_from_slice(&row);
         }
-        bar.inc(chunk.len() as u64);
+        bar.inc(indices.len() as u64);
     }
     bar.finish_and_clear();
     Ok(Tensor::from_vec(

@@ -49,26 +49,8 @@ impl StageKind {
         }
     }
 
-    fn trains_layers_only(self) -> bool {
+    const fn trains_layers_only(self) -> bool {
         matches!(self, StageKind::General | StageKind::Intermediate)
-    }
-
-    /// TinyBERT's layer-matching stages train at a constant rate; the others warm up
-    /// over 10% of the steps and then decay linearly.
-    pub fn default_warmup_ratio(self) -> f64 {
-        if self.trains_layers_only() {
-            0.0
-        } else {
-            0.1
-        }
-    }
-
-    pub fn default_schedule(self) -> Schedule {
-        if self.trains_layers_only() {
-            Schedule::Constant
-        } else {
-            Schedule::Linear
-        }
     }
 
     pub fn default_losses(self) -> LossWeights {
@@ -119,35 +101,49 @@ fn initial_loss_scale() -> f64 {
 }
 
 impl TrainSettings {
-    /// The stage defaults, the one place they are written: recipes, the `finetune`
-    /// command and the trainer all start from these (3 epochs, lr 5e-5, batch 32, 10%
-    /// warm-up then linear decay, weight decay 0.01, clipping at 1.0, length grouping,
-    /// a checkpoint every 200 steps). Warm-up and schedule also depend on the stage
-    /// kind: see [`StageKind::default_schedule`].
-    pub const DEFAULT: TrainSettings = TrainSettings {
-        epochs: 3,
-        max_steps: None,
-        learning_rate: 5e-5,
-        batch_size: 32,
-        warmup_ratio: 0.1,
-        schedule: Schedule::Linear,
-        weight_decay: 0.01,
-        max_grad_norm: Some(1.0),
-        eval_every: 0,
-        patience: None,
-        group_by_length: true,
-        checkpoint_every: 200,
-        log_every: 10,
-        precision: Precision::F32,
-        initial_loss_scale: LossScale::INITIAL,
-        normalise: Normalise::Tokens,
-        pad_to: None,
-    };
+    /// The defaults of a stage of `kind`, the one place they are written: recipes, the
+    /// `finetune` command and the trainer all start from these. 3 epochs, lr 5e-5,
+    /// batch 32, weight decay 0.01, clipping at 1.0, length grouping, a checkpoint
+    /// every 200 steps; TinyBERT's layer-matching stages (general, intermediate) train
+    /// at a constant rate, the others warm up over 10% of the steps and then decay
+    /// linearly.
+    pub const fn for_stage(kind: StageKind) -> TrainSettings {
+        let layers_only = kind.trains_layers_only();
+        TrainSettings {
+            epochs: 3,
+            max_steps: None,
+            learning_rate: 5e-5,
+            batch_size: 32,
+            warmup_ratio: if layers_only { 0.0 } else { 0.1 },
+            schedule: if layers_only {
+                Schedule::Constant
+            } else {
+                Schedule::Linear
+            },
+            weight_decay: 0.01,
+            max_grad_norm: Some(1.0),
+            eval_every: 0,
+            patience: None,
+            group_by_length: true,
+            checkpoint_every: 200,
+            log_every: 10,
+            precision: Precision::F32,
+            initial_loss_scale: LossScale::INITIAL,
+            normalise: Normalise::Tokens,
+            pad_to: None,
+        }
+    }
+
+    /// AdamW as a stage with these settings runs it.
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig::new(self.learning_rate, self.weight_decay)
+    }
 }
 
+/// A stage that trains the whole model (prediction, fine-tuning) at its defaults.
 impl Default for TrainSettings {
     fn default() -> Self {
-        Self::DEFAULT
+        Self::for_stage(StageKind::Finetune)
     }
 }
 
@@ -495,16 +491,10 @@ impl<'a> Trainer<'a> {
     /// Sums a corpus chunk's table across the group (it is this replica's alone
     /// without one).
     fn exchange(&self, plan: &StagePlan, table: Vec<f32>) -> Result<Vec<f32>> {
-        let Some(p) = plan.parallel else {
-            return Ok(table);
-        };
-        let n = table.len();
-        let summed = p.all_reduce_sum(vec![Tensor::from_vec(table, n, &self.device)?])?;
-        let first = summed
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::msg("all-reduce lost the corpus table"))?;
-        Ok(first.to_vec1()?)
+        match plan.parallel {
+            Some(p) => parallel::sum_table(p, table, &self.device),
+            None => Ok(table),
+        }
     }
 
     /// The stream ran out before a batch: the end of the epoch (a corpus resumed at
@@ -646,12 +636,7 @@ impl<'a> Trainer<'a> {
         resume: Option<Progress>,
     ) -> Result<(AdamW, Progress)> {
         let settings = stage.settings;
-        let config = AdamWConfig {
-            lr: settings.learning_rate,
-            weight_decay: settings.weight_decay,
-            ..Default::default()
-        };
-        let mut optimizer = AdamW::new(self.student.trainable_vars(), config)?;
+        let mut optimizer = AdamW::new(self.student.trainable_vars(), settings.adamw())?;
         let progress = match resume {
             Some(p) => {
                 let skipped = p.loss_scale.as_ref().map_or(0, |s| s.skipped);

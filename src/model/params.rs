@@ -48,8 +48,9 @@ pub fn added_by_task(name: &str) -> bool {
         || name.starts_with("fit_dense")
 }
 
-/// The variables of `varmap` by name: handles sharing the variables' storage (the one
-/// place the map's lock is taken).
+/// The variables of `varmap` by name: handles sharing the variables' storage. Code
+/// that reads a whole map takes it from here; only the backend below, which adds to
+/// the map as a model is built, and test support lock the map themselves.
 pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()

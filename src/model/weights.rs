@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::{Error, Result};
 
@@ -164,24 +164,6 @@ pub fn shards_from_index(index: &Path) -> Result<Vec<String>> {
     shards.sort();
     shards.dedup();
     Ok(shards)
-}
-
-/// Converts every floating tensor to `dtype` (integer buffers are left as they are).
-pub fn cast_floats(
-    tensors: HashMap<String, Tensor>,
-    dtype: DType,
-) -> Result<HashMap<String, Tensor>> {
-    tensors
-        .into_iter()
-        .map(|(k, t)| {
-            let t = if t.dtype().is_float() {
-                t.to_dtype(dtype)?
-            } else {
-                t
-            };
-            Ok((k, t))
-        })
-        .collect()
 }
 
 /// Writes tensors as safetensors atomically (temporary file, then rename).

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::distill::replicas::local_group;
 use crate::distill::{
     build_student, Projection, Scores, StageKind, StudentInit, StudentSpec, TeacherParts,
+    TrainSettings,
 };
 use crate::export::DatasetInfo;
 use crate::export::{export_classifier, ExportOptions, ExportSource};
@@ -29,7 +30,7 @@ use super::{load_task_data, GlueEvaluator, TaskData};
 pub fn default_finetune_stage() -> StageSpec {
     StageSpec {
         name: Some("finetune".into()),
-        warmup_ratio: Some(StageKind::Finetune.default_warmup_ratio()),
+        warmup_ratio: Some(TrainSettings::for_stage(StageKind::Finetune).warmup_ratio),
         ..StageSpec::new(StageKind::Finetune)
     }
 }

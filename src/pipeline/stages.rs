@@ -238,7 +238,10 @@ fn teacher_logits(
         _ => return Ok(None),
     };
     let enc = examples.encoded();
-    let compute = || model_logits(teacher, &enc, 64, examples.pad_id, &first.device);
+    let compute = || {
+        let batch = crate::recipe::EVAL_BATCH_SIZE;
+        model_logits(teacher, examples, batch, &first.device)
+    };
     Ok(Some(match logit_cache {
         Some(cache) => {
             let key = cache_key(

@@ -25,14 +25,16 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-impl Default for AdamWConfig {
-    fn default() -> Self {
+impl AdamWConfig {
+    /// AdamW at a learning rate and weight decay (a stage's: `TrainSettings::adamw`),
+    /// with BERT's betas (0.9, 0.999) and epsilon 1e-6.
+    pub fn new(lr: f64, weight_decay: f64) -> Self {
         AdamWConfig {
-            lr: 5e-5,
+            lr,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-6,
-            weight_decay: 0.01,
+            weight_decay,
         }
     }
 }
@@ -440,11 +442,7 @@ mod tests {
     fn clipping_scales_gradients_and_state_round_trips() {
         let dev = Device::Cpu;
         let w = Var::new(&[3.0f32, 4.0], &dev).unwrap();
-        let config = AdamWConfig {
-            lr: 0.01,
-            weight_decay: 0.0,
-            ..Default::default()
-        };
+        let config = AdamWConfig::new(0.01, 0.0);
         let mut a = AdamW::new(vec![("w".into(), w.clone())], config).unwrap();
         let grads = w
             .as_tensor()
@@ -499,11 +497,7 @@ mod tests {
         let init: Vec<f32> = (0..300).map(|i| ((i as f32) * 0.37).sin()).collect();
         let fused = Var::from_slice(&init, (3, 100), &dev).unwrap();
         let generic = Var::from_tensor(&fused.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
-        let config = AdamWConfig {
-            lr: 0.05,
-            weight_decay: 0.1,
-            ..Default::default()
-        };
+        let config = AdamWConfig::new(0.05, 0.1);
         let mut a = AdamW::new(vec![("w".into(), fused.clone())], config).unwrap();
         let mut b = AdamW::new(vec![("w".into(), generic.clone())], config).unwrap();
         assert!(matches!(a.params[0].moments, Moments::Cpu { .. }));
@@ -540,7 +534,7 @@ mod tests {
         let run = |scale: f64, blow_up: bool| {
             let w = Var::new(&[1.0f32, -2.0, 0.5], &dev).unwrap();
             let mut opt =
-                AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default()).unwrap();
+                AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::new(5e-5, 0.01)).unwrap();
             let loss = (w.as_tensor().sqr().unwrap().sum_all().unwrap() * scale).unwrap();
             let loss = if blow_up {
                 (loss * f64::INFINITY).unwrap()

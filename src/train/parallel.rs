@@ -119,6 +119,18 @@ pub fn broadcast_from_leader(parallel: &dyn AllReduce, vars: &[&Var]) -> Result<
     Ok(())
 }
 
+/// The element-wise sum of every worker's `table` (f32 counts or scores of equal
+/// length), on every worker.
+pub fn sum_table(parallel: &dyn AllReduce, table: Vec<f32>, device: &Device) -> Result<Vec<f32>> {
+    let n = table.len();
+    let summed = parallel.all_reduce_sum(vec![Tensor::from_vec(table, n, device)?])?;
+    let first = summed
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::msg("all-reduce lost the table"))?;
+    Ok(first.to_vec1()?)
+}
+
 /// The leader's yes or no, on every worker.
 pub fn leader_decides(parallel: &dyn AllReduce, yes: bool, device: &Device) -> Result<bool> {
     let mine = if parallel.is_leader() && yes {

@@ -95,12 +95,21 @@ impl ExampleReader {
                     .map(Some)
                     .map_err(bad),
                 ExampleLines::Augmented => serde_json::from_str(text)
-                    .map(|row: crate::augment::AugmentedRow| Some((row.text_a, row.text_b)))
+                    .map(|row: AugmentedText| Some((row.text_a, row.text_b)))
                     .map_err(|e| bad(e.to_string())),
             };
         }
         Ok(None)
     }
+}
+
+/// The text columns of a row that `augment` wrote (`augment::AugmentedRow`; its other
+/// fields say where the row came from, which a corpus does not need).
+#[derive(serde::Deserialize)]
+struct AugmentedText {
+    text_a: String,
+    #[serde(default)]
+    text_b: Option<String>,
 }
 
 /// A file's lines, read one at a time, numbered from 1, without line ends or a
