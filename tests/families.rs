@@ -575,15 +575,25 @@ fn real_mpnet_matches_transformers() {
     let sub = hidden
         .index_select(&Tensor::new(dims.as_slice(), &Device::Cpu).unwrap(), 3)
         .unwrap();
+    // Layer by layer (the embeddings and 12 layers; 12 attention maps), so that a
+    // small early layer cannot hide behind the larger later ones.
+    let per_layer = |ours: &Tensor, theirs: &str| -> f32 {
+        (0..ours.dim(0).unwrap())
+            .map(|l| {
+                let (a, b) = (ours.get(l).unwrap(), reference[theirs].get(l).unwrap());
+                let e = rel_err(&vec(&a), &vec(&b));
+                assert!(e < TOL, "{theirs}, layer {l}: relative error {e}");
+                e
+            })
+            .fold(0f32, f32::max)
+    };
     let mut worst = 0f32;
     for (ours, theirs) in [
         (sub, "hidden_sub"),
         (hidden.sum(3).unwrap(), "hidden_sum"),
         (hidden.sqr().unwrap().sum(3).unwrap(), "hidden_sumsq"),
     ] {
-        let e = rel_err(&vec(&ours), &vec(&reference[theirs]));
-        assert!(e < TOL, "{theirs}: relative error {e}");
-        worst = worst.max(e);
+        worst = worst.max(per_layer(&ours, theirs));
     }
     let scores = Tensor::stack(&out.encoder.attention_scores, 0).unwrap();
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)
@@ -592,11 +602,10 @@ fn real_mpnet_matches_transformers() {
         .unwrap()
         .squeeze(2)
         .unwrap();
-    let e = rel_err(&vec(&probs), &vec(&reference["attention_head"]));
-    assert!(e < TOL, "attention: relative error {e}");
+    let e = per_layer(&probs, "attention_head");
     eprintln!(
         "all-mpnet-base-v2: hidden states within {worst:.1e}, attention within {e:.1e} of \
-         transformers"
+         transformers, in every layer"
     );
 }
 

@@ -244,8 +244,9 @@ impl BertEmbeddings {
     }
 
     /// Position embeddings, (1, seq, width) or (batch, seq, width): slots 0, 1, 2, ...,
-    /// or for RoBERTa-style families the real tokens counted from `padding_idx + 1`
-    /// and padding at `padding_idx` (fairseq's scheme, here from the attention mask).
+    /// or for RoBERTa-style families the tokens that are not `padding_idx` counted from
+    /// `padding_idx + 1`, and those that are at `padding_idx` (fairseq's scheme; from
+    /// the ids, as transformers' `create_position_ids_from_input_ids`, not the mask).
     fn positions(&self, input: &BertInput) -> Result<Tensor> {
         let (batch, seq) = input.input_ids.dims2()?;
         let max_pos = self.position_embeddings.dim(0)?;
@@ -260,21 +261,18 @@ impl BertEmbeddings {
         let Some(padding_idx) = self.padding_idx else {
             return self.position_embeddings.narrow(0, 0, seq)?.unsqueeze(0);
         };
-        let mask = input
-            .attention_mask
-            .to_dtype(DType::U32)?
-            .to_vec2::<u32>()?;
+        let tokens = input.input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
         let mut ids = Vec::with_capacity(batch * seq);
-        for row in &mask {
+        for row in &tokens {
             let mut count = 0;
-            for &m in row {
-                count += (m != 0) as usize;
-                let id = if m != 0 {
+            for &token in row {
+                let real = token as usize != padding_idx;
+                count += real as usize;
+                ids.push(if real {
                     count + padding_idx
                 } else {
                     padding_idx
-                };
-                ids.push(id as u32);
+                } as u32);
             }
         }
         let ids = Tensor::from_vec(ids, batch * seq, self.position_embeddings.device())?;
@@ -841,4 +839,38 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
     picked.neg()?.mean_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tiny_family_config;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    /// transformers numbers RoBERTa-style positions from the ids
+    /// (`create_position_ids_from_input_ids`), not from the attention mask: a pad id
+    /// under a mask of ones takes `padding_idx`, a real token under a zero counts on.
+    #[test]
+    fn roberta_positions_come_from_the_ids() {
+        let mut config = tiny_family_config(Family::Roberta, 8, 1, 2, 16);
+        config.pad_token_id = 1;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let embeddings = BertEmbeddings::new(vb, &config).unwrap();
+        let dev = Device::Cpu;
+        let input = BertInput {
+            input_ids: Tensor::new(&[[0u32, 5, 1, 6, 7]], &dev).unwrap(),
+            token_type_ids: Tensor::zeros((1, 5), DType::U32, &dev).unwrap(),
+            attention_mask: Tensor::new(&[[1u32, 1, 1, 1, 0]], &dev).unwrap(),
+        };
+        let got = embeddings.positions(&input).unwrap();
+        let table = &embeddings.position_embeddings;
+        let want = table
+            .index_select(&Tensor::new(&[2u32, 3, 1, 4, 5], &dev).unwrap(), 0)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        assert_eq!(crate::testing::max_abs_diff(&got, &want), 0.0);
+    }
 }

@@ -6,7 +6,7 @@ For each family it writes tests/fixtures/families/<family>/: the
 (config.json, model.safetensors); a tiny tokenizer with the family's special tokens
 (RoBERTa: byte-level BPE, XLM-R: SentencePiece-style Unigram, both trained here on a
 few sentences; the others word-level), saved by transformers' tokenizer
-(tokenizer.json, tokenizer_config.json, special_tokens_map.json) with
+(tokenizer.json, tokenizer_config.json) with
 tokenization.json, transformers' ids for some sentences and pairs; and
 reference.safetensors: the batch (input_ids, token_type_ids, attention_mask) and
 transformers' outputs (hidden_states stacked, attention probabilities stacked,
