@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_distill::bench::{bench, BenchOptions};
 use candle_distill::export::{export_classifier, ExportOptions, ExportSource};
 use candle_distill::model::bert::cross_entropy;
 use candle_distill::model::{
@@ -273,8 +272,15 @@ fn every_familys_export_is_the_folder_transformers_loaded() {
         let record = read_json(&fixture(name).join("transformers_load.json"));
         let out = tempfile::tempdir().unwrap();
         let exported = out.path().join("export");
-        let source = ExportSource::from_checkpoint(fixture(name).to_str().unwrap()).unwrap();
-        export_classifier(&source, &exported, &ExportOptions::default()).unwrap();
+        // The command line, as the script's usage runs it.
+        let export = cli()
+            .args(["export", "--from"])
+            .arg(fixture(name))
+            .arg("--out")
+            .arg(&exported)
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{name}: {export:?}");
 
         let file = std::fs::read(exported.join("model.safetensors")).unwrap();
         let header = safetensors::SafeTensors::deserialize(&file).unwrap();
@@ -627,18 +633,26 @@ fn inspect_and_bench_take_every_family() {
             config.encoder_parameters() + config.head_parameters(),
             "{name}"
         );
-        let report = bench(
-            &[dir.display().to_string()],
-            &BenchOptions {
-                seq_lens: vec![8],
-                batches: vec![2],
-                iters: 1,
-                warmup: 0,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(report.results.len(), 1, "{name}");
+        let line = [
+            "bench",
+            "--json",
+            "--seq-len",
+            "8",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+        ];
+        let o = succeed(
+            cli()
+                .args(line)
+                .args(["--warmup", "0", "--model"])
+                .arg(&dir),
+            name,
+        );
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["results"].as_array().unwrap().len(), 1, "{name}");
+        assert_eq!(report["models"][0]["layers"], 2, "{name}");
     }
 }
 
