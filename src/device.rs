@@ -190,6 +190,19 @@ impl DeviceList {
     pub fn open(&self) -> Result<Vec<Device>> {
         self.0.iter().map(|d| d.open()).collect()
     }
+
+    /// The one device of a command that runs on one (`eval`, `augment`, `bench`):
+    /// every command reads `--device` alike, and these refuse a list.
+    pub fn one(&self, command: &str) -> Result<DeviceSpec> {
+        match self.0.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(Error::invalid(
+                "--device",
+                self.to_string(),
+                format!("`{command}` runs on one device: cpu, cuda[:N], metal[:N] or auto"),
+            )),
+        }
+    }
 }
 
 /// A float type for weights or inference: `f32`, `f16` or `bf16` (also `float32`,
@@ -279,6 +292,14 @@ mod tests {
         assert!(err.contains("comma-separated"), "{err}");
         let err = "cuda:0,cuda".parse::<DeviceList>().unwrap_err().to_string();
         assert!(err.contains("twice"), "{err}");
+        // Commands of one device take a list of one, and name themselves otherwise.
+        let one: DeviceList = "metal:1".parse().unwrap();
+        assert_eq!(one.one("eval").unwrap(), DeviceSpec::Metal(1));
+        let err = list.one("eval").unwrap_err().to_string();
+        assert!(
+            err.contains("cpu,cpu") && err.contains("`eval` runs on one device"),
+            "{err}"
+        );
         assert_eq!(
             "bfloat16".parse::<FloatType>().unwrap().dtype(),
             DType::BF16

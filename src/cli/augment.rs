@@ -7,7 +7,7 @@ use anyhow::Context;
 use candle_distill::augment::input::read_text_rows;
 use candle_distill::augment::job::{augment_cached, AugmentSettings, JobContext, Methods};
 use candle_distill::data::{load_dataset, DataSource, LoadOptions, Split, Task};
-use candle_distill::device::DeviceSpec;
+use candle_distill::device::DeviceList;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MethodArg {
@@ -104,9 +104,9 @@ pub struct Args {
     pub chunk_rows: usize,
     #[arg(long, default_value_t = candle_distill::recipe::DEFAULT_SEED)]
     pub seed: u64,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value_t = DeviceSpec::default())]
-    pub device: DeviceSpec,
+    /// cpu, cuda[:N], metal[:N] or auto: one device, read as `run` and `finetune` read it.
+    #[arg(long, default_value_t = DeviceList::default())]
+    pub device: DeviceList,
 }
 
 impl Args {
@@ -164,7 +164,7 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let rows = args.rows()?;
     tracing::info!("{}: {} rows to augment", args.task, rows.len());
-    let device = args.device.open()?;
+    let device = args.device.one("augment")?.open()?;
     let ctx = JobContext {
         task: args.task.name(),
         out_dir: &args.out,

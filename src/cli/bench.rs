@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use candle_distill::bench::{bench, BenchOptions};
-use candle_distill::device::{DeviceSpec, FloatType};
+use candle_distill::device::{DeviceList, FloatType};
 
 /// The flags' defaults are the library's.
 fn defaults() -> BenchOptions {
@@ -27,9 +27,9 @@ pub struct Args {
     /// Untimed forward passes per shape before timing.
     #[arg(long, default_value_t = defaults().warmup)]
     pub warmup: usize,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value_t = DeviceSpec::default())]
-    pub device: DeviceSpec,
+    /// cpu, cuda[:N], metal[:N] or auto: one device, read as `run` and `finetune` read it.
+    #[arg(long, default_value_t = DeviceList::default())]
+    pub device: DeviceList,
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value_t = FloatType::default())]
     pub dtype: FloatType,
@@ -44,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batches: args.batches,
         iters: args.iters,
         warmup: args.warmup,
-        device: args.device.open()?,
+        device: args.device.one("bench")?.open()?,
         dtype: args.dtype.dtype(),
     };
     let report = bench(&args.models, &options).context("benchmarking")?;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use candle_distill::data::{
     load_dataset, DataSource, Dataset, LoadOptions, Predictions, Split, Task,
 };
-use candle_distill::device::DeviceSpec;
+use candle_distill::device::DeviceList;
 use candle_distill::eval::{evaluate, EvalOptions, EvalResult};
 use candle_distill::model::{load_classifier, BuildOptions};
 
@@ -34,9 +34,9 @@ pub struct Args {
     /// Tokens per example after truncation (default: 64 for single sentences, 128 for pairs).
     #[arg(long)]
     pub max_seq_len: Option<usize>,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value_t = DeviceSpec::default())]
-    pub device: DeviceSpec,
+    /// cpu, cuda[:N], metal[:N] or auto: one device, read as `run` and `finetune` read it.
+    #[arg(long, default_value_t = DeviceList::default())]
+    pub device: DeviceList,
     /// Leave out malformed rows (and say how many) instead of stopping.
     #[arg(long)]
     pub skip_malformed: bool,
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.split
         );
     }
-    let device = args.device.open()?;
+    let device = args.device.one("eval")?.open()?;
     if let Some(out) = &args.out {
         candle_distill::io::ensure_fresh_dir(out, args.force)?;
     }

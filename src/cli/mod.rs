@@ -93,7 +93,7 @@ mod tests {
     use candle_distill::augment::job::AugmentSettings;
     use candle_distill::bench::BenchOptions;
     use candle_distill::data::Task;
-    use candle_distill::device::{DeviceList, DeviceSpec, FloatType};
+    use candle_distill::device::{DeviceList, FloatType};
     use candle_distill::recipe::{TaskSpec, DEFAULT_DATA, DEFAULT_SEED, EVAL_BATCH_SIZE};
     use candle_distill::train::Precision;
 
@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(args.settings(), AugmentSettings::default());
         assert_eq!(
             (args.data.as_str(), args.device),
-            (DEFAULT_DATA, DeviceSpec::default())
+            (DEFAULT_DATA, DeviceList::default())
         );
 
         let Command::Eval(args) = parse(&["eval", "--model", "m", "--task", "sst2"]) else {
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(args.batch_size, EVAL_BATCH_SIZE);
         assert_eq!(
             (args.data.as_str(), args.device),
-            (DEFAULT_DATA, DeviceSpec::default())
+            (DEFAULT_DATA, DeviceList::default())
         );
 
         let Command::Bench(args) = parse(&["bench", "--model", "m"]) else {
@@ -158,7 +158,7 @@ mod tests {
         );
         assert_eq!(
             (args.device, args.dtype),
-            (DeviceSpec::default(), FloatType::default())
+            (DeviceList::default(), FloatType::default())
         );
     }
 
