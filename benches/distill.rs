@@ -22,11 +22,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_distill::data::{inference_order, EncodedDataset, Label};
 use candle_distill::distill::objective::{BatchLoss, TokenShare};
 use candle_distill::distill::{LossWeights, Normalise, TrainSettings};
 use candle_distill::model::bert::Linear;
+use candle_distill::model::params::named_vars;
 use candle_distill::model::{
     build_classifier, BertConfig, BertForSequenceClassification, BertInput, BuildOptions,
     ClassifierOutput, ModelFiles, Outputs,
@@ -141,11 +142,8 @@ impl Student {
         let proj_map = VarMap::new();
         let vb = VarBuilder::from_varmap(&proj_map, DType::F32, &bench_device());
         let proj = Linear::new(vb.pp("fit_dense"), config.hidden_size, teacher_hidden)?;
-        let mut vars: Vec<(String, Var)> = Vec::new();
-        for map in [&varmap, &proj_map] {
-            let data = map.data().lock().expect("varmap lock");
-            vars.extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
+        let mut vars = named_vars(&varmap);
+        vars.extend(named_vars(&proj_map));
         // The AdamW of a prediction stage at the defaults, as the trainer builds it.
         let opt = AdamW::new(vars, TrainSettings::default().adamw())
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;

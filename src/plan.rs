@@ -8,7 +8,7 @@ use crate::augment::job::AugmentSettings;
 use crate::augment::Method;
 use crate::distill::losses::LossWeights;
 use crate::distill::mapping;
-use crate::distill::student::check_shared_vocabulary;
+use crate::distill::student::check_student_vocabulary;
 use crate::distill::trainer::check_compatible;
 use crate::distill::StudentInit;
 use crate::model::{BertConfig, ModelFiles};
@@ -161,10 +161,7 @@ pub fn plan(recipe: &Recipe) -> Result<Plan> {
     teacher.id2label = None;
     let (mut student, source, checkpoint_projections) =
         student_config(&recipe.student.init, &teacher)?;
-    if let StudentInit::Checkpoint { model } = &recipe.student.init {
-        let tokenizer = ModelFiles::resolve(model)?.read_tokenizer()?;
-        check_shared_vocabulary(model, &tokenizer, &teacher_files.read_tokenizer()?)?;
-    }
+    check_student_vocabulary(&recipe.student.init, &teacher_files)?;
     student.num_labels = Some(labels);
     student.id2label = None;
     let seq = data.max_seq_len;

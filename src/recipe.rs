@@ -194,8 +194,9 @@ impl Default for EvalSpec {
     }
 }
 
-/// Examples per batch where only forward passes run (dev evaluation, the teacher's
-/// logits): a recipe's `[eval] batch_size` and the `eval` command's default.
+/// Examples per batch where only forward passes run: the default of a recipe's
+/// `[eval] batch_size` and of `eval --batch-size`, and the batch of the teacher's
+/// logits for prediction stages.
 pub const EVAL_BATCH_SIZE: usize = 64;
 
 fn default_eval_batch() -> usize {

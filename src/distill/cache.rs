@@ -9,11 +9,11 @@ use sha2::{Digest, Sha256};
 
 use crate::data::{inference_order, EncodedDataset};
 use crate::model::BertForSequenceClassification;
-use crate::tokenizer::Encoded;
+use crate::tokenizer::{pad_batch, Encoded};
 use crate::Result;
 
-/// Logits of `model` for every example, in order, on the CPU, in f32, batched as
-/// evaluation batches (`data::inference_order`: examples of similar length together).
+/// Logits of `model` for every example, in order, on the CPU, in f32, in the batches
+/// evaluation forms (`data::inference_order`: examples of similar length together).
 pub fn model_logits(
     model: &BertForSequenceClassification,
     examples: &EncodedDataset,
@@ -23,10 +23,13 @@ pub fn model_logits(
     let labels = model.config().num_labels();
     let mut rows = vec![0f32; examples.len() * labels];
     let bar = crate::progress::bar(examples.len() as u64, "teacher");
+    let encoded = examples.encoded();
     for indices in inference_order(&examples.lengths(), batch_size) {
-        let batch = examples.batch(&indices, device)?;
+        // Inputs only: the examples may be unlabelled, and labels are not needed here.
+        let batch: Vec<&Encoded> = indices.iter().map(|&i| encoded[i]).collect();
+        let input = pad_batch(&batch, examples.pad_id, device)?;
         let logits: Vec<Vec<f32>> = model
-            .logits(&batch.input)?
+            .logits(&input)?
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?
             .to_vec2()?;

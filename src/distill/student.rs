@@ -266,6 +266,16 @@ pub fn build_student(
     })
 }
 
+/// Refuses, before any work, a recipe whose student checkpoint has another vocabulary
+/// than its teacher's (`plan` and `run` call this first).
+pub fn check_student_vocabulary(init: &StudentInit, teacher: &ModelFiles) -> Result<()> {
+    let StudentInit::Checkpoint { model } = init else {
+        return Ok(());
+    };
+    let student = ModelFiles::resolve(model)?.read_tokenizer()?;
+    check_shared_vocabulary(model, &student, &teacher.read_tokenizer()?)
+}
+
 /// Refuses a student checkpoint whose vocabulary is not the teacher's: the losses and
 /// the cached teacher outputs line the two models up token by token.
 pub fn check_shared_vocabulary(

@@ -130,7 +130,8 @@ impl Family {
         !matches!(self, Family::DistilBert | Family::MPNet)
     }
 
-    /// Whether positions count real tokens from `pad_token_id + 1` (fairseq's scheme),
+    /// Whether positions count the tokens that are not the padding index from that
+    /// index + 1 (fairseq's scheme; the index is `pad_token_id`, MPNet's always 1),
     /// rather than 0, 1, 2, ... for every slot.
     pub fn positions_after_padding(self) -> bool {
         matches!(self, Family::Roberta | Family::XlmRoberta | Family::MPNet)

@@ -29,8 +29,10 @@ use candle_core::Device;
 
 use crate::distill::cache::files_identity;
 use crate::distill::replicas::Replica;
+use crate::distill::student::check_student_vocabulary;
 use crate::distill::{StageSummary, TeacherParts};
 use crate::metrics::Metrics;
+use crate::model::ModelFiles;
 use crate::recipe::Recipe;
 use crate::run::{Opened, RunDir};
 use crate::train::cluster::{NodeSpec, Rendezvous};
@@ -62,6 +64,9 @@ pub(super) fn lead_run(
 ) -> Result<RunReport> {
     let started = Instant::now();
     let device = &devices[0];
+    // Before the run folder, the teacher's fine-tuning or any other work.
+    let teacher_model = ModelFiles::resolve(&recipe.teacher.model)?;
+    check_student_vocabulary(&recipe.student.init, &teacher_model)?;
     let run = open_run(recipe, recipe_path, force)?;
     let mut data = load_task_data(recipe)?;
     let prepared = prepare_teacher(recipe, &run, &data, devices)?;
