@@ -69,7 +69,7 @@ pub(super) fn lead_run(
     check_student_vocabulary(&recipe.student.init, &teacher_model)?;
     let run = open_run(recipe, recipe_path, force)?;
     let mut data = load_task_data(recipe)?;
-    let prepared = prepare_teacher(recipe, &run, &data, devices)?;
+    let prepared = prepare_teacher(recipe, teacher_model, &run, &data, devices)?;
     let (teacher_files, teacher_spec) = (prepared.files, prepared.spec);
     let config = teacher_files.read_config()?;
     let tokenizer = teacher_files.read_tokenizer()?;

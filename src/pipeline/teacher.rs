@@ -70,14 +70,14 @@ pub(super) struct PreparedTeacher {
     pub dev: Option<Scores>,
 }
 
-/// Loads or fine-tunes the teacher.
+/// Loads or fine-tunes the teacher, whose checkpoint `files` the recipe names.
 pub(super) fn prepare_teacher(
     recipe: &Recipe,
+    files: ModelFiles,
     run: &RunDir,
     data: &TaskData,
     devices: &[Device],
 ) -> Result<PreparedTeacher> {
-    let files = ModelFiles::resolve(&recipe.teacher.model)?;
     if !teacher_needs_finetune(recipe, &files.read_config()?, data)? {
         return Ok(PreparedTeacher {
             files,
