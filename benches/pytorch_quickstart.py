@@ -6,7 +6,9 @@ src/recipe.rs and src/distill/trainer.rs):
 - data: the first 4,000 rows of SST-2 train.tsv; the whole dev.tsv; the MiniLM
   tokenizer, truncated to 64 tokens; each batch padded to its longest row;
 - batches: shuffled, sorted by length within chunks of 50 batches, the batches shuffled
-  (src/data/batch.rs `batch_order`; Python's generator instead of ours);
+  (src/data/batch.rs `batch_order`), drawn from a port of candle-distill's generator
+  (src/rng.rs, xoshiro256++) seeded as each stage seeds it, so both sides train on the
+  same batches in the same order (`--order python`: Python's generator instead);
 - optimiser: AdamW (betas 0.9/0.999, eps 1e-6, weight decay 0.01 except biases and
   LayerNorm), gradients clipped to norm 1; a 10% linear warm-up then linear decay where
   the stage has one, a constant rate otherwise;
@@ -57,6 +59,71 @@ def read_sst2(path, limit=None):
 
 def encode(tok, sentences):
     return [tok(s, truncation=True, max_length=MAX_LEN)["input_ids"] for s in sentences]
+
+
+MASK64 = (1 << 64) - 1
+
+
+def mix64(z):
+    """src/rng.rs `mix64`, SplitMix64's finaliser."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def rotl(x, k):
+    return ((x << k) | (x >> (64 - k))) & MASK64
+
+
+class CandleRng:
+    """src/rng.rs `Rng` (xoshiro256++ seeded by SplitMix64): the draws that order
+    candle-distill's batches, so that PyTorch can train on the same ones."""
+
+    def __init__(self, seed):
+        self.s = []
+        for _ in range(4):
+            seed = (seed + 0x9E3779B97F4A7C15) & MASK64
+            self.s.append(mix64(seed))
+
+    @classmethod
+    def for_stage(cls, recipe_seed, stage_index):
+        """The batch-order generator of a run's stage (src/distill/trainer.rs
+        `fresh_progress`: the stage's base generator, fork 1)."""
+        base = cls(recipe_seed ^ ((stage_index * 0x9E3779B9) & MASK64))
+        return base.fork(1)
+
+    def fork(self, salt):
+        return CandleRng(self.next_u64() ^ ((salt * 0xA0761D6478BD642F) & MASK64))
+
+    def next_u64(self):
+        s = self.s
+        result = (rotl((s[0] + s[3]) & MASK64, 23) + s[0]) & MASK64
+        t = (s[1] << 17) & MASK64
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = rotl(s[3], 45)
+        return result
+
+    def shuffle(self, items):
+        for i in range(len(items) - 1, 0, -1):
+            j = (self.next_u64() * (i + 1)) >> 64
+            items[i], items[j] = items[j], items[i]
+
+
+# Each stage's index in its candle-distill run (the teacher's fine-tuning is stage 0 of
+# its own run) and its Python seed offset (the script's earlier draws).
+STAGES = {"teacher": (0, 0), "intermediate": (0, 1), "prediction": (1, 2)}
+
+
+def order_rng(order, seed, stage):
+    """The generator of a stage's batch order: candle-distill's draws, or Python's."""
+    index, offset = STAGES[stage]
+    if order == "candle":
+        return CandleRng.for_stage(seed, index)
+    return random.Random(seed + offset)
 
 
 def batch_order(lengths, rng):
@@ -126,14 +193,14 @@ def accuracy(model, dev):
     return (logits_of(model, ids).argmax(-1) == torch.tensor(labels)).float().mean().item()
 
 
-def train_stage(model, train_ids, epochs, lr, warmup_ratio, linear, loss_of, dev, seed):
-    """One stage: epochs of steps, dev accuracy after each; returns (best accuracy, its state)."""
+def train_stage(model, train_ids, epochs, lr, warmup_ratio, linear, loss_of, dev, rng, history=None):
+    """One stage: epochs of steps, batches drawn from `rng`, dev accuracy after each
+    (appended to `history` when given); returns (best accuracy, its state)."""
     import torch
 
     total = epochs * ((len(train_ids) + BATCH - 1) // BATCH)
     warmup = round(warmup_ratio * total)
     opt = optimizer(model, lr)
-    rng = random.Random(seed)
     lengths = [len(i) for i in train_ids]
     best, best_state, step = -1.0, None, 0
     started = time.perf_counter()
@@ -149,6 +216,8 @@ def train_stage(model, train_ids, epochs, lr, warmup_ratio, linear, loss_of, dev
             opt.step()
             step += 1
         acc = accuracy(model, dev)
+        if history is not None:
+            history.append(acc)
         if acc > best:
             best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
         print(f"step {step}: dev {acc:.4f} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
@@ -235,7 +304,7 @@ def student_of(teacher):
     return student
 
 
-def run(threads, out_dir, seed=SEED):
+def run(threads, out_dir, seed=SEED, order="candle"):
     started = time.perf_counter()
     import torch
     import torch.nn.functional as F
@@ -251,7 +320,8 @@ def run(threads, out_dir, seed=SEED):
 
     teacher = BertForSequenceClassification.from_pretrained(str(MINILM), num_labels=2)
     ce = lambda rows: F.cross_entropy(teacher(**padded(train_ids, rows)).logits, gold[rows])
-    teacher_acc, state = train_stage(teacher, train_ids, 1, 1e-4, 0.1, True, ce, dev, seed)
+    teacher_rng = order_rng(order, seed, "teacher")
+    teacher_acc, state = train_stage(teacher, train_ids, 1, 1e-4, 0.1, True, ce, dev, teacher_rng)
     teacher.load_state_dict(state)
     teacher.eval()
 
@@ -260,7 +330,7 @@ def run(threads, out_dir, seed=SEED):
     for m in (teacher, student):
         m.set_attn_implementation("eager")
     loss = intermediate_loss(student, teacher, train_ids, store)
-    train_stage(student, train_ids, 3, 5e-5, 0.0, False, loss, dev, seed + 1)
+    train_stage(student, train_ids, 3, 5e-5, 0.0, False, loss, dev, order_rng(order, seed, "intermediate"))
     for m in (teacher, student):
         m.set_attn_implementation("sdpa")
 
@@ -270,7 +340,8 @@ def run(threads, out_dir, seed=SEED):
         logits = student(**padded(train_ids, rows)).logits
         return -(soft[rows] * F.log_softmax(logits, -1)).sum(-1).mean()
 
-    student_acc, state = train_stage(student, train_ids, 3, 5e-5, 0.1, True, soft_ce, dev, seed + 2)
+    pred_rng = order_rng(order, seed, "prediction")
+    student_acc, state = train_stage(student, train_ids, 3, 5e-5, 0.1, True, soft_ce, dev, pred_rng)
     student.load_state_dict(state)
     student.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
@@ -285,9 +356,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=SEED, help="the recipe's is 42")
+    ap.add_argument(
+        "--order",
+        choices=["candle", "python"],
+        default="candle",
+        help="whose generator orders the batches: candle-distill's (the same batches) or Python's",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        print(json.dumps(run(args.threads, d, args.seed)))
+        print(json.dumps(run(args.threads, d, args.seed, args.order)))
 
 
 if __name__ == "__main__":

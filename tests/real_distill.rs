@@ -1,5 +1,7 @@
 //! Real weights. The default `cargo test` runs a shortened quick start twice, the
-//! second time beside busy processes, and compares the results bit for bit.
+//! second time beside busy processes, and compares the results bit for bit; and runs
+//! its distillation stages with dropout off against PyTorch's losses for the same
+//! teacher and batches (tests/fixtures/quickstart_trajectory.json).
 //!
 //! The full quick start is slow (428 s on 2 cores when last timed, 2026-11-29), so not
 //! part of the default `cargo test`: the quick-start recipe end to end. Teacher =
@@ -130,6 +132,130 @@ fn the_same_recipe_gives_the_same_bits_under_load() {
     let (la, lb) = (losses(&quiet), losses(&busy));
     assert!(la.len() >= 6, "{la:?}");
     assert_eq!(la, lb);
+}
+
+/// The distillation stages against PyTorch's with nothing random left between them:
+/// the same fine-tuned teacher, dropout off, the same batches in the same order
+/// (PyTorch's side: tests/scripts/quickstart_trajectory.py, which says how the fixture
+/// was made). Every logged loss must agree to 1e-4 relative (4e-6 was measured over
+/// the full quick start's 750 steps) and every epoch's dev accuracy to one sentence.
+#[test]
+fn distillation_follows_pytorch_step_for_step() {
+    let (Some(model), Some(glue)) = (common::minilm_dir(), common::glue_dir()) else {
+        return;
+    };
+    let fixture_path = common::repo_root().join("tests/fixtures/quickstart_trajectory.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fixture_path).unwrap()).unwrap();
+    let shortened: Vec<String> = fixture["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let recipe = common::repo_root().join("recipes/quickstart-cpu.toml");
+    let dir = tempfile::tempdir().unwrap();
+
+    let first = [real_sets(&model, &glue), shortened.clone()].concat();
+    let report = run(&recipe, &dir.path().join("finetuned"), &first);
+    let teacher_accuracy = report["teacher"]["dev"]["accuracy"].as_f64().unwrap();
+    let expected = fixture["teacher_dev_accuracy"].as_f64().unwrap();
+    assert!(
+        (teacher_accuracy - expected).abs() < 1e-6,
+        "the fine-tuned teacher changed (dev accuracy {teacher_accuracy}, the fixture's \
+         {expected}); if that is intended, rewrite {} with the script it names",
+        fixture_path.display()
+    );
+
+    let teacher = dir.path().join("teacher");
+    copy_without_dropout(
+        &dir.path()
+            .join("finetuned/teacher-finetune/checkpoints/best"),
+        &teacher,
+    );
+    let second = [
+        vec![
+            format!("teacher.model={}", teacher.display()),
+            format!("task.data={}", glue.display()),
+            "teacher.finetune=never".to_string(),
+        ],
+        shortened,
+    ]
+    .concat();
+    let distilled = dir.path().join("distilled");
+    run(&recipe, &distilled, &second);
+
+    let (losses, accuracies) = trajectory(&distilled);
+    for stage in ["intermediate", "prediction"] {
+        let theirs = &fixture["stages"][stage];
+        let logged = theirs["losses"].as_object().unwrap();
+        assert!(logged.len() >= 3, "{stage}: {logged:?}");
+        for (step, loss) in logged {
+            let theirs = loss.as_f64().unwrap();
+            let step: u64 = step.parse().unwrap();
+            let ours = *losses
+                .get(&(stage.to_string(), step))
+                .unwrap_or_else(|| panic!("{stage} step {step}: no loss logged"));
+            let relative = (ours - theirs).abs() / theirs.abs();
+            assert!(
+                relative < 1e-4,
+                "{stage} step {step}: loss {ours}, PyTorch's {theirs} ({relative:.1e} apart)"
+            );
+        }
+        let theirs: Vec<f64> = theirs["dev_accuracy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_f64().unwrap())
+            .collect();
+        let ours = &accuracies[stage];
+        assert_eq!(ours.len(), theirs.len(), "{stage}: {ours:?} vs {theirs:?}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!(
+                (a - b).abs() <= 1.5 / 872.0,
+                "{stage}: {ours:?} vs {theirs:?}"
+            );
+        }
+    }
+}
+
+/// A copy of the model folder `from` whose config turns dropout off.
+fn copy_without_dropout(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+    let config = to.join("config.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    for key in ["hidden_dropout_prob", "attention_probs_dropout_prob"] {
+        value[key] = serde_json::json!(0.0);
+    }
+    std::fs::write(&config, value.to_string()).unwrap();
+}
+
+/// A run's logged losses by (stage, step), and its dev accuracies by stage in order.
+type Trajectory = (
+    std::collections::HashMap<(String, u64), f64>,
+    std::collections::HashMap<String, Vec<f64>>,
+);
+
+fn trajectory(run: &Path) -> Trajectory {
+    let (mut losses, mut accuracies) = Trajectory::default();
+    for line in std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let stage = v["stage"].as_str().unwrap().to_string();
+        if let Some(loss) = v["loss"].as_f64() {
+            losses.insert((stage, v["step"].as_u64().unwrap()), loss);
+        } else if let Some(accuracy) = v["eval"]["accuracy"].as_f64() {
+            accuracies.entry(stage).or_default().push(accuracy);
+        }
+    }
+    (losses, accuracies)
 }
 
 fn run(recipe: &Path, out: &Path, sets: &[String]) -> serde_json::Value {
