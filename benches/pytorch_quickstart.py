@@ -46,6 +46,8 @@ BATCH = 32
 EVAL_BATCH = 64
 STUDENT_LAYERS = [2, 4, 6]
 SEED = 42
+# How often the parity fixture keeps a loss (candle-distill's default log_every).
+LOG_EVERY = 10
 # batch_order's sort chunk, in batches.
 GROUP_CHUNK_BATCHES = 50
 
@@ -304,6 +306,50 @@ def student_of(teacher):
     return student
 
 
+def traced(loss_of, trace, stage):
+    """`loss_of`, and the list for the stage's dev accuracies: with a `trace` (a dict),
+    every LOG_EVERY-th step's loss and each epoch's accuracy are kept in trace[stage]."""
+    if trace is None:
+        return loss_of, None
+    kept = trace.setdefault(stage, {"losses": {}, "dev_accuracy": []})
+    step = [0]
+
+    def f(rows):
+        loss = loss_of(rows)
+        step[0] += 1
+        if step[0] % LOG_EVERY == 0:
+            kept["losses"][str(step[0])] = loss.item()
+        return loss
+
+    return f, kept["dev_accuracy"]
+
+
+def distill(teacher, train_ids, dev, seed, order, trace=None):
+    """The intermediate and prediction stages from the fine-tuned `teacher` (in eval
+    mode); returns the student and the prediction stage's best accuracy and its state."""
+    import torch.nn.functional as F
+
+    student = student_of(teacher)
+    store = keep_scores()
+    for m in (teacher, student):
+        m.set_attn_implementation("eager")
+    loss, history = traced(intermediate_loss(student, teacher, train_ids, store), trace, "intermediate")
+    rng = order_rng(order, seed, "intermediate")
+    train_stage(student, train_ids, 3, 5e-5, 0.0, False, loss, dev, rng, history)
+    for m in (teacher, student):
+        m.set_attn_implementation("sdpa")
+
+    soft = logits_of(teacher, train_ids).softmax(-1)
+
+    def soft_ce(rows):
+        logits = student(**padded(train_ids, rows)).logits
+        return -(soft[rows] * F.log_softmax(logits, -1)).sum(-1).mean()
+
+    loss, history = traced(soft_ce, trace, "prediction")
+    rng = order_rng(order, seed, "prediction")
+    return (student, *train_stage(student, train_ids, 3, 5e-5, 0.1, True, loss, dev, rng, history))
+
+
 def run(threads, out_dir, seed=SEED, order="candle"):
     started = time.perf_counter()
     import torch
@@ -325,23 +371,7 @@ def run(threads, out_dir, seed=SEED, order="candle"):
     teacher.load_state_dict(state)
     teacher.eval()
 
-    student = student_of(teacher)
-    store = keep_scores()
-    for m in (teacher, student):
-        m.set_attn_implementation("eager")
-    loss = intermediate_loss(student, teacher, train_ids, store)
-    train_stage(student, train_ids, 3, 5e-5, 0.0, False, loss, dev, order_rng(order, seed, "intermediate"))
-    for m in (teacher, student):
-        m.set_attn_implementation("sdpa")
-
-    soft = logits_of(teacher, train_ids).softmax(-1)
-
-    def soft_ce(rows):
-        logits = student(**padded(train_ids, rows)).logits
-        return -(soft[rows] * F.log_softmax(logits, -1)).sum(-1).mean()
-
-    pred_rng = order_rng(order, seed, "prediction")
-    student_acc, state = train_stage(student, train_ids, 3, 5e-5, 0.1, True, soft_ce, dev, pred_rng)
+    student, student_acc, state = distill(teacher, train_ids, dev, seed, order)
     student.load_state_dict(state)
     student.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)

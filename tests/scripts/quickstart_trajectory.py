@@ -6,7 +6,7 @@ The quick start, shortened to its first 320 SST-2 sentences, in two runs:
    test does, with the settings written into the fixture (`sets`);
 2. PyTorch runs the two distillation stages of benches/pytorch_quickstart.py from that
    teacher, with dropout off and candle-distill's batch order: the fixture keeps each
-   logged loss (every 10 steps) and each epoch's dev accuracy.
+   logged loss (every 10 steps, its LOG_EVERY) and each epoch's dev accuracy.
 With no random draw left between the two sides, candle-distill's second run (the same
 teacher, dropout off) must follow these numbers to float tolerance. The fixture also
 keeps the teacher's dev accuracy, so that a teacher that changed is told apart from
@@ -28,13 +28,12 @@ import pytorch_quickstart as q  # noqa: E402
 
 OUT = ROOT / "tests/fixtures/quickstart_trajectory.json"
 TRAIN_LIMIT = 320
-EPOCHS = 3
-LOG_EVERY = 10
 SETS = [
     f"task.train_limit={TRAIN_LIMIT}",
     "teacher.allow_weak_teacher=true",
-    f"stages.0.epochs={EPOCHS}",
-    f"stages.1.epochs={EPOCHS}",
+    # Three epochs a stage, as benches/pytorch_quickstart.py `distill` runs them.
+    "stages.0.epochs=3",
+    "stages.1.epochs=3",
 ]
 
 
@@ -58,23 +57,8 @@ def finetuned_teacher(scratch):
     return out / "teacher-finetune/checkpoints/best"
 
 
-def logged(loss_of, into):
-    """`loss_of`, recording every LOG_EVERY-th step's loss into `into`."""
-    step = [0]
-
-    def f(rows):
-        loss = loss_of(rows)
-        step[0] += 1
-        if step[0] % LOG_EVERY == 0:
-            into[str(step[0])] = loss.item()
-        return loss
-
-    return f
-
-
 def main():
     import torch
-    import torch.nn.functional as F
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     torch.set_num_threads(2)
@@ -90,30 +74,8 @@ def main():
         )
     teacher.eval()
     teacher_accuracy = q.accuracy(teacher, dev)
-
     stages = {}
-    student = q.student_of(teacher)
-    store = q.keep_scores()
-    for m in (teacher, student):
-        m.set_attn_implementation("eager")
-    losses, history = {}, []
-    loss = logged(q.intermediate_loss(student, teacher, train_ids, store), losses)
-    rng = q.order_rng("candle", q.SEED, "intermediate")
-    q.train_stage(student, train_ids, EPOCHS, 5e-5, 0.0, False, loss, dev, rng, history)
-    stages["intermediate"] = {"losses": losses, "dev_accuracy": history}
-    for m in (teacher, student):
-        m.set_attn_implementation("sdpa")
-
-    soft = q.logits_of(teacher, train_ids).softmax(-1)
-
-    def soft_ce(rows):
-        logits = student(**q.padded(train_ids, rows)).logits
-        return -(soft[rows] * F.log_softmax(logits, -1)).sum(-1).mean()
-
-    losses, history = {}, []
-    rng = q.order_rng("candle", q.SEED, "prediction")
-    q.train_stage(student, train_ids, EPOCHS, 5e-5, 0.1, True, logged(soft_ce, losses), dev, rng, history)
-    stages["prediction"] = {"losses": losses, "dev_accuracy": history}
+    q.distill(teacher, train_ids, dev, q.SEED, "candle", stages)
 
     fixture = {
         "written_by": "tests/scripts/quickstart_trajectory.py",
